@@ -1,0 +1,19 @@
+"""glaclip: training-free open-vocabulary semantic segmentation with GLA-CLIP.
+
+    from glaclip import Segmenter
+    seg = Segmenter.from_pretrained()            # OpenAI CLIP ViT-B/16 + DINO ViT-B/8
+    result = seg.predict("street.jpg", ["road", "car; vehicle", "person", "sky"])
+    result.labels, result.probs, result.classes, result.preset
+"""
+
+from .errors import GlaclipError
+from .presets import PRESETS, AttentionConfig, DecisionConfig, Preset, WindowConfig, get_preset
+from .segmenter import Segmentation, Segmenter
+from .text import parse_classes, read_class_file
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Segmenter", "Segmentation", "Preset", "PRESETS", "get_preset", "WindowConfig", "AttentionConfig",
+    "DecisionConfig", "GlaclipError", "parse_classes", "read_class_file", "__version__",
+]

@@ -1,0 +1,124 @@
+"""Reading images of any common kind into HxWx3 uint8 RGB, and METHOD.md step 1 (resize + normalise)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import GlaclipError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_image(image: ImageInput) -> np.ndarray:
+    """Return an HxWx3 uint8 RGB array from a path, PIL image, array or tensor.
+
+    Grayscale, RGBA/LA (alpha dropped), palette, CMYK and 16-bit or float images are converted.
+    Arrays may be HxW, HxWx1/3/4; tensors may also be 3xHxW; floats are taken as [0, 1].
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _pil_to_rgb(_open(Path(image)))
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        return _array_to_rgb(t.numpy())
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    raise GlaclipError(f"unsupported image type {type(image).__name__}; give a path, PIL image, array or tensor")
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.exists():
+        raise GlaclipError(f"image not found: {path}")
+    if path.is_dir():
+        raise GlaclipError(f"expected an image file, got a directory: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except UnidentifiedImageError:
+        raise GlaclipError(f"cannot read image {path}: not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise GlaclipError(f"cannot read image {path}: {_one_line(exc)}") from None
+    return img
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must not make an image unreadable
+        pass
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _array_to_rgb(np.array(img))
+    if img.mode != "RGB":
+        img = img.convert("RGBA" if "transparency" in img.info else img.mode)
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise GlaclipError(f"image array must be HxW, HxWx3 or HxWx4, got shape {tuple(arr.shape)}")
+    arr = arr[..., :3]
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise GlaclipError("image is empty (zero height or width)")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        return np.ascontiguousarray(arr.astype(np.uint8) * 255)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise GlaclipError("image array contains NaN or infinite values")
+        return np.ascontiguousarray(np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8))
+    if np.issubdtype(arr.dtype, np.integer):
+        peak = int(arr.max()) if arr.size else 0
+        if arr.min() < 0:
+            raise GlaclipError("image array has negative values")
+        if peak > 255:  # 16-bit data: scale to 8 bits
+            return np.ascontiguousarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8))
+        return np.ascontiguousarray(arr.astype(np.uint8))
+    raise GlaclipError(f"unsupported image array dtype {arr.dtype}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def resized_shape(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
+    """Keep-ratio size: factor = min(max_long/long, short/short_side), rounded half up."""
+    factor = min(max_long_side / max(height, width), short_side / min(height, width))
+    return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
+
+
+def preprocess(rgb: np.ndarray, short_side: int, max_long_side: int) -> torch.Tensor:
+    """METHOD.md step 1: OpenCV bilinear resize of the uint8 image, then CLIP normalisation -> 1x3xHxW."""
+    h, w = resized_shape(rgb.shape[0], rgb.shape[1], short_side, max_long_side)
+    resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != rgb.shape[:2] else rgb
+    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float()
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
+    std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
+    return ((x - mean) / std).unsqueeze(0)
+
+
+def clip_to_imagenet(x: torch.Tensor) -> torch.Tensor:
+    """Re-normalise Bx3xHxW from CLIP mean/std to ImageNet mean/std (METHOD.md step 3)."""
+    def col(v):
+        return torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * col(CLIP_STD) + col(CLIP_MEAN) - col(IMAGENET_MEAN)) / col(IMAGENET_STD)

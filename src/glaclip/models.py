@@ -1,0 +1,399 @@
+"""Loading the frozen CLIP (open_clip) and VFM (timm) and exposing the few pieces GLA-CLIP uses.
+
+Weights come from a pretrained tag / hub id (downloaded once into the usual caches), a local
+file (`.pt`/`.pth`/`.bin` state dict, `.safetensors`, or for CLIP OpenAI's TorchScript archive),
+or ``"random"`` (random initialisation, for trying things out and for tests). An architecture may
+also be given as a JSON file: an open_clip model config for CLIP, ``{"model": NAME, "kwargs": {...}}``
+for the VFM.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import GlaclipError
+
+DEFAULT_CLIP = "ViT-B-16-quickgelu"
+DEFAULT_CLIP_TAG = "openai"
+DEFAULT_VFM = "vit_base_patch8_224.dino"
+CLIP_WEIGHTS_ENV = "GLACLIP_CLIP_WEIGHTS"
+VFM_WEIGHTS_ENV = "GLACLIP_VFM_WEIGHTS"
+RANDOM = "random"
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GlaclipError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GlaclipError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto' is fp16 on CUDA (as the release runs) and fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise GlaclipError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
+    return table[dtype]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith(_WEIGHT_SUFFIXES) or Path(value).exists()
+
+
+def _freeze(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    model.eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------- CLIP
+
+
+@dataclass
+class ClipTower:
+    """An open_clip CLIP model; gives the value path of the last block and the text encoder."""
+
+    model: nn.Module
+    name: str
+    weights: str
+
+    def __post_init__(self):
+        visual = self.model.visual
+        last = getattr(getattr(visual, "transformer", None), "resblocks", [None])[-1]
+        if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention) or getattr(visual, "attn_pool", None):
+            raise GlaclipError(f"CLIP model {self.name!r} is not a plain open_clip ViT; GLA-CLIP needs one")
+        self.visual = visual
+
+    @property
+    def patch_size(self) -> int:
+        return self.visual.conv1.kernel_size[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def _positional(self, gh: int, gw: int) -> torch.Tensor:
+        pos = self.visual.positional_embedding
+        nh, nw = self.visual.grid_size
+        if (gh, gw) == (nh, nw):
+            return pos
+        cls_pos, patch_pos = pos[:1], pos[1:].reshape(1, nh, nw, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos.float(), size=(gh, gw), mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(gh * gw, -1)])
+
+    def value_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW (CLIP-normalised) -> BxDxghxgw values of the last block (METHOD.md step 4)."""
+        v = self.visual
+        x = v.conv1(x.to(self.dtype))
+        b, d, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
+        x = torch.cat([cls, x], dim=1) + self._positional(gh, gw).to(x.dtype)
+        x = v.ln_pre(x)
+        blocks = v.transformer.resblocks
+        batch_first = getattr(v.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for blk in blocks[:-1]:
+            x = blk(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        last = blocks[-1]
+        y = last.ln_1(x[:, 1:])
+        attn = last.attn
+        values = F.linear(y, attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
+        return values.transpose(1, 2).reshape(b, d, gh, gw)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """...xD attention outputs -> ...xE embeddings: out_proj, ln_post, visual projection."""
+        v = self.visual
+        return v.ln_post(v.transformer.resblocks[-1].attn.out_proj(tokens)) @ v.proj
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
+def _resolve_clip_name(name: str) -> str:
+    import open_clip
+
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise GlaclipError(f"CLIP architecture file not found: {path}")
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise GlaclipError(f"CLIP architecture file {path} is not valid JSON: {_one_line(exc)}") from None
+        open_clip.add_model_config(path)
+        return path.stem
+    if name.startswith(("hf-hub:", "local-dir:")) or name in open_clip.list_models():
+        return name
+    close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
+    raise GlaclipError(f"unknown CLIP model {name!r}{hint}")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def read_state_dict(path: Path, what: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """State dict from .safetensors, a torch pickle (optionally under 'state_dict'/'model'), or a
+    TorchScript archive. Returns (state_dict, was_torchscript)."""
+    if not path.is_file():
+        raise GlaclipError(f"{what} weights file not found: {path}")
+    scripted = False
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        elif _is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            scripted = True
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # every reader raises its own types for garbled files
+        raise GlaclipError(f"cannot read {what} weights {path}: {_one_line(exc)}") from None
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise GlaclipError(f"{what} weights {path} hold no state dict of tensors")
+    prefixes = ("module.", "backbone.")
+    for prefix in prefixes:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return dict(sd), scripted
+
+
+def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
+        raise GlaclipError(f"{what} weights {path} do not fit the architecture: " + ", ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_clip(name: str = DEFAULT_CLIP, weights: str | None = None, device: str | torch.device = "auto",
+              dtype: str | torch.dtype = "auto") -> ClipTower:
+    """Build an open_clip model and load its weights (tag, file, or "random").
+
+    ``weights=None`` takes $GLACLIP_CLIP_WEIGHTS, else the 'openai' tag (or the model's first tag).
+    OpenAI weights always get QuickGELU, whatever the architecture name says.
+    """
+    import open_clip
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    arch = _resolve_clip_name(name)
+    weights = weights or os.environ.get(CLIP_WEIGHTS_ENV) or None
+    schema = arch.startswith(("hf-hub:", "local-dir:"))
+    if weights is None and not schema:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if not tags:
+            raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag; pass --clip-weights FILE or 'random'")
+        weights = DEFAULT_CLIP_TAG if DEFAULT_CLIP_TAG in tags else tags[0]
+
+    if schema:
+        model = _create_clip(arch, None, name=arch, weights=arch)
+    elif weights == RANDOM:
+        model = _create_clip(arch, None, load_weights=False)
+    elif _looks_like_path(weights):
+        path = Path(weights).expanduser()
+        sd, scripted = read_state_dict(path, "CLIP")
+        for extra in ("input_resolution", "context_length", "vocab_size"):
+            sd.pop(extra, None)
+        quick = scripted or "quickgelu" in path.name.lower()
+        model = _create_clip(arch, None, load_weights=False, force_quick_gelu=quick)
+        if "attn_mask" in sd and "attn_mask" not in model.state_dict():
+            sd.pop("attn_mask")
+        if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
+            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+        _load_into(model, sd, path, "CLIP")
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if weights not in tags:
+            raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag {weights!r}; tags: {', '.join(tags) or 'none'}"
+                               " (or pass a weights file)")
+        cfg = open_clip.get_pretrained_cfg(arch, weights)
+        model = _create_clip(arch, weights, name=arch, weights=weights, source=cfg,
+                             force_quick_gelu=bool(cfg.get("quick_gelu")))
+    return ClipTower(_freeze(model, dev, dt), name=arch, weights=str(weights))
+
+
+def _create_clip(arch: str, pretrained: str | None, name: str = "", weights: str = "", source: dict | None = None,
+                 **kwargs) -> nn.Module:
+    import open_clip
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.ERROR)  # open_clip warns on the root logger when it builds without weights
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_clip.create_model(arch, pretrained=pretrained, pretrained_text=False, **kwargs)
+    except GlaclipError:
+        raise
+    except Exception as exc:
+        if pretrained is None and not arch.startswith(("hf-hub:", "local-dir:")):
+            raise GlaclipError(f"cannot build CLIP model {arch!r}: {_one_line(exc)}") from None
+        where = ""
+        if source:
+            hub = source.get("hf_hub")
+            where = f" from hub repo {hub.rstrip('/')}" if hub else f" from {source.get('url')}"
+        raise GlaclipError(
+            f"cannot load CLIP weights {name} ({weights}){where} (offline or not cached: {_one_line(exc)}); "
+            f"download the checkpoint (open_clip_model.safetensors of that hub repo, or the OpenAI .pt) and pass "
+            f"--clip-weights FILE or set {CLIP_WEIGHTS_ENV}=FILE"
+        ) from None
+    finally:
+        root.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------ VFM
+
+
+@dataclass
+class VfmTower:
+    """A timm ViT used as the VFM: the final-norm patch tokens of the last block."""
+
+    model: nn.Module
+    name: str
+    weights: str
+
+    def __post_init__(self):
+        if not hasattr(self.model, "patch_embed") or not hasattr(self.model, "forward_features"):
+            raise GlaclipError(f"VFM {self.name!r} is not a timm vision transformer")
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.patch_embed.patch_size[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.patch_embed.proj.weight.dtype
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW (ImageNet-normalised) -> BxCxghxgw (METHOD.md step 3)."""
+        b, _, h, w = x.shape
+        gh, gw = h // self.patch_size, w // self.patch_size
+        tokens = self.model.forward_features(x.to(self.dtype))[:, self.model.num_prefix_tokens :]
+        return tokens.transpose(1, 2).reshape(b, -1, gh, gw)
+
+
+def _resolve_vfm_name(name: str) -> tuple[str, dict]:
+    import timm
+
+    kwargs: dict = {}
+    if name.endswith(".json"):
+        path = Path(name)
+        try:
+            spec = json.loads(path.read_text())
+            name, kwargs = spec["model"], dict(spec.get("kwargs", {}))
+        except FileNotFoundError:
+            raise GlaclipError(f"VFM architecture file not found: {path}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GlaclipError(f"VFM architecture file {path} needs JSON {{\"model\": NAME, \"kwargs\": {{...}}}}: "
+                               f"{_one_line(exc)}") from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(pretrained=True), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GlaclipError(f"unknown VFM {name!r}{hint}")
+    return name, kwargs
+
+
+def load_vfm(name: str = DEFAULT_VFM, weights: str | None = None, device: str | torch.device = "auto",
+             dtype: str | torch.dtype = "auto") -> VfmTower:
+    """Build a timm ViT (any image size) and load its weights (hub tag, file, or "random").
+
+    ``weights=None`` takes $GLACLIP_VFM_WEIGHTS, else the hub weights of the tagged name.
+    Files may be timm's own checkpoints or the original DINO release (same key names).
+    """
+    import timm
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    arch, kwargs = _resolve_vfm_name(name)
+    weights = weights or os.environ.get(VFM_WEIGHTS_ENV) or None
+    kwargs.update(dynamic_img_size=True, num_classes=0)
+    try:
+        if weights == RANDOM:
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+        elif weights is not None:
+            path = Path(weights).expanduser()
+            sd, _ = read_state_dict(path, "VFM")
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+            sd = _timm_filter(model, sd)
+            _load_into(model, sd, path, "VFM")
+        else:
+            model = timm.create_model(arch, pretrained=True, **kwargs)
+    except GlaclipError:
+        raise
+    except Exception as exc:
+        if weights is not None:
+            raise GlaclipError(f"cannot build VFM {arch!r}: {_one_line(exc)}") from None
+        cfg = timm.models.get_pretrained_cfg(arch)
+        hub = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
+        raise GlaclipError(
+            f"cannot load VFM weights {arch} from {hub} (offline or not cached: {_one_line(exc)}); download its "
+            f"model.safetensors (or the original DINO .pth) and pass --vfm-weights FILE or set {VFM_WEIGHTS_ENV}=FILE"
+        ) from None
+    return VfmTower(_freeze(model, dev, dt), name=arch, weights=str(weights or "hub"))
+
+
+def _timm_filter(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Let timm's own converter map foreign key names (e.g. the original DINO checkpoint), and drop
+    classifier heads the feature extractor does not have."""
+    import importlib
+
+    try:
+        module = importlib.import_module(type(model).__module__)
+        filt = getattr(module, "checkpoint_filter_fn", None)
+        if filt is not None:
+            sd = filt(sd, model)
+    except Exception:
+        pass
+    own = model.state_dict()
+    return {k: v for k, v in sd.items() if k in own or not k.startswith(("head.", "fc."))}

@@ -1,0 +1,154 @@
+"""The segmenter: image + class names -> per-pixel labels and class probabilities (METHOD.md 1-8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .attention import gla_attention, proxyclip_attention
+from .errors import GlaclipError
+from .images import ImageInput, clip_to_imagenet, load_image, preprocess
+from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, VfmTower, load_clip, load_vfm
+from .presets import Preset, get_preset
+from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes
+from .windows import WindowGrid, crop_windows, stitch, window_grid
+
+
+@dataclass
+class Segmentation:
+    """Result for one image, at its original size.
+
+    labels: HxW int64 class indices; probs: CxHxW float32 per-class probabilities (max over each
+    class's synonyms); classes: display names in index order; preset: the settings used.
+    """
+
+    labels: np.ndarray
+    probs: np.ndarray
+    classes: list[str]
+    preset: Preset
+
+    def shares(self) -> dict[str, float]:
+        """Fraction of the image's pixels given to each class."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
+        return {name: float(c) / self.labels.size for name, c in zip(self.classes, counts)}
+
+
+def decide(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, logit_scale: float,
+           prob_thd: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """METHOD.md step 8: QxHxW logits -> (labels HxW, class probs CxHxW)."""
+    probs = (logit_scale * logits.float()).softmax(dim=0)
+    owner = query_class.to(probs.device)
+    class_probs = torch.stack([probs[owner == c].amax(dim=0) for c in range(num_classes)])
+    top, labels = class_probs.max(dim=0)
+    if prob_thd > 0:
+        labels[top < prob_thd] = 0
+    return labels, class_probs
+
+
+class Segmenter:
+    """GLA-CLIP (or window-local ProxyCLIP) over a frozen CLIP and a frozen VFM."""
+
+    def __init__(self, clip: ClipTower, vfm: VfmTower, preset: Preset | None = None, window_batch: int = 16):
+        import open_clip
+
+        self.clip = clip
+        self.vfm = vfm
+        self.preset = preset or get_preset("gla-proxyclip")
+        self.preset.validate()
+        self.window_batch = window_batch
+        self.device = clip.visual.conv1.weight.device
+        self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device)
+        self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._check_grids()
+
+    @classmethod
+    def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
+                        vfm_weights: str | None = None, method: str = "gla-proxyclip", device: str = "auto",
+                        dtype: str = "auto", window_batch: int = 16, **overrides: Any) -> "Segmenter":
+        """Load both models and a preset.
+
+        clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file).
+        clip_weights: a pretrained tag ('openai'), a local file, or 'random'; None -> $GLACLIP_CLIP_WEIGHTS or 'openai'.
+        vfm: timm model name with tag; vfm_weights: a local file, 'random', or None -> $GLACLIP_VFM_WEIGHTS or the hub.
+        method: a preset name ('gla-proxyclip', 'gla-proxyclip-paper', 'proxyclip').
+        overrides: any setting of the preset, e.g. rho=0.6, short_side=560, prob_thd=0.1.
+        """
+        preset = get_preset(method, **overrides)
+        tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
+        vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device, dtype=tower.dtype)
+        return cls(tower, vfm_tower, preset, window_batch=window_batch)
+
+    def _check_grids(self) -> None:
+        # The VFM grid carries the tokens; CLIP's conv floors odd sizes and its values are resized.
+        w, vp = self.preset.window, self.vfm.patch_size
+        if w.pad_multiple % vp or w.crop % vp:
+            raise GlaclipError(f"crop {w.crop} and pad_multiple {w.pad_multiple} must be multiples of the VFM "
+                               f"patch size {vp}")
+
+    def with_preset(self, preset: Preset) -> "Segmenter":
+        """A segmenter sharing these models (and text cache) with other settings."""
+        other = object.__new__(Segmenter)
+        other.__dict__.update(self.__dict__)
+        other.preset = preset
+        other.preset.validate()
+        other._check_grids()
+        return other
+
+    def query_embeddings(self, queries: ClassQueries) -> torch.Tensor:
+        key = queries.queries
+        if key not in self._query_cache:
+            self._query_cache[key] = self.text.embed(key)
+        return self._query_cache[key]
+
+    @torch.no_grad()
+    def window_tokens(self, image: torch.Tensor, grid: WindowGrid) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Normalised VFM keys (N x C), CLIP values on the VFM grid (N x D), and that grid."""
+        crops = crop_windows(image.to(self.device), grid)
+        keys, values = [], []
+        for start in range(0, crops.shape[0], self.window_batch):
+            batch = crops[start : start + self.window_batch]
+            k = self.vfm.features(clip_to_imagenet(batch))
+            v = self.clip.value_tokens(batch)
+            v = F.interpolate(v, size=k.shape[-2:], mode="bilinear", align_corners=False)
+            keys.append(F.normalize(k.flatten(2).transpose(1, 2), dim=-1))
+            values.append(v.flatten(2).transpose(1, 2))
+        grid_hw = tuple(k.shape[-2:])
+        return torch.cat(keys).flatten(0, 1), torch.cat(values).flatten(0, 1), grid_hw
+
+    @torch.no_grad()
+    def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> torch.Tensor:
+        """Stitched cosine logits Q x H x W at the original image size (steps 1-7)."""
+        w, a = self.preset.window, self.preset.attention
+        x = preprocess(rgb, w.short_side, w.max_long_side)
+        grid = window_grid(x.shape[2], x.shape[3], w.crop, w.stride, w.pad_multiple)
+        keys, values, (gh, gw) = self.window_tokens(x, grid)
+        if self.preset.method == "gla-proxyclip":
+            out = gla_attention(keys, values, grid.count, a)
+        else:
+            n = gh * gw
+            out = proxyclip_attention(keys.view(grid.count, n, -1), values.view(grid.count, n, -1), a).flatten(0, 1)
+        emb = F.normalize(self.clip.project(out).float(), dim=-1)
+        text = self.query_embeddings(queries)
+        logits = (emb @ text.T).view(grid.count, gh, gw, -1).permute(0, 3, 1, 2)
+        canvas = stitch(logits, grid)
+        return F.interpolate(canvas[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
+
+    def predict(self, image: ImageInput, classes: Iterable[ClassSpec] | str | ClassQueries,
+                prob_thd: float | None = None) -> Segmentation:
+        """Segment one image into the given classes.
+
+        image: path, PIL image, HxWx3 uint8 array or tensor. classes: names, synonym lists, or
+        '; '-separated synonym strings. prob_thd (default: the preset's): pixels whose top class
+        probability is below it get index 0, so put a background class first when using it.
+        """
+        queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
+        preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
+        rgb = load_image(image)
+        logits = self.image_logits(rgb, queries)
+        labels, probs = decide(logits, torch.tensor(queries.query_class), len(queries),
+                               preset.decision.logit_scale, preset.decision.prob_thd)
+        return Segmentation(labels.cpu().numpy().astype(np.int64), probs.cpu().numpy(), list(queries.names), preset)

@@ -1,0 +1,86 @@
+"""Sliding windows (METHOD.md step 2) and stitching of per-window logits (step 7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """The windows of one image. All windows share one size (min(crop, H) x min(crop, W))."""
+
+    height: int
+    width: int
+    boxes: tuple[tuple[int, int, int, int], ...]  # (y1, y2, x1, x2) per window, row-major
+    pad: tuple[int, int, int, int]  # (left, right, top, bottom) zero padding of every window
+
+    @property
+    def count(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def window_size(self) -> tuple[int, int]:
+        y1, y2, x1, x2 = self.boxes[0]
+        return y2 - y1, x2 - x1
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        h, w = self.window_size
+        left, right, top, bottom = self.pad
+        return h + top + bottom, w + left + right
+
+
+def grid_count(size: int, crop: int, stride: int) -> int:
+    return max(size - crop + stride - 1, 0) // stride + 1
+
+
+def window_grid(height: int, width: int, crop: int, stride: int, pad_multiple: int) -> WindowGrid:
+    boxes = []
+    for i in range(grid_count(height, crop, stride)):
+        for j in range(grid_count(width, crop, stride)):
+            y2 = min(i * stride + crop, height)
+            y1 = max(y2 - crop, 0)
+            x2 = min(j * stride + crop, width)
+            x1 = max(x2 - crop, 0)
+            boxes.append((y1, y2, x1, x2))
+    h, w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    return WindowGrid(height, width, tuple(boxes), centred_padding(h, w, pad_multiple))
+
+
+def centred_padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding up to the next multiple; the odd pixel goes right/bottom."""
+    def split(n):
+        extra = (multiple - n % multiple) % multiple
+        return extra // 2, extra - extra // 2
+    (left, right), (top, bottom) = split(w), split(h)
+    return left, right, top, bottom
+
+
+def crop_windows(image: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+    """1x3xHxW -> Bx3xhxw: every window, zero-padded (centred) to the padded size."""
+    crops = torch.cat([image[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in grid.boxes])
+    if any(grid.pad):
+        crops = F.pad(crops, grid.pad)
+    return crops
+
+
+def stitch(window_logits: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+    """Bx QxhxW window logits on any grid -> QxHxW image logits.
+
+    Each window's logits are resized bilinearly to the padded window size, the padding is cut off,
+    and the windows are summed into the canvas and divided by the overlap count.
+    """
+    ph, pw = grid.padded_size
+    wh, ww = grid.window_size
+    left, _, top, _ = grid.pad
+    q = window_logits.shape[1]
+    canvas = window_logits.new_zeros(q, grid.height, grid.width)
+    count = window_logits.new_zeros(1, grid.height, grid.width)
+    for k, (y1, y2, x1, x2) in enumerate(grid.boxes):
+        up = F.interpolate(window_logits[k : k + 1], size=(ph, pw), mode="bilinear", align_corners=False)[0]
+        canvas[:, y1:y2, x1:x2] += up[:, top : top + wh, left : left + ww]
+        count[:, y1:y2, x1:x2] += 1
+    return canvas / count
