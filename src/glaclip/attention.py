@@ -19,6 +19,11 @@ from .presets import AttentionConfig
 _BYTES_PER_ENTRY = 4 * 6  # fp32 scores plus the mask, weights and temporaries of one block row
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores, softmax and logits are kept in fp32 for fp16/bf16/fp32 models, fp64 for fp64 ones."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def auto_block_rows(n_tokens: int, memory_mb: int) -> int:
     return int(max(1, min(n_tokens, memory_mb * 2**20 // (_BYTES_PER_ENTRY * max(n_tokens, 1)))))
 
@@ -47,9 +52,10 @@ def _block_weights(queries: torch.Tensor, keys: torch.Tensor, offset: int, num_w
         mask = mask_of(proxy @ keys.T)
         summed = mask.to(keys.dtype) @ keys
         proxy = F.normalize(summed / (mask.sum(1, keepdim=True).to(keys.dtype) + 1e-6), dim=-1)
-    counts = mask.sum(1, keepdim=True).float()
+    acc = accumulation_dtype(keys.dtype)
+    counts = mask.sum(1, keepdim=True).to(acc)
     del mask
-    scores = (proxy @ keys.T).float()
+    scores = (proxy @ keys.T).to(acc)
     mu = scores.mean(dim=1, keepdim=True).clamp_min(0.0)
     if cfg.dynamic:
         beta, gamma = dynamic_beta(num_windows, cfg.alpha_beta), 1.0 + cfg.alpha_gamma / counts
@@ -94,7 +100,7 @@ def proxyclip_attention(keys: torch.Tensor, values: torch.Tensor, cfg: Attention
     out = values.new_empty(values.shape)
     for start in range(0, b, per_window):
         k = keys[start : start + per_window]
-        sim = (k @ k.transpose(1, 2)).float()
+        sim = (k @ k.transpose(1, 2)).to(accumulation_dtype(k.dtype))
         sim = (sim - cfg.beta * sim.mean(dim=-1, keepdim=True)).mul_(cfg.gamma)
         thresh = sim.amax(dim=-1, keepdim=True).clamp_max(0.0)
         sim.masked_fill_(sim < thresh, float("-inf"))

@@ -107,13 +107,13 @@ def resized_shape(height: int, width: int, short_side: int, max_long_side: int) 
     return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
 
 
-def preprocess(rgb: np.ndarray, short_side: int, max_long_side: int) -> torch.Tensor:
+def preprocess(rgb: np.ndarray, short_side: int, max_long_side: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """METHOD.md step 1: OpenCV bilinear resize of the uint8 image, then CLIP normalisation -> 1x3xHxW."""
     h, w = resized_shape(rgb.shape[0], rgb.shape[1], short_side, max_long_side)
     resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != rgb.shape[:2] else rgb
-    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float()
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
-    std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
+    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).to(dtype)
+    mean = torch.tensor(CLIP_MEAN, dtype=dtype).view(3, 1, 1) * 255.0
+    std = torch.tensor(CLIP_STD, dtype=dtype).view(3, 1, 1) * 255.0
     return ((x - mean) / std).unsqueeze(0)
 
 

@@ -46,11 +46,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """'auto' is fp16 on CUDA (as the release runs) and fp32 elsewhere."""
+    """'auto' is fp16 on CUDA (as the release runs) and fp32 elsewhere; fp64 is for verification."""
     if isinstance(dtype, torch.dtype):
         return dtype
     table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp64": torch.float64, "float64": torch.float64}
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in table:
@@ -104,7 +105,8 @@ class ClipTower:
         if (gh, gw) == (nh, nw):
             return pos
         cls_pos, patch_pos = pos[:1], pos[1:].reshape(1, nh, nw, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos.float(), size=(gh, gw), mode="bicubic", align_corners=False)
+        patch_pos = F.interpolate(patch_pos.to(torch.promote_types(pos.dtype, torch.float32)), size=(gh, gw),
+                                  mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(gh * gw, -1)])
 
     def value_tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import gla_attention, proxyclip_attention
+from .attention import accumulation_dtype, gla_attention, proxyclip_attention
 from .errors import GlaclipError
 from .images import ImageInput, clip_to_imagenet, load_image, preprocess
 from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, VfmTower, load_clip, load_vfm
@@ -40,7 +40,7 @@ class Segmentation:
 def decide(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, logit_scale: float,
            prob_thd: float) -> tuple[torch.Tensor, torch.Tensor]:
     """METHOD.md step 8: QxHxW logits -> (labels HxW, class probs CxHxW)."""
-    probs = (logit_scale * logits.float()).softmax(dim=0)
+    probs = (logit_scale * logits).softmax(dim=0)
     owner = query_class.to(probs.device)
     class_probs = torch.stack([probs[owner == c].amax(dim=0) for c in range(num_classes)])
     top, labels = class_probs.max(dim=0)
@@ -123,7 +123,7 @@ class Segmenter:
     def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> torch.Tensor:
         """Stitched cosine logits Q x H x W at the original image size (steps 1-7)."""
         w, a = self.preset.window, self.preset.attention
-        x = preprocess(rgb, w.short_side, w.max_long_side)
+        x = preprocess(rgb, w.short_side, w.max_long_side, accumulation_dtype(self.clip.dtype))
         grid = window_grid(x.shape[2], x.shape[3], w.crop, w.stride, w.pad_multiple)
         keys, values, (gh, gw) = self.window_tokens(x, grid)
         if self.preset.method == "gla-proxyclip":
@@ -131,8 +131,9 @@ class Segmenter:
         else:
             n = gh * gw
             out = proxyclip_attention(keys.view(grid.count, n, -1), values.view(grid.count, n, -1), a).flatten(0, 1)
-        emb = F.normalize(self.clip.project(out).float(), dim=-1)
-        text = self.query_embeddings(queries)
+        acc = accumulation_dtype(self.clip.dtype)
+        emb = F.normalize(self.clip.project(out).to(acc), dim=-1)
+        text = self.query_embeddings(queries).to(acc)
         logits = (emb @ text.T).view(grid.count, gh, gw, -1).permute(0, 3, 1, 2)
         canvas = stitch(logits, grid)
         return F.interpolate(canvas[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]

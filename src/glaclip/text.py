@@ -105,7 +105,8 @@ class TextEncoder:
             chunks = []
             for start in range(0, len(prompts), self._batch):
                 tokens = self._tokenizer(prompts[start : start + self._batch]).to(self._device)
-                chunks.append(F.normalize(self._encode(tokens).float(), dim=-1))
+                emb = self._encode(tokens)
+                chunks.append(F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1))
             mean = torch.cat(chunks).mean(dim=0)
             self._cache[query] = F.normalize(mean, dim=-1)
         return self._cache[query]

@@ -1,0 +1,201 @@
+"""Command line: `glaclip segment`, `glaclip presets`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+from .errors import GlaclipError
+
+app = typer.Typer(
+    help="Training-free open-vocabulary semantic segmentation with GLA-CLIP (frozen CLIP + frozen DINO).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _class_list(classes: List[str], class_file: Optional[Path]):
+    from .text import parse_classes, read_class_file
+
+    if classes and class_file:
+        raise GlaclipError("give either --classes or --class-file, not both")
+    if class_file:
+        return read_class_file(class_file)
+    if not classes:
+        raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
+    items = [item for group in classes for item in group.split(",")]
+    return parse_classes([i for i in items if i.strip()])
+
+
+def _overrides(settings: List[str]) -> dict:
+    out = {}
+    for s in settings:
+        key, sep, value = s.partition("=")
+        if not sep or not key.strip():
+            raise GlaclipError(f"--set takes KEY=VALUE, got {s!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def _output_stems(images: List[Path]) -> List[str]:
+    stems, seen = [], {}
+    for p in images:
+        stem = p.stem
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        stems.append(stem if n == 0 else f"{stem}_{n}")
+    return stems
+
+
+@app.command()
+def segment(
+    images: List[Path] = typer.Argument(..., help="Image files (JPEG, PNG, TIFF, BMP, WebP...).", show_default=False),
+    classes: List[str] = typer.Option([], "--classes", "-c", help="Comma-separated class names; synonyms of one class "
+                                      "joined by ';' (e.g. 'sky, car; vehicle, person'). Repeatable."),
+    class_file: Optional[Path] = typer.Option(None, "--class-file", "-f", help="One class per line, synonyms "
+                                              "separated by '; '."),
+    out: Path = typer.Option(Path("glaclip_out"), "--out", "-o", help="Output folder."),
+    method: str = typer.Option("gla-proxyclip", "--method", "-m", help="Preset: gla-proxyclip, gla-proxyclip-paper, "
+                               "proxyclip."),
+    prob_thd: Optional[float] = typer.Option(None, "--prob-thd", help="Pixels whose top probability is below this get "
+                                             "class 0 (list a background class first)."),
+    settings: List[str] = typer.Option([], "--set", help="Override any preset value, e.g. --set rho=0.6 "
+                                       "--set short_side=560. Repeatable."),
+    save_probs: bool = typer.Option(False, "--save-probs", help="Also write per-class probabilities (.npz, fp16)."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Opacity of the colours in the overlay."),
+    clip: str = typer.Option("ViT-B-16-quickgelu", "--clip", help="open_clip model name, hf-hub:ID or a JSON config."),
+    clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Pretrained tag, local file, or 'random' "
+                                               "(env GLACLIP_CLIP_WEIGHTS; default: openai)."),
+    vfm: str = typer.Option("vit_base_patch8_224.dino", "--vfm", help="timm model name (with tag) or a JSON file."),
+    vfm_weights: Optional[str] = typer.Option(None, "--vfm-weights", help="Local file or 'random' (env "
+                                              "GLACLIP_VFM_WEIGHTS; default: the timm hub)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Segment images into the given classes.
+
+    Writes, per image, NAME_labels.png (palette PNG, value = class index), NAME_overlay.png (colours over the image, legend below), NAME.json (per-class pixel shares and the preset), and with --save-probs NAME_probs.npz. Images that cannot be read are reported and skipped.
+    """
+    from tqdm import tqdm
+
+    from .images import load_image
+    from .presets import get_preset
+    from .segmenter import Segmenter
+    from .visualize import atomic_paths, distinct_palette, label_image, overlay_with_legend
+
+    queries = _class_list(classes, class_file)
+    overrides = _overrides(settings)
+    if prob_thd is not None:
+        overrides["prob_thd"] = prob_thd
+    preset = get_preset(method, **overrides)
+    for p in images:
+        if not p.is_file():
+            raise GlaclipError(f"image not found: {p}" if not p.exists() else f"not a file: {p}")
+    if out.exists() and not out.is_dir():
+        raise GlaclipError(f"--out {out} exists and is not a folder")
+
+    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+                                    method=method, device=device, dtype=dtype, **overrides)
+    if not quiet:
+        _say(f"glaclip: {preset.describe()}")
+        _say(f"glaclip: clip={seg.clip.name}:{seg.clip.weights} vfm={seg.vfm.name}:{seg.vfm.weights} "
+             f"device={seg.device} dtype={str(seg.clip.dtype).replace('torch.', '')}")
+    palette = distinct_palette(len(queries))
+    failures = []
+    bar = tqdm(list(zip(images, _output_stems(images))), desc="segmenting", unit="img", disable=quiet,
+               file=sys.stderr)
+    for path, stem in bar:
+        bar.set_postfix_str(path.name)
+        start = time.perf_counter()
+        try:
+            rgb = load_image(path)
+            result = seg.predict(rgb, queries)
+        except GlaclipError as exc:
+            failures.append(f"{path}: {exc}")
+            bar.write(f"glaclip: skipped {exc}", file=sys.stderr)
+            continue
+        seconds = time.perf_counter() - start
+        shares = result.shares()
+        record = {
+            "image": str(path), "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
+            "classes": [
+                {"index": i, "name": n, "synonyms": list(queries.synonyms[i]), "share": shares[n],
+                 "pixels": int(round(shares[n] * result.labels.size)), "color": palette[i].tolist()}
+                for i, n in enumerate(result.classes)
+            ],
+            "preset": result.preset.to_dict(), "preset_line": result.preset.describe(),
+            "clip": {"model": seg.clip.name, "weights": seg.clip.weights},
+            "vfm": {"model": seg.vfm.name, "weights": seg.vfm.weights},
+            "seconds": round(seconds, 3),
+        }
+        targets = [out / f"{stem}_labels.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
+        if save_probs:
+            targets.append(out / f"{stem}_probs.npz")
+        with atomic_paths(targets) as tmp:
+            label_image(result.labels, palette).save(tmp[0], format="PNG")
+            overlay_with_legend(rgb, result.labels, result.classes, palette, alpha,
+                                [shares[n] for n in result.classes]).save(tmp[1], format="PNG")
+            tmp[2].write_text(json.dumps(record, indent=2))
+            if save_probs:
+                with open(tmp[3], "wb") as fh:
+                    np.savez_compressed(fh, probs=result.probs.astype(np.float16), labels=result.labels.astype(np.int32),
+                                        classes=np.array(result.classes))
+        if not quiet:
+            top = sorted(shares.items(), key=lambda kv: -kv[1])[:3]
+            bar.write(f"{path.name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in top) + f" -> {targets[1]}",
+                      file=sys.stderr)
+    if failures:
+        raise GlaclipError(f"{len(failures)} of {len(images)} images failed (others were written): {failures[0]}")
+
+
+@app.command()
+def presets() -> None:
+    """List the named presets and their hyperparameters."""
+    from .presets import PRESETS
+
+    for preset in PRESETS.values():
+        typer.echo(preset.describe())
+
+
+@app.command()
+def version() -> None:
+    """Print the glaclip version."""
+    from . import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        app()
+    except GlaclipError as exc:
+        _say(f"glaclip: error: {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _say("glaclip: interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("GLACLIP_DEBUG"):
+            raise
+        _say(f"glaclip: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+             "(set GLACLIP_DEBUG=1 for the traceback)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

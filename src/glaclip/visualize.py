@@ -1,0 +1,118 @@
+"""Pictures of a segmentation: palettes, label PNGs, overlays with a legend, and atomic file writes."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def distinct_palette(n: int) -> np.ndarray:
+    """n x 3 uint8 colours, well separated in hue, lightness alternating so neighbours differ."""
+    golden = 0.618033988749895
+    colours = []
+    for i in range(n):
+        hue = (i * golden) % 1.0
+        light = (0.45, 0.6, 0.35)[i % 3]
+        sat = (0.85, 0.65)[(i // 3) % 2]
+        colours.append([round(255 * c) for c in colorsys.hls_to_rgb(hue, light, sat)])
+    return np.array(colours, dtype=np.uint8).reshape(n, 3)
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    return palette[labels]
+
+
+def label_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """Palette PNG ('P' mode, pixel value = class index) for up to 256 classes, else 16-bit grayscale."""
+    if len(palette) <= 256:
+        img = Image.fromarray(labels.astype(np.uint8), mode="P")
+        flat = np.zeros((256, 3), dtype=np.uint8)
+        flat[: len(palette)] = palette
+        img.putpalette(flat.ravel().tolist())
+        return img
+    return Image.fromarray(labels.astype(np.uint16))
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def legend(classes: Sequence[str], palette: np.ndarray, width: int, shares: Sequence[float] | None = None,
+           only_present: bool = True) -> Image.Image:
+    """A strip of colour swatches with class names (and pixel shares), wrapped to `width` pixels."""
+    size = max(12, min(24, width // 40))
+    font = _font(size)
+    items = []
+    for i, name in enumerate(classes):
+        if shares is not None and only_present and shares[i] <= 0:
+            continue
+        text = name if shares is None else f"{name} {100 * shares[i]:.1f}%"
+        items.append((palette[i], text))
+    pad, box = size // 2, size
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    rows, row, x = [], [], pad
+    for colour, text in items:
+        w = box + pad // 2 + int(probe.textlength(text, font=font)) + 2 * pad
+        if row and x + w > width:
+            rows.append(row)
+            row, x = [], pad
+        row.append((colour, text, x))
+        x += w
+    if row:
+        rows.append(row)
+    line = box + pad
+    strip = Image.new("RGB", (width, max(1, len(rows)) * line + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for r, entries in enumerate(rows):
+        y = pad + r * line
+        for colour, text, x0 in entries:
+            draw.rectangle([x0, y, x0 + box, y + box], fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+            draw.text((x0 + box + pad // 2, y + box // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+    return strip
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the label colours over the image."""
+    mixed = (1 - alpha) * rgb.astype(np.float32) + alpha * colorize(labels, palette).astype(np.float32)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def overlay_with_legend(rgb: np.ndarray, labels: np.ndarray, classes: Sequence[str], palette: np.ndarray,
+                        alpha: float = 0.5, shares: Sequence[float] | None = None) -> Image.Image:
+    """Overlay on top, legend strip below; the image part keeps the original size."""
+    top = Image.fromarray(overlay(rgb, labels, palette, alpha))
+    strip = legend(classes, palette, top.width, shares)
+    out = Image.new("RGB", (top.width, top.height + strip.height), (255, 255, 255))
+    out.paste(top, (0, 0))
+    out.paste(strip, (0, top.height))
+    return out
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
+    """Yield temporary paths beside `paths`; on success rename all of them into place, on any error
+    remove them all, so a failed run never leaves partial outputs."""
+    temps = []
+    try:
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part" + p.suffix, dir=p.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+        for tmp, final in zip(temps, paths):
+            os.replace(tmp, final)
+        temps = []
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,80 @@
+"""Tiny randomly initialised models of the real architectures, built and saved by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from the tests
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_VFM = {"model": "vit_base_patch8_224", "kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 2}}
+
+
+@pytest.fixture(scope="session")
+def arch_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("arch")
+    (d / "glaclip-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    (d / "glaclip-tiny-vfm.json").write_text(json.dumps(TINY_VFM))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_files(arch_dir):
+    """Paths of the tiny architectures and of their (seeded, random) weights as saved files."""
+    from glaclip.models import load_clip, load_vfm
+
+    torch.manual_seed(0)
+    clip = load_clip(str(arch_dir / "glaclip-tiny-clip.json"), "random", device="cpu", dtype="fp32")
+    vfm = load_vfm(str(arch_dir / "glaclip-tiny-vfm.json"), "random", device="cpu", dtype="fp32")
+    # Random init leaves some parameters at trivial values (e.g. zero biases); perturb all of them.
+    with torch.no_grad():
+        for p in list(clip.model.parameters()) + list(vfm.model.parameters()):
+            p.add_(0.02 * torch.randn_like(p))
+    clip_pt, vfm_pt = arch_dir / "clip.pt", arch_dir / "vfm.pth"
+    torch.save(clip.model.state_dict(), clip_pt)
+    torch.save(vfm.model.state_dict(), vfm_pt)
+    return {
+        "clip": str(arch_dir / "glaclip-tiny-clip.json"),
+        "vfm": str(arch_dir / "glaclip-tiny-vfm.json"),
+        "clip_weights": str(clip_pt),
+        "vfm_weights": str(vfm_pt),
+    }
+
+
+@pytest.fixture(scope="session")
+def segmenter(tiny_files):
+    from glaclip import Segmenter
+
+    return Segmenter.from_pretrained(device="cpu", dtype="fp32", **tiny_files)
+
+
+@pytest.fixture(scope="session")
+def segmenter64(tiny_files):
+    """The same weights in float64: comparisons free of float32 rounding at the thresholds."""
+    from glaclip import Segmenter
+
+    return Segmenter.from_pretrained(device="cpu", dtype="fp64", **tiny_files)
+
+
+def structured_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A deterministic RGB image with regions and edges (random models still see structure)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx // 37 + yy // 29) % 2) * 220], -1)
+    img = img + rng.integers(-20, 21, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_300x400():
+    return structured_image(300, 400)
