@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from glaclip.visualize import atomic_paths, distinct_palette, label_image, legend, overlay, overlay_with_legend
+
+
+def test_palette_distinct():
+    p = distinct_palette(200)
+    assert p.shape == (200, 3) and p.dtype == np.uint8
+    assert len({tuple(c) for c in p}) == 200
+    assert np.abs(p[:-1].astype(int) - p[1:].astype(int)).sum(1).min() > 30  # neighbours differ visibly
+
+
+def test_label_image_round_trip(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 21, (30, 40))
+    label_image(labels, distinct_palette(21)).save(tmp_path / "l.png")
+    img = Image.open(tmp_path / "l.png")
+    assert img.mode == "P"
+    np.testing.assert_array_equal(np.asarray(img), labels)
+    many = np.random.default_rng(0).integers(0, 300, (5, 6))
+    label_image(many, distinct_palette(300)).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m.png")), many)
+
+
+def test_overlay_blend_formula():
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [1, 0]])
+    pal = np.array([[0, 0, 0], [200, 200, 200]], np.uint8)
+    out = overlay(rgb, labels, pal, alpha=0.25)
+    assert out[0, 0].tolist() == [75, 75, 75] and out[0, 1].tolist() == [125, 125, 125]
+
+
+def test_legend_wraps_and_skips_absent():
+    pal = distinct_palette(30)
+    names = [f"class number {i}" for i in range(30)]
+    narrow = legend(names, pal, 200)
+    wide = legend(names, pal, 2000)
+    assert narrow.height > wide.height and narrow.width == 200
+    shares = [0.0] * 29 + [1.0]
+    assert legend(names, pal, 200, shares).height < narrow.height
+    img = overlay_with_legend(np.zeros((50, 80, 3), np.uint8), np.zeros((50, 80), int), ["a"], pal)
+    assert img.width == 80 and img.height > 50
+
+
+def test_atomic_paths_leave_nothing_on_error(tmp_path):
+    targets = [tmp_path / "a.png", tmp_path / "b.json"]
+    with pytest.raises(RuntimeError):
+        with atomic_paths(targets) as tmp:
+            tmp[0].write_text("half")
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_paths(targets) as tmp:
+        for t in tmp:
+            t.write_text("ok")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.json"]
