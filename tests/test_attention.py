@@ -107,3 +107,25 @@ def test_auto_block_rows_is_linear_budget():
     assert auto_block_rows(100, 512) == 100
     rows = auto_block_rows(120_000, 512)
     assert 1 <= rows < 120_000 and rows * 120_000 * 24 <= 512 * 2**20
+
+
+def test_peak_memory_stays_linear():
+    """N = 30,000 tokens: one dense fp32 N x N matrix is 3.4 GiB; block-wise stays far below."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, torch, torch.nn.functional as F\n"
+        "from glaclip.attention import gla_attention\n"
+        "from glaclip.presets import AttentionConfig\n"
+        "torch.manual_seed(0)\n"
+        "k = F.normalize(torch.randn(30000, 32), dim=-1); v = torch.randn(30000, 32)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = gla_attention(k, v, 38, AttentionConfig(block_rows=256))\n"
+        "assert torch.isfinite(out).all()\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    grown_mb = int(proc.stdout.split()[-1])
+    assert grown_mb < 300, f"peak grew by {grown_mb} MiB"

@@ -32,10 +32,14 @@ def dynamic_beta(num_windows: int, alpha_beta: float) -> float:
     return 1.0 + alpha_beta * math.log(1.0 + num_windows)
 
 
-def _block_weights(queries: torch.Tensor, keys: torch.Tensor, offset: int, num_windows: int,
-                   cfg: AttentionConfig) -> torch.Tensor:
-    """Softmax attention weights (fp32, b x N) of the query rows offset..offset+b."""
+def _block_weights(queries: torch.Tensor, keys: torch.Tensor, keys_acc: torch.Tensor, offset: int,
+                   num_windows: int, cfg: AttentionConfig) -> torch.Tensor:
+    """Softmax attention weights (fp32/fp64, b x N) of the query rows offset..offset+b.
+
+    `keys_acc` is `keys` in the accumulation dtype: proxies sum up to N keys, which fp16 cannot hold.
+    """
     b = queries.shape[0]
+    acc = keys_acc.dtype
     diag = torch.arange(b, device=keys.device)
     proxy = queries
 
@@ -50,9 +54,8 @@ def _block_weights(queries: torch.Tensor, keys: torch.Tensor, offset: int, num_w
         mask = mask_of(proxy @ keys.T)
     for _ in range(cfg.proxy_iters):
         mask = mask_of(proxy @ keys.T)
-        summed = mask.to(keys.dtype) @ keys
-        proxy = F.normalize(summed / (mask.sum(1, keepdim=True).to(keys.dtype) + 1e-6), dim=-1)
-    acc = accumulation_dtype(keys.dtype)
+        summed = mask.to(acc) @ keys_acc
+        proxy = F.normalize(summed / (mask.sum(1, keepdim=True).to(acc) + 1e-6), dim=-1).to(keys.dtype)
     counts = mask.sum(1, keepdim=True).to(acc)
     del mask
     scores = (proxy @ keys.T).to(acc)
@@ -75,9 +78,10 @@ def gla_attention(keys: torch.Tensor, values: torch.Tensor, num_windows: int, cf
     """
     n = keys.shape[0]
     rows = cfg.block_rows or auto_block_rows(n, cfg.memory_mb)
+    keys_acc = keys.to(accumulation_dtype(keys.dtype))
     out = values.new_empty(values.shape)
     for start in range(0, n, rows):
-        weights = _block_weights(keys[start : start + rows], keys, start, num_windows, cfg)
+        weights = _block_weights(keys[start : start + rows], keys, keys_acc, start, num_windows, cfg)
         out[start : start + rows] = (weights.to(values.dtype) @ values)
     return out
 
@@ -85,7 +89,7 @@ def gla_attention(keys: torch.Tensor, values: torch.Tensor, num_windows: int, cf
 def dense_gla_attention(keys: torch.Tensor, values: torch.Tensor, num_windows: int,
                         cfg: AttentionConfig) -> torch.Tensor:
     """Reference: the same computation with the whole N x N matrix in memory (O(N^2))."""
-    weights = _block_weights(keys, keys, 0, num_windows, cfg)
+    weights = _block_weights(keys, keys, keys.to(accumulation_dtype(keys.dtype)), 0, num_windows, cfg)
     return weights.to(values.dtype) @ values
 
 

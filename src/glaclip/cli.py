@@ -13,6 +13,7 @@ import numpy as np
 import typer
 
 from .errors import GlaclipError
+from .models import DEFAULT_CLIP, DEFAULT_VFM
 
 app = typer.Typer(
     help="Training-free open-vocabulary semantic segmentation with GLA-CLIP (frozen CLIP + frozen DINO).",
@@ -76,10 +77,10 @@ def segment(
                                        "--set short_side=560. Repeatable."),
     save_probs: bool = typer.Option(False, "--save-probs", help="Also write per-class probabilities (.npz, fp16)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Opacity of the colours in the overlay."),
-    clip: str = typer.Option("ViT-B-16-quickgelu", "--clip", help="open_clip model name, hf-hub:ID or a JSON config."),
+    clip: str = typer.Option(DEFAULT_CLIP, "--clip", help="open_clip model name, hf-hub:ID or a JSON config."),
     clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Pretrained tag, local file, or 'random' "
                                                "(env GLACLIP_CLIP_WEIGHTS; default: openai)."),
-    vfm: str = typer.Option("vit_base_patch8_224.dino", "--vfm", help="timm model name (with tag) or a JSON file."),
+    vfm: str = typer.Option(DEFAULT_VFM, "--vfm", help="timm model name (with tag) or a JSON file."),
     vfm_weights: Optional[str] = typer.Option(None, "--vfm-weights", help="Local file or 'random' (env "
                                               "GLACLIP_VFM_WEIGHTS; default: the timm hub)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
