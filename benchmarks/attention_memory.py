@@ -1,6 +1,7 @@
 """Time and peak memory of the global GLA attention, block-wise vs a naive dense N x N version.
 
-Each case runs in a fresh subprocess so its peak RSS (CPU) or max allocated memory (CUDA) is its own.
+Each case runs in a fresh subprocess; "+peak" is how far the call raised the peak RSS (CPU) or the
+max allocated memory (CUDA) above what the process held before it.
 Token counts follow METHOD.md: windows x 784 tokens (28 x 28 DINO ViT-B/8 grid), 768 channels.
 
     python benchmarks/attention_memory.py                      # CPU, default sizes
@@ -41,13 +42,15 @@ def one_case(n: int, channels: int, mode: str, device: str, dtype: str, block_ro
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     fn(keys, values, max(1, n // 784), cfg)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"seconds": time.perf_counter() - start, "peak_mb": peak}
 
 
@@ -73,7 +76,7 @@ def main() -> None:
 
     lines = [f"machine: {platform.machine()} {platform.processor() or ''} | device {args.device} | {args.dtype} | "
              f"C={args.channels}", "",
-             "| image | windows | tokens N | block s | block peak MiB | dense s | dense peak MiB | dense N x N fp32 MiB |",
+             "| image | windows | tokens N | block s | block +peak MiB | dense s | dense +peak MiB | one N x N fp32 MiB |",
              "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for w in args.windows:
