@@ -13,8 +13,10 @@ import difflib
 import json
 import logging
 import os
+import socket
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +61,34 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return table[dtype]
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith(_WEIGHT_SUFFIXES) or Path(value).exists()
+
+
+@contextmanager
+def _offline_unless_hub_resolves(host: str = "huggingface.co"):
+    """Without a name server answer for the hub, use the local cache at once instead of retrying
+    connections for a minute (the same as HF_HUB_OFFLINE=1 for this call)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        yield
+        return
+    try:
+        socket.getaddrinfo(host, 443)
+        reachable = True
+    except OSError:
+        reachable = False
+    old, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, not reachable
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
 
 
 def _freeze(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -272,8 +295,8 @@ def _create_clip(arch: str, pretrained: str | None, name: str = "", weights: str
     root = logging.getLogger()
     level = root.level
     try:
-        root.setLevel(logging.ERROR)  # open_clip warns on the root logger when it builds without weights
-        with warnings.catch_warnings():
+        root.setLevel(logging.CRITICAL)  # open_clip logs to the root logger; failures are reported below
+        with warnings.catch_warnings(), _offline_unless_hub_resolves():
             warnings.simplefilter("ignore")
             return open_clip.create_model(arch, pretrained=pretrained, pretrained_text=False, **kwargs)
     except GlaclipError:
@@ -281,14 +304,16 @@ def _create_clip(arch: str, pretrained: str | None, name: str = "", weights: str
     except Exception as exc:
         if pretrained is None and not arch.startswith(("hf-hub:", "local-dir:")):
             raise GlaclipError(f"cannot build CLIP model {arch!r}: {_one_line(exc)}") from None
-        where = ""
-        if source:
-            hub = source.get("hf_hub")
-            where = f" from hub repo {hub.rstrip('/')}" if hub else f" from {source.get('url')}"
+        sources = []
+        if source and source.get("hf_hub"):
+            sources.append(f"open_clip_model.safetensors or open_clip_pytorch_model.bin from hub repo "
+                           f"{source['hf_hub'].rstrip('/')}")
+        if source and source.get("url"):
+            sources.append(f"{source['url'].rsplit('/', 1)[-1]} from {source['url']}")
         raise GlaclipError(
-            f"cannot load CLIP weights {name} ({weights}){where} (offline or not cached: {_one_line(exc)}); "
-            f"download the checkpoint (open_clip_model.safetensors of that hub repo, or the OpenAI .pt) and pass "
-            f"--clip-weights FILE or set {CLIP_WEIGHTS_ENV}=FILE"
+            f"cannot load CLIP weights {name} ({weights}): not in the local cache and could not be downloaded; "
+            f"get {' or '.join(sources) or 'the checkpoint'} and pass --clip-weights FILE or set "
+            f"{CLIP_WEIGHTS_ENV}=FILE (reason: {_one_line(exc, 160)})"
         ) from None
     finally:
         root.setLevel(level)
@@ -339,7 +364,7 @@ def _resolve_vfm_name(name: str) -> tuple[str, dict]:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GlaclipError(f"VFM architecture file {path} needs JSON {{\"model\": NAME, \"kwargs\": {{...}}}}: "
                                f"{_one_line(exc)}") from None
-    if not timm.is_model(name):
+    if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(pretrained=True), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise GlaclipError(f"unknown VFM {name!r}{hint}")
@@ -370,17 +395,23 @@ def load_vfm(name: str = DEFAULT_VFM, weights: str | None = None, device: str | 
             sd = _timm_filter(model, sd)
             _load_into(model, sd, path, "VFM")
         else:
-            model = timm.create_model(arch, pretrained=True, **kwargs)
+            with _offline_unless_hub_resolves():
+                model = timm.create_model(arch, pretrained=True, **kwargs)
     except GlaclipError:
         raise
     except Exception as exc:
         if weights is not None:
             raise GlaclipError(f"cannot build VFM {arch!r}: {_one_line(exc)}") from None
         cfg = timm.models.get_pretrained_cfg(arch)
-        hub = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
+        sources = []
+        if getattr(cfg, "hf_hub_id", None):
+            sources.append(f"model.safetensors or pytorch_model.bin from hub repo {cfg.hf_hub_id}")
+        if getattr(cfg, "url", None):
+            sources.append(f"{cfg.url.rsplit('/', 1)[-1]} from {cfg.url}")
         raise GlaclipError(
-            f"cannot load VFM weights {arch} from {hub} (offline or not cached: {_one_line(exc)}); download its "
-            f"model.safetensors (or the original DINO .pth) and pass --vfm-weights FILE or set {VFM_WEIGHTS_ENV}=FILE"
+            f"cannot load VFM weights {arch}: not in the local cache and could not be downloaded; get "
+            f"{' or '.join(sources) or 'its checkpoint'} and pass --vfm-weights FILE or set {VFM_WEIGHTS_ENV}=FILE "
+            f"(reason: {_one_line(exc, 160)})"
         ) from None
     return VfmTower(_freeze(model, dev, dt), name=arch, weights=str(weights or "hub"))
 

@@ -13,6 +13,7 @@ from typing import Any
 from .errors import GlaclipError
 
 METHODS = ("gla-proxyclip", "proxyclip")
+ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Preset:
         changes: dict[str, dict[str, Any]] = {k: {} for k in groups}
         top: dict[str, Any] = {}
         for key, value in overrides.items():
+            key = ALIASES.get(key, key)
             if key in ("name", "method"):
                 top[key] = value
                 continue
