@@ -16,10 +16,15 @@ def test_parse_forms():
     assert parse_classes("cat\n\ndog; puppy\n").synonyms == (("cat",), ("dog", "puppy"))
 
 
-@pytest.mark.parametrize("bad", [[], "", ["a", "A"], ["a; b", "b"], ["a; a"], ["a;"], [""], [None], [["a", 3]]])
+@pytest.mark.parametrize("bad", [[], "", ["a", "A"], ["a; b", "a; c"], ["a; a"], ["a;"], [""], [None], [["a", 3]]])
 def test_parse_errors(bad):
     with pytest.raises(GlaclipError):
         parse_classes(bad)
+
+
+def test_synonym_shared_by_two_classes_is_allowed():
+    q = parse_classes(["sky; bed", "bed"])  # as COCO-Object's released class file has it
+    assert q.queries == ("sky", "bed", "bed") and q.query_class == (0, 0, 1)
 
 
 def test_class_file(tmp_path):

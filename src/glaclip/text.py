@@ -31,8 +31,10 @@ class ClassQueries:
 def parse_classes(classes: Iterable[ClassSpec] | str) -> ClassQueries:
     """Items are a name, a list of synonyms, or one string with '; '-separated synonyms.
 
-    A single string is one class list item per line. Empty lists, empty names and duplicates
-    (a synonym used twice) are errors.
+    A single string is one class list item per line. Empty lists, empty names, two classes with
+    the same name and a synonym repeated within one class are errors. A synonym shared by two
+    classes is allowed, as in the released class files (COCO-Object's background lists "bed"):
+    both classes then score it alike and the lower index wins the tie.
     """
     if isinstance(classes, str):
         classes = [line for line in classes.splitlines() if line.strip()]
@@ -52,12 +54,12 @@ def parse_classes(classes: Iterable[ClassSpec] | str) -> ClassQueries:
         raise GlaclipError("the class list is empty; give at least one class name")
     seen: dict[str, int] = {}
     for idx, names in enumerate(synonyms):
-        for name in names:
-            key = name.lower()
-            if key in seen:
-                where = "twice in one class" if seen[key] == idx else f"in classes {seen[key]} and {idx}"
-                raise GlaclipError(f"duplicate class name {name!r} ({where})")
-            seen[key] = idx
+        lowered = [n.lower() for n in names]
+        if len(set(lowered)) != len(lowered):
+            raise GlaclipError(f"duplicate synonym in class {idx} {'; '.join(names)!r}")
+        if lowered[0] in seen:
+            raise GlaclipError(f"duplicate class name {names[0]!r} (classes {seen[lowered[0]]} and {idx})")
+        seen[lowered[0]] = idx
     queries = tuple(n for names in synonyms for n in names)
     query_class = tuple(i for i, names in enumerate(synonyms) for _ in names)
     return ClassQueries(tuple(s[0] for s in synonyms), tuple(synonyms), queries, query_class)
