@@ -1,4 +1,4 @@
-"""Command line: `glaclip segment`, `glaclip presets`."""
+"""Command line: `glaclip segment`, `glaclip eval`, `glaclip presets`, `glaclip datasets`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import numpy as np
 import typer
@@ -61,6 +61,28 @@ def _output_stems(images: List[Path]) -> List[str]:
     return stems
 
 
+ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model name, hf-hub:ID or a JSON config.")]
+ClipWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--clip-weights", help="Pretrained tag, local file, or 'random' (env GLACLIP_CLIP_WEIGHTS; default: openai).")]
+VfmOpt = Annotated[str, typer.Option("--vfm", help="timm model name (with tag) or a JSON file.")]
+VfmWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--vfm-weights", help="Local file or 'random' (env GLACLIP_VFM_WEIGHTS; default: the timm hub).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Preset: gla-proxyclip, gla-proxyclip-paper, "
+                                        "proxyclip.")]
+SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset value, e.g. --set rho=0.6 "
+                                           "--set short_side=560. Repeatable.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
+def _announce(seg, quiet: bool) -> None:
+    if not quiet:
+        _say(f"glaclip: {seg.preset.describe()}")
+        _say(f"glaclip: clip={seg.clip.name}:{seg.clip.weights} vfm={seg.vfm.name}:{seg.vfm.weights} "
+             f"device={seg.device} dtype={str(seg.clip.dtype).replace('torch.', '')}")
+
+
 @app.command()
 def segment(
     images: List[Path] = typer.Argument(..., help="Image files (JPEG, PNG, TIFF, BMP, WebP...).", show_default=False),
@@ -69,23 +91,19 @@ def segment(
     class_file: Optional[Path] = typer.Option(None, "--class-file", "-f", help="One class per line, synonyms "
                                               "separated by '; '."),
     out: Path = typer.Option(Path("glaclip_out"), "--out", "-o", help="Output folder."),
-    method: str = typer.Option("gla-proxyclip", "--method", "-m", help="Preset: gla-proxyclip, gla-proxyclip-paper, "
-                               "proxyclip."),
+    method: MethodOpt = "gla-proxyclip",
     prob_thd: Optional[float] = typer.Option(None, "--prob-thd", help="Pixels whose top probability is below this get "
                                              "class 0 (list a background class first)."),
-    settings: List[str] = typer.Option([], "--set", help="Override any preset value, e.g. --set rho=0.6 "
-                                       "--set short_side=560. Repeatable."),
+    settings: SetOpt = [],
     save_probs: bool = typer.Option(False, "--save-probs", help="Also write per-class probabilities (.npz, fp16)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Opacity of the colours in the overlay."),
-    clip: str = typer.Option(DEFAULT_CLIP, "--clip", help="open_clip model name, hf-hub:ID or a JSON config."),
-    clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Pretrained tag, local file, or 'random' "
-                                               "(env GLACLIP_CLIP_WEIGHTS; default: openai)."),
-    vfm: str = typer.Option(DEFAULT_VFM, "--vfm", help="timm model name (with tag) or a JSON file."),
-    vfm_weights: Optional[str] = typer.Option(None, "--vfm-weights", help="Local file or 'random' (env "
-                                              "GLACLIP_VFM_WEIGHTS; default: the timm hub)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    clip: ClipOpt = DEFAULT_CLIP,
+    clip_weights: ClipWeightsOpt = None,
+    vfm: VfmOpt = DEFAULT_VFM,
+    vfm_weights: VfmWeightsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Segment images into the given classes.
 
@@ -111,10 +129,7 @@ def segment(
 
     seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
                                     method=method, device=device, dtype=dtype, **overrides)
-    if not quiet:
-        _say(f"glaclip: {preset.describe()}")
-        _say(f"glaclip: clip={seg.clip.name}:{seg.clip.weights} vfm={seg.vfm.name}:{seg.vfm.weights} "
-             f"device={seg.device} dtype={str(seg.clip.dtype).replace('torch.', '')}")
+    _announce(seg, quiet)
     palette = distinct_palette(len(queries))
     failures = []
     bar = tqdm(list(zip(images, _output_stems(images))), desc="segmenting", unit="img", disable=quiet,
@@ -161,6 +176,73 @@ def segment(
                       file=sys.stderr)
     if failures:
         raise GlaclipError(f"{len(failures)} of {len(images)} images failed (others were written): {failures[0]}")
+
+
+@app.command("eval")
+def evaluate_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="voc21, voc20, context60, context59, coco_object, "
+                                "coco_stuff, cityscapes, ade20k, or folder.", show_default=False),
+    data_root: Path = typer.Option(..., "--data-root", help="The prepared data set folder (e.g. .../VOCdevkit/VOC2012);"
+                                   " for 'folder': one with images/, labels/ and classes.txt.", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: runs/DATASET-METHOD)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a killed run in --out."),
+    class_file: Optional[Path] = typer.Option(None, "--class-file", "-f", help="Replace the data set's class names."),
+    label_suffix: str = typer.Option(".png", "--label-suffix", help="folder: label file = image stem + this."),
+    reduce_zero_label: bool = typer.Option(False, "--reduce-zero-label", help="folder: label 0 is ignored, k -> k-1."),
+    ignore_index: int = typer.Option(255, "--ignore-index", help="Label value left out of the metrics."),
+    method: MethodOpt = "gla-proxyclip",
+    settings: SetOpt = [],
+    clip: ClipOpt = DEFAULT_CLIP,
+    clip_weights: ClipWeightsOpt = None,
+    vfm: VfmOpt = DEFAULT_VFM,
+    vfm_weights: VfmWeightsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate on a benchmark or a folder of images + label maps: mIoU, aAcc, mAcc, BER.
+
+    Writes OUT/results.json (per-class IoU/Acc, confusion matrix, preset) and OUT/results.md; progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun --nproc-per-node K the images are split across K processes.
+    """
+    from .datasets import open_dataset
+    from .evaluate import evaluate, shard_from_env, to_markdown
+    from .presets import get_preset
+    from .segmenter import Segmenter
+
+    ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
+                      reduce_zero=reduce_zero_label, ignore_index=ignore_index)
+    overrides = dict(ds.spec.settings)
+    overrides.update(_overrides(settings))
+    get_preset(method, **overrides)  # bad settings fail before the models load
+    shard = shard_from_env()
+    if shard.distributed and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
+            torch.cuda.set_device(device)
+    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+                                    method=method, device=device, dtype=dtype, **overrides)
+    _announce(seg, quiet or shard.rank != 0)
+    out = out or Path("runs") / f"{ds.spec.name}-{method}"
+    result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
+    if shard.rank == 0 and not quiet:
+        typer.echo(to_markdown(result).split("\n\n| class")[0])
+        _say(f"glaclip: wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the supported data sets, their expected layout and settings."""
+    from .datasets import SPECS
+
+    for spec in SPECS.values():
+        typer.echo(f"{spec.name:12s} {spec.title}; root .../{spec.root_hint}: {spec.img_dir}/*{spec.img_suffix}, "
+                   f"{spec.ann_dir}/*{spec.ann_suffix}" + (f", {spec.split_file}" if spec.split_file else "")
+                   + (", reduce_zero_label" if spec.reduce_zero_label else "")
+                   + "".join(f", {k}={v}" for k, v in spec.settings.items()))
+    typer.echo("folder       your own: ROOT/images/*, ROOT/labels/<stem>.png, ROOT/classes.txt")
 
 
 @app.command()

@@ -1,0 +1,190 @@
+"""Benchmark data sets in the layouts the community's mmseg preparation produces, plus plain folders.
+
+Each data set is a `DatasetSpec` (layout, class file, per-data-set settings from METHOD.md) and a
+list of `Sample`s. Labels are read as mmseg reads them (palette PNGs give their indices) and, for
+`reduce_zero_label` data sets, mapped as mmseg maps them: 0 -> ignore, k -> k-1, 255 stays ignore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import GlaclipError
+from .text import ClassQueries, parse_classes, read_class_file
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    classes: str  # class file shipped in glaclip/classes
+    img_dir: str
+    ann_dir: str
+    img_suffix: str
+    ann_suffix: str
+    split_file: str | None = None  # one image id per line; None: every image under img_dir
+    reduce_zero_label: bool = False
+    settings: dict = field(default_factory=dict)  # preset overrides: short_side, prob_thd
+    root_hint: str = ""
+
+
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
+    DatasetSpec("voc21", "PASCAL VOC 2012 (21 classes incl. background)", "voc21.txt", "JPEGImages",
+                "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt",
+                settings={"prob_thd": 0.1}, root_hint="VOCdevkit/VOC2012"),
+    DatasetSpec("voc20", "PASCAL VOC 2012 (20 classes, background ignored)", "voc20.txt", "JPEGImages",
+                "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt", reduce_zero_label=True,
+                root_hint="VOCdevkit/VOC2012"),
+    DatasetSpec("context60", "PASCAL-Context (60 classes incl. background)", "context60.txt", "JPEGImages",
+                "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt",
+                settings={"prob_thd": 0.1}, root_hint="VOCdevkit/VOC2010"),
+    DatasetSpec("context59", "PASCAL-Context (59 classes, background ignored)", "context59.txt", "JPEGImages",
+                "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt",
+                reduce_zero_label=True, root_hint="VOCdevkit/VOC2010"),
+    DatasetSpec("coco_object", "COCO-Object (80 things + background)", "coco_object.txt", "images/val2017",
+                "annotations/val2017", ".jpg", "_instanceTrainIds.png", settings={"prob_thd": 0.1},
+                root_hint="coco_stuff164k"),
+    DatasetSpec("coco_stuff", "COCO-Stuff 164k (171 classes)", "coco_stuff.txt", "images/val2017",
+                "annotations/val2017", ".jpg", "_labelTrainIds.png", root_hint="coco_stuff164k"),
+    DatasetSpec("cityscapes", "Cityscapes (19 classes)", "cityscapes.txt", "leftImg8bit/val", "gtFine/val",
+                "_leftImg8bit.png", "_gtFine_labelTrainIds.png", settings={"short_side": 560},
+                root_hint="cityscapes"),
+    DatasetSpec("ade20k", "ADE20K (150 classes)", "ade20k.txt", "images/validation", "annotations/validation",
+                ".jpg", ".png", reduce_zero_label=True, root_hint="ADEChallengeData2016"),
+]}
+ALIASES = {"voc": "voc21", "pc60": "context60", "pc59": "context59", "object": "coco_object",
+           "stuff": "coco_stuff", "city": "cityscapes", "ade": "ade20k"}
+FOLDER = "folder"
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class SegDataset:
+    spec: DatasetSpec
+    root: Path
+    samples: list[Sample]
+    classes: ClassQueries
+    ignore_index: int = IGNORE_INDEX
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_label(self, sample: Sample) -> np.ndarray:
+        """H x W int64 label map, reduce_zero_label applied."""
+        try:
+            with Image.open(sample.label) as img:
+                label = np.array(img).astype(np.int64)
+        except (OSError, ValueError) as exc:
+            raise GlaclipError(f"cannot read label map {sample.label}: {' '.join(str(exc).split())}") from None
+        if label.ndim != 2:
+            raise GlaclipError(f"label map {sample.label} must be single-channel (index or palette PNG), "
+                               f"got shape {label.shape}")
+        if self.spec.reduce_zero_label:
+            label = reduce_zero_label(label, self.ignore_index)
+        return label
+
+
+def reduce_zero_label(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """mmseg's mapping: 0 -> ignore, k -> k - 1, ignore stays ignore."""
+    out = label.copy()
+    out[label == 0] = ignore_index
+    out = out - 1
+    out[out == ignore_index - 1] = ignore_index
+    return out
+
+
+def builtin_classes(spec: DatasetSpec) -> ClassQueries:
+    text = resources.files("glaclip").joinpath("classes", spec.classes).read_text(encoding="utf-8")
+    return parse_classes(text)
+
+
+def dataset_names() -> list[str]:
+    return list(SPECS) + [FOLDER]
+
+
+def open_dataset(name: str, root: str | Path, class_file: str | Path | None = None, images: str = "images",
+                 labels: str = "labels", label_suffix: str = ".png", reduce_zero: bool = False,
+                 ignore_index: int = IGNORE_INDEX) -> SegDataset:
+    """A benchmark by name (see SPECS) rooted at its prepared folder, or ``folder``: root/images,
+    root/labels (same stem + label_suffix) and a class file (default root/classes.txt)."""
+    name = ALIASES.get(name.lower(), name.lower())
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise GlaclipError(f"data root {root} is not a folder")
+    if name == FOLDER:
+        spec = DatasetSpec(FOLDER, f"folder {root}", "", images, labels, "", label_suffix,
+                           reduce_zero_label=reduce_zero)
+        classes = read_class_file(class_file or root / "classes.txt")
+        return SegDataset(spec, root, _list_folder(root, spec), classes, ignore_index)
+    if name not in SPECS:
+        raise GlaclipError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
+    spec = SPECS[name]
+    classes = read_class_file(class_file) if class_file else builtin_classes(spec)
+    samples = _list_split(root, spec) if spec.split_file else _list_suffixed(root, spec)
+    return SegDataset(spec, root, samples, classes, ignore_index)
+
+
+def _need_dir(root: Path, sub: str, spec: DatasetSpec) -> Path:
+    path = root / sub
+    if not path.is_dir():
+        hint = f" (the {spec.name} root is usually .../{spec.root_hint})" if spec.root_hint else ""
+        raise GlaclipError(f"expected folder {path} for {spec.name}{hint}")
+    return path
+
+
+def _check_labels(samples: list[Sample], spec: DatasetSpec) -> list[Sample]:
+    missing = [s for s in samples if not s.label.is_file()]
+    if missing:
+        raise GlaclipError(f"{len(missing)} of {len(samples)} label maps missing for {spec.name}, e.g. "
+                           f"{missing[0].label} (expected beside image {missing[0].image.name})")
+    if not samples:
+        raise GlaclipError(f"no images found for {spec.name} under the data root")
+    return samples
+
+
+def _list_split(root: Path, spec: DatasetSpec) -> list[Sample]:
+    img_dir, ann_dir = _need_dir(root, spec.img_dir, spec), _need_dir(root, spec.ann_dir, spec)
+    split = root / spec.split_file
+    if not split.is_file():
+        raise GlaclipError(f"expected split file {split} listing the {spec.name} validation ids")
+    ids = [line.strip() for line in split.read_text().splitlines() if line.strip()]
+    samples = [Sample(i, img_dir / f"{i}{spec.img_suffix}", ann_dir / f"{i}{spec.ann_suffix}") for i in ids]
+    absent = [s for s in samples if not s.image.is_file()]
+    if absent:
+        raise GlaclipError(f"{len(absent)} images listed in {split} are missing, e.g. {absent[0].image}")
+    return _check_labels(samples, spec)
+
+
+def _list_suffixed(root: Path, spec: DatasetSpec) -> list[Sample]:
+    img_dir, ann_dir = _need_dir(root, spec.img_dir, spec), _need_dir(root, spec.ann_dir, spec)
+    samples = []
+    for img in sorted(img_dir.rglob(f"*{spec.img_suffix}")):
+        rel = img.relative_to(img_dir).as_posix()
+        stem = rel[: -len(spec.img_suffix)]
+        samples.append(Sample(stem, img, ann_dir / f"{stem}{spec.ann_suffix}"))
+    return _check_labels(samples, spec)
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _list_folder(root: Path, spec: DatasetSpec) -> list[Sample]:
+    img_dir, ann_dir = _need_dir(root, spec.img_dir, spec), _need_dir(root, spec.ann_dir, spec)
+    samples = []
+    for img in sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES):
+        stem = img.relative_to(img_dir).with_suffix("").as_posix()
+        samples.append(Sample(stem, img, ann_dir / f"{stem}{spec.ann_suffix}"))
+    return _check_labels(samples, spec)

@@ -1,0 +1,225 @@
+"""Evaluation runner: predictions over a data set -> mIoU / aAcc / mAcc / BER, resumable and sharded.
+
+Every finished image appends one line (its sparse confusion counts and boundary counts) to
+``OUT/progress/rank<R>.jsonl`` and syncs it, so a killed run resumes without recomputing anything
+it finished; integer counts make the final numbers identical to an uninterrupted run. Under
+``torchrun`` each rank takes every WORLD_SIZE-th image and the counts are all-reduced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .datasets import SegDataset
+from .errors import GlaclipError
+from .images import load_image, resized_shape
+from .metrics import boundary_counts, confusion, summarize, window_edges
+from .segmenter import Segmenter
+from .windows import window_grid
+
+FORMAT = 1
+
+
+@dataclass
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -> dict:
+    """What must match for a resumed run to continue an earlier one."""
+    return {
+        "format": FORMAT,
+        "dataset": dataset.spec.name,
+        "root": str(dataset.root.resolve()),
+        "classes": [list(s) for s in dataset.classes.synonyms],
+        "preset": segmenter.preset.to_dict(),
+        "clip": [segmenter.clip.name, segmenter.clip.weights],
+        "vfm": [segmenter.vfm.name, segmenter.vfm.weights],
+        "dtype": str(segmenter.clip.dtype).replace("torch.", ""),
+        "limit": limit,
+    }
+
+
+def _read_progress(folder: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    for path in sorted(folder.glob("rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the line a killed run was writing
+                continue
+            done.setdefault(rec["name"], rec)
+    return done
+
+
+def _prepare(out: Path, identity: dict, resume: bool, shard: Shard) -> dict[str, dict]:
+    progress = out / "progress"
+    run_file = out / "run.json"
+    progress.mkdir(parents=True, exist_ok=True)
+    if run_file.exists() and resume:  # every rank checks, so every rank stops alike
+        old = json.loads(run_file.read_text())
+        if old != identity:
+            changed = sorted(k for k in identity if old.get(k) != identity[k])
+            raise GlaclipError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+                               "use another --out, or --no-resume to start over")
+    _barrier(shard)
+    if shard.rank == 0:
+        if not resume:
+            for f in progress.glob("rank*.jsonl"):
+                f.unlink()
+        _write_atomic(run_file, json.dumps(identity, indent=2))
+    _barrier(shard)
+    return _read_progress(progress) if resume else {}
+
+
+def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: int | None = None,
+             resume: bool = True, progress: bool = True, shard: Shard | None = None,
+             on_image: Callable[[str], None] | None = None) -> dict:
+    """Evaluate, write OUT/results.json and OUT/results.md (rank 0), and return the results dict."""
+    from tqdm import tqdm
+
+    shard = shard or Shard()
+    out = Path(out)
+    samples = dataset.samples[:limit] if limit else dataset.samples
+    identity = run_identity(segmenter, dataset, limit)
+    done = _prepare(out, identity, resume, shard)
+    mine = samples[shard.rank :: shard.world]
+    todo = [s for s in mine if s.name not in done]
+    c = len(dataset.classes)
+    cm = np.zeros((c + 1, c), dtype=np.int64)
+    ber = np.zeros(2, dtype=np.int64)
+    for s in mine:
+        if s.name in done:
+            _add_record(cm, ber, done[s.name])
+    w = segmenter.preset.window
+    started = time.perf_counter()
+    bar = tqdm(todo, desc=f"{dataset.spec.name}", unit="img", disable=not progress or shard.rank != 0,
+               file=sys.stderr, initial=len(mine) - len(todo), total=len(mine))
+    with open(out / "progress" / f"rank{shard.rank}.jsonl", "a") as log:
+        for s in bar:
+            rgb = load_image(s.image)
+            label = dataset.load_label(s)
+            if label.shape != rgb.shape[:2]:
+                raise GlaclipError(f"label map {s.label} is {label.shape[1]}x{label.shape[0]} but image "
+                                   f"{s.image} is {rgb.shape[1]}x{rgb.shape[0]}")
+            pred = segmenter.predict(rgb, dataset.classes).labels
+            image_cm = confusion(pred, label, c, dataset.ignore_index)
+            grid = window_grid(*resized_shape(*rgb.shape[:2], w.short_side, w.max_long_side), w.crop, w.stride,
+                               w.pad_multiple)
+            diff, counted = boundary_counts(pred, label, window_edges(grid, *rgb.shape[:2]), dataset.ignore_index)
+            nz = np.flatnonzero(image_cm)
+            rec = {"name": s.name, "cm": [nz.tolist(), image_cm.ravel()[nz].tolist()], "ber": [diff, counted]}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            _add_record(cm, ber, rec)
+            if on_image is not None:
+                on_image(s.name)
+    cm, ber = _all_reduce(cm, shard), _all_reduce(ber, shard)
+    result = _results(cm, ber, dataset, segmenter, len(samples), time.perf_counter() - started)
+    if shard.rank == 0:
+        _write_atomic(out / "results.json", json.dumps(result, indent=2))
+        _write_atomic(out / "results.md", to_markdown(result))
+    _barrier(shard)
+    return result
+
+
+def _add_record(cm: np.ndarray, ber: np.ndarray, rec: dict) -> None:
+    idx, counts = rec["cm"]
+    np.add.at(cm.reshape(-1), np.asarray(idx, dtype=np.int64), np.asarray(counts, dtype=np.int64))
+    ber += np.asarray(rec["ber"], dtype=np.int64)
+
+
+def _all_reduce(arr: np.ndarray, shard: Shard) -> np.ndarray:
+    if not shard.distributed:
+        return arr
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.from_numpy(arr).to(device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().numpy()
+
+
+def _barrier(shard: Shard) -> None:
+    if shard.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _results(cm: np.ndarray, ber: np.ndarray, dataset: SegDataset, segmenter: Segmenter, images: int,
+             seconds: float) -> dict:
+    metrics = summarize(cm, dataset.classes.names)
+    return {
+        "dataset": dataset.spec.name,
+        "images": images,
+        "mIoU": metrics["mIoU"],
+        "aAcc": metrics["aAcc"],
+        "mAcc": metrics["mAcc"],
+        "BER": float(ber[0] / ber[1] * 100) if ber[1] else None,
+        "boundary_pairs": int(ber[1]),
+        "per_class": metrics["per_class"],
+        "preset": segmenter.preset.to_dict(),
+        "preset_line": segmenter.preset.describe(),
+        "clip": {"model": segmenter.clip.name, "weights": segmenter.clip.weights},
+        "vfm": {"model": segmenter.vfm.name, "weights": segmenter.vfm.weights},
+        "seconds_this_run": round(seconds, 1),
+        "confusion": cm.tolist(),
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.2f}"
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"# {result['dataset']}: {result['images']} images",
+        "",
+        "| mIoU | aAcc | mAcc | BER |",
+        "|---|---|---|---|",
+        f"| {_fmt(result['mIoU'])} | {_fmt(result['aAcc'])} | {_fmt(result['mAcc'])} | {_fmt(result['BER'])} |",
+        "",
+        f"`{result['preset_line']}`",
+        "",
+        f"CLIP {result['clip']['model']} ({result['clip']['weights']}), "
+        f"VFM {result['vfm']['model']} ({result['vfm']['weights']})",
+        "",
+        "| class | IoU | Acc | GT pixels |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['class']} | {_fmt(r['IoU'])} | {_fmt(r['Acc'])} | {r['gt_pixels']} |" for r in result["per_class"]]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def shard_from_env() -> Shard:
+    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Shard()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return Shard(dist.get_rank(), dist.get_world_size())

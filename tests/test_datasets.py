@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from datafixtures import label_map, write_folder, write_layout
+from glaclip import GlaclipError
+from glaclip.datasets import SPECS, builtin_classes, open_dataset
+
+
+def test_builtin_class_files():
+    counts = {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_object": 81, "coco_stuff": 171,
+              "cityscapes": 19, "ade20k": 150}
+    for name, n in counts.items():
+        assert len(builtin_classes(SPECS[name])) == n, name
+    voc = builtin_classes(SPECS["voc21"])
+    assert voc.synonyms[0][:3] == ("sky", "wall", "tree") and len(voc.synonyms[0]) == 26
+    assert voc.synonyms[15][0] == "person" and len(voc.synonyms[15]) == 7
+    assert voc.synonyms[20] == ("television monitor", "tv monitor", "monitor", "television", "screen")
+    assert builtin_classes(SPECS["coco_object"]).synonyms[1][-1] == "body"
+
+
+def test_presets_follow_method_md():
+    assert SPECS["voc21"].settings == {"prob_thd": 0.1}
+    assert SPECS["context60"].settings == {"prob_thd": 0.1}
+    assert SPECS["coco_object"].settings == {"prob_thd": 0.1}
+    assert SPECS["cityscapes"].settings == {"short_side": 560}
+    for name in ("voc20", "context59", "coco_stuff", "ade20k"):
+        assert SPECS[name].settings == {}
+    assert {n for n, s in SPECS.items() if s.reduce_zero_label} == {"voc20", "context59", "ade20k"}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_readers_on_each_layout(tmp_path, name):
+    names = write_layout(tmp_path, name)
+    ds = open_dataset(name, tmp_path)
+    assert [s.name for s in ds.samples] == names
+    raw = np.array(Image.open(ds.samples[1].label))
+    lab = ds.load_label(ds.samples[1])
+    if SPECS[name].reduce_zero_label:
+        assert (lab[raw == 0] == 255).all() and (lab[(raw > 0) & (raw < 255)] == raw[(raw > 0) & (raw < 255)] - 1).all()
+    else:
+        np.testing.assert_array_equal(lab, raw)
+    assert (lab[:, 60] == 255).all()
+
+
+def test_palette_labels_read_as_indices(tmp_path):
+    write_layout(tmp_path, "voc21")
+    ds = open_dataset("voc21", tmp_path)
+    assert Image.open(ds.samples[0].label).mode == "P"
+    np.testing.assert_array_equal(ds.load_label(ds.samples[0]), label_map(60, 120, 21, seed=0))
+
+
+def test_folder_dataset(tmp_path):
+    write_folder(tmp_path)
+    ds = open_dataset("folder", tmp_path)
+    assert len(ds) == 4 and ds.classes.names == ("sky", "road", "car")
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(GlaclipError, match="not a folder"):
+        open_dataset("voc21", tmp_path / "nowhere")
+    with pytest.raises(GlaclipError, match="JPEGImages"):
+        open_dataset("voc21", tmp_path)
+    write_layout(tmp_path, "voc21")
+    (tmp_path / "SegmentationClass" / "2008_000001.png").unlink()
+    with pytest.raises(GlaclipError, match="2008_000001.png"):
+        open_dataset("voc21", tmp_path)
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    with pytest.raises(GlaclipError, match="val.txt"):
+        open_dataset("voc21", tmp_path)
+    with pytest.raises(GlaclipError, match="unknown dataset"):
+        open_dataset("imagenet", tmp_path)

@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from datafixtures import write_folder, write_layout
+from glaclip import GlaclipError, get_preset
+from glaclip.datasets import open_dataset
+from glaclip.evaluate import evaluate
+from glaclip.metrics import confusion, summarize
+
+SMALL = {"short_side": 224}  # 60x120 images -> 224x448: three windows, fast with tiny models
+
+
+@pytest.fixture
+def small_seg(segmenter):
+    return segmenter.with_preset(get_preset("gla-proxyclip", **SMALL))
+
+
+def test_metrics_match_direct_computation(small_seg, tmp_path):
+    write_folder(tmp_path / "data")
+    ds = open_dataset("folder", tmp_path / "data")
+    result = evaluate(small_seg, ds, tmp_path / "out", progress=False)
+    cm = sum(confusion(small_seg.predict(str(s.image), ds.classes).labels, ds.load_label(s), 3) for s in ds.samples)
+    direct = summarize(cm, ds.classes.names)
+    assert result["mIoU"] == pytest.approx(direct["mIoU"]) and result["aAcc"] == pytest.approx(direct["aAcc"])
+    assert result["images"] == 4 and result["boundary_pairs"] > 0 and 0 <= result["BER"] <= 100
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["mIoU"] == result["mIoU"] and "rho=0.55" in saved["preset_line"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| mIoU | aAcc | mAcc | BER |" in md and "| road |" in md
+
+
+def test_resume_after_interruption_gives_identical_numbers(small_seg, tmp_path):
+    write_folder(tmp_path / "data", n=5)
+    ds = open_dataset("folder", tmp_path / "data")
+    full = evaluate(small_seg, ds, tmp_path / "full", progress=False)
+
+    seen = []
+
+    def stop_after_two(name):
+        seen.append(name)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(small_seg, ds, tmp_path / "cut", progress=False, on_image=stop_after_two)
+    assert not (tmp_path / "cut" / "results.json").exists()
+    later = []
+    resumed = evaluate(small_seg, ds, tmp_path / "cut", progress=False, on_image=later.append)
+    assert later == [s.name for s in ds.samples[2:]]  # finished images are not recomputed
+    for key in ("mIoU", "aAcc", "mAcc", "BER", "confusion"):
+        assert resumed[key] == full[key], key
+
+
+def test_resume_refuses_other_settings(segmenter, small_seg, tmp_path):
+    write_folder(tmp_path / "data", n=2)
+    ds = open_dataset("folder", tmp_path / "data")
+    evaluate(small_seg, ds, tmp_path / "out", progress=False)
+    other = segmenter.with_preset(get_preset("gla-proxyclip", rho=0.6, **SMALL))
+    with pytest.raises(GlaclipError, match="preset"):
+        evaluate(other, ds, tmp_path / "out", progress=False)
+    evaluate(other, ds, tmp_path / "out", progress=False, resume=False)  # starting over is allowed
+
+
+def test_mismatched_label_size_is_named(small_seg, tmp_path):
+    write_folder(tmp_path / "data", n=1)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "data" / "labels" / "img0.png")
+    with pytest.raises(GlaclipError, match="img0.png"):
+        evaluate(small_seg, open_dataset("folder", tmp_path / "data"), tmp_path / "out", progress=False)
+
+
+def _cli(tiny_files, *args, launcher=(), timeout=600):
+    cmd = [sys.executable, *launcher, "-m", "glaclip", "eval", *args, "--clip", tiny_files["clip"], "--clip-weights",
+           tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
+           "--device", "cpu", "--set", "short_side=224"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def test_cli_eval_on_voc_layout(tiny_files, tmp_path):
+    write_layout(tmp_path / "VOC2012", "voc21", n=3)
+    r = _cli(tiny_files, "--dataset", "voc21", "--data-root", str(tmp_path / "VOC2012"), "--out", str(tmp_path / "o"),
+             "--limit", "2")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["images"] == 2 and res["preset"]["decision"]["prob_thd"] == 0.1 and len(res["per_class"]) == 21
+    assert "mIoU" in r.stdout and "prob_thd=0.1" in r.stderr
+    bad = _cli(tiny_files, "--dataset", "voc21", "--data-root", str(tmp_path / "missing"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("glaclip: error:") and "missing" in bad.stderr
+
+
+def test_killed_process_resumes(tiny_files, tmp_path):
+    write_folder(tmp_path / "data", n=6)
+    args = ("--dataset", "folder", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "-q")
+    cmd = [sys.executable, "-m", "glaclip", "eval", *args, "--clip", tiny_files["clip"], "--clip-weights",
+           tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
+           "--device", "cpu", "--set", "short_side=224"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "o" / "progress" / "rank0.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(log.read_text().splitlines())
+    assert 2 <= done_before < 6
+    assert _cli(tiny_files, *args).returncode == 0
+    fresh = _cli(tiny_files, *args[:4], "--out", str(tmp_path / "fresh"), "-q")
+    assert fresh.returncode == 0
+    a = json.loads((tmp_path / "o" / "results.json").read_text())
+    b = json.loads((tmp_path / "fresh" / "results.json").read_text())
+    assert a["confusion"] == b["confusion"] and a["mIoU"] == b["mIoU"] and a["BER"] == b["BER"]
+    assert len(log.read_text().splitlines()) == 6
+
+
+def test_two_process_gloo_equals_single(tiny_files, tmp_path):
+    write_folder(tmp_path / "data", n=5)
+    base = ("--dataset", "folder", "--data-root", str(tmp_path / "data"), "-q")
+    single = _cli(tiny_files, *base, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    dist = _cli(tiny_files, *base, "--out", str(tmp_path / "two"),
+                launcher=("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"))
+    assert dist.returncode == 0, dist.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert a["confusion"] == b["confusion"] and a["mIoU"] == b["mIoU"] and a["BER"] == b["BER"]
+    ranks = sorted(p.name for p in (tmp_path / "two" / "progress").iterdir())
+    assert ranks == ["rank0.jsonl", "rank1.jsonl"]
+    assert sum(len((tmp_path / "two" / "progress" / r).read_text().splitlines()) for r in ranks) == 5
