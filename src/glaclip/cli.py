@@ -246,6 +246,43 @@ def datasets() -> None:
 
 
 @app.command()
+def bench(
+    sizes: List[str] = typer.Option(["336x448", "560x1120", "1080x1920"], "--size", help="HEIGHTxWIDTH; sizes "
+                                    "other than short side 336/560 run at native resolution. Repeatable."),
+    methods: List[str] = typer.Option(["gla-proxyclip", "proxyclip"], "--method", "-m", help="Repeatable."),
+    pipeline: bool = typer.Option(True, "--pipeline/--attention-only", help="Also time the whole segmenter."),
+    dense: bool = typer.Option(True, "--dense/--no-dense", help="Run the naive dense attention beside it."),
+    dense_max_tokens: int = typer.Option(30_000, "--dense-max-tokens", help="Skip dense above this (it needs "
+                                         "N*N*4 bytes per matrix)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Skip sizes with more tokens."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the Markdown table here."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of time and memory vs tokens."),
+    clip: ClipOpt = DEFAULT_CLIP,
+    vfm: VfmOpt = DEFAULT_VFM,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Time and peak memory per image size and method, against a naive dense attention.
+
+    Uses the chosen architectures with random weights (nothing to download); every case runs in its own process so each peak is its own.
+    """
+    from .bench import benchmark, parse_size, plot
+    from .models import resolve_device
+
+    for size in sizes:
+        parse_size(size)
+    dev = str(resolve_device(device))
+    lines, rows = benchmark(sizes, methods, dev, dtype, clip, vfm, dense, dense_max_tokens, max_tokens,
+                            pipeline=pipeline, echo=typer.echo)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+    if plot_path:
+        plot(rows, plot_path)
+        _say(f"glaclip: wrote {plot_path}")
+
+
+@app.command()
 def presets() -> None:
     """List the named presets and their hyperparameters."""
     from .presets import PRESETS
