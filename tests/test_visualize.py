@@ -54,3 +54,25 @@ def test_atomic_paths_leave_nothing_on_error(tmp_path):
         for t in tmp:
             t.write_text("ok")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.json"]
+
+
+def test_dataset_palettes():
+    from glaclip.visualize import dataset_palette, palette_for, voc_palette
+
+    voc = voc_palette()
+    assert voc[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]] and voc[15].tolist() == [192, 128, 128]
+    assert dataset_palette("voc20")[0].tolist() == [128, 0, 0]
+    assert dataset_palette("cityscapes")[0].tolist() == [128, 64, 128] and len(dataset_palette("cityscapes")) == 19
+    assert dataset_palette("ade20k").shape == (150, 3)
+    assert dataset_palette("nope") is None
+    assert palette_for(5, "cityscapes").tolist() == dataset_palette("cityscapes")[:5].tolist()
+    assert palette_for(30, "cityscapes").shape == (30, 3)  # too few colours: fall back to distinct ones
+
+
+def test_heatmap_monotone():
+    from glaclip.visualize import heatmap
+
+    h = heatmap(np.linspace(0, 1, 11)[None])
+    assert h.shape == (1, 11, 3) and h.dtype == np.uint8
+    assert h[0, 0].tolist() == [10, 10, 60] and h[0, -1].tolist() == [255, 230, 60]
+    assert (np.diff(h[0, :, 0].astype(int)) >= 0).all()  # red rises with probability

@@ -283,6 +283,42 @@ def bench(
 
 
 @app.command()
+def demo(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (0.0.0.0 for all)."),
+    port: int = typer.Option(7860, "--port", help="Port to serve on."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Randomly initialised models: try the page "
+                                        "without any download (labels are meaningless)."),
+    method: MethodOpt = "gla-proxyclip",
+    clip: ClipOpt = DEFAULT_CLIP,
+    clip_weights: ClipWeightsOpt = None,
+    vfm: VfmOpt = DEFAULT_VFM,
+    vfm_weights: VfmWeightsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Start the web demo (needs: pip install 'glaclip[demo]').
+
+    Without weights and without network the page still opens and says which files to provide.
+    """
+    from .demo import _import_gradio, launch
+    from .segmenter import Segmenter
+
+    _import_gradio()
+    if random_weights:
+        clip_weights, vfm_weights = "random", "random"
+    seg, problem = None, None
+    try:
+        seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+                                        method=method, device=device, dtype=dtype)
+        _announce(seg, False)
+    except GlaclipError as exc:
+        problem = str(exc)
+        _say(f"glaclip: {problem}")
+    _say(f"glaclip: demo on http://{host}:{port} (Ctrl+C to stop)")
+    launch(seg, problem, host, port, method)
+
+
+@app.command()
 def presets() -> None:
     """List the named presets and their hyperparameters."""
     from .presets import PRESETS

@@ -25,6 +25,46 @@ def distinct_palette(n: int) -> np.ndarray:
     return np.array(colours, dtype=np.uint8).reshape(n, 3)
 
 
+def voc_palette(n: int = 256) -> np.ndarray:
+    """PASCAL VOC's colour map (bits of the class index spread over R, G and B)."""
+    out = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        out[i] = (r, g, b)
+    return out
+
+
+def dataset_palette(name: str) -> np.ndarray | None:
+    """The conventional colours of a benchmark ('voc21', 'voc20', 'context60', 'cityscapes', 'ade20k')."""
+    import json
+    from importlib import resources
+
+    if name in ("voc21", "context60"):
+        return voc_palette(256)
+    if name in ("voc20", "context59"):
+        return voc_palette(256)[1:]
+    data = json.loads(resources.files("glaclip").joinpath("classes", "palettes.json").read_text())
+    return np.array(data[name], dtype=np.uint8) if name in data else None
+
+
+def palette_for(num_classes: int, name: str | None = None) -> np.ndarray:
+    """A data set's palette when it has one for this many classes, else `distinct_palette`."""
+    pal = dataset_palette(name) if name else None
+    return pal[:num_classes] if pal is not None and len(pal) >= num_classes else distinct_palette(num_classes)
+
+
+def heatmap(prob: np.ndarray) -> np.ndarray:
+    """H x W probabilities in [0, 1] -> H x W x 3 uint8 (dark blue -> red -> yellow)."""
+    p = np.clip(np.nan_to_num(prob.astype(np.float32)), 0.0, 1.0)
+    stops = np.array([[0.0, 10, 10, 60], [0.35, 60, 40, 180], [0.65, 220, 50, 50], [1.0, 255, 230, 60]])
+    return np.stack([np.interp(p, stops[:, 0], stops[:, k]) for k in (1, 2, 3)], axis=-1).round().astype(np.uint8)
+
+
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return palette[labels]
 
