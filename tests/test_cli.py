@@ -96,3 +96,11 @@ def test_help_reads_well():
     assert r.returncode == 0 and "--class-file" in r.stdout and "--clip-weights" in r.stdout
     r = subprocess.run([sys.executable, "-m", "glaclip", "presets"], capture_output=True, text=True)
     assert r.returncode == 0 and "preset=gla-proxyclip " in r.stdout and "rho=0.55" in r.stdout
+
+
+def test_methods_listing():
+    r = subprocess.run([sys.executable, "-m", "glaclip", "methods"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for name in ("clip ", "maskclip", "sclip", "clearclip", "naclip", "proxyclip", "gla-clearclip", "gla-naclip"):
+        assert name in r.stdout
+    assert "NACLIP (Hajimiri et al., WACV 2025)" in r.stdout and "gaussian_std=5.0" in r.stdout

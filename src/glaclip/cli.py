@@ -69,8 +69,9 @@ VfmWeightsOpt = Annotated[Optional[str], typer.Option(
     "--vfm-weights", help="Local file or 'random' (env GLACLIP_VFM_WEIGHTS; default: the timm hub).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Preset: gla-proxyclip, gla-proxyclip-paper, "
-                                        "proxyclip.")]
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Method / preset (see `glaclip methods`): "
+                                        "gla-proxyclip, proxyclip, clip, maskclip, sclip, clearclip, naclip, "
+                                        "gla-clearclip, gla-sclip, gla-naclip, gla-proxyclip-paper.")]
 SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset value, e.g. --set rho=0.6 "
                                            "--set short_side=560. Repeatable.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
@@ -79,8 +80,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 def _announce(seg, quiet: bool) -> None:
     if not quiet:
         _say(f"glaclip: {seg.preset.describe()}")
-        _say(f"glaclip: clip={seg.clip.name}:{seg.clip.weights} vfm={seg.vfm.name}:{seg.vfm.weights} "
-             f"device={seg.device} dtype={str(seg.clip.dtype).replace('torch.', '')}")
+        _say(f"glaclip: {seg.models_line()}")
 
 
 @app.command()
@@ -154,8 +154,7 @@ def segment(
                 for i, n in enumerate(result.classes)
             ],
             "preset": result.preset.to_dict(), "preset_line": result.preset.describe(),
-            "clip": {"model": seg.clip.name, "weights": seg.clip.weights},
-            "vfm": {"model": seg.vfm.name, "weights": seg.vfm.weights},
+            **seg.models(),
             "seconds": round(seconds, 3),
         }
         targets = [out / f"{stem}_labels.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
@@ -316,6 +315,17 @@ def demo(
         _say(f"glaclip: {problem}")
     _say(f"glaclip: demo on http://{host}:{port} (Ctrl+C to stop)")
     launch(seg, problem, host, port, method)
+
+
+@app.command()
+def methods() -> None:
+    """List the segmentation methods, the paper each follows, and the preset values each uses."""
+    from .hosts import METHODS
+    from .presets import PRESETS
+
+    for m in METHODS.values():
+        typer.echo(f"{m.name:14s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]"))
+        typer.echo(f"{'':14s} {PRESETS[m.name].describe()}")
 
 
 @app.command()

@@ -90,7 +90,7 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
                     "and press **Segment**.")
         if problem:
             gr.Markdown(f"**The model is not loaded:** {problem}", elem_id="glaclip-problem")
-        elif "random" in (seg.clip.weights, seg.vfm.weights):
+        elif "random" in (seg.clip.weights, seg.vfm.weights if seg.vfm is not None else None):
             gr.Markdown("**Random weights:** the page works end to end but the labels mean nothing.",
                         elem_id="glaclip-random")
         with gr.Row():

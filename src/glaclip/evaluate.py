@@ -24,7 +24,6 @@ from .errors import GlaclipError
 from .images import load_image, resized_shape
 from .metrics import boundary_counts, confusion, summarize, window_edges
 from .segmenter import Segmenter
-from .windows import window_grid
 
 FORMAT = 1
 
@@ -47,8 +46,7 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -
         "root": str(dataset.root.resolve()),
         "classes": [list(s) for s in dataset.classes.synonyms],
         "preset": segmenter.preset.to_dict(),
-        "clip": [segmenter.clip.name, segmenter.clip.weights],
-        "vfm": [segmenter.vfm.name, segmenter.vfm.weights],
+        **segmenter.models(),
         "dtype": str(segmenter.clip.dtype).replace("torch.", ""),
         "limit": limit,
     }
@@ -118,8 +116,7 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
                                    f"{s.image} is {rgb.shape[1]}x{rgb.shape[0]}")
             pred = segmenter.predict(rgb, dataset.classes).labels
             image_cm = confusion(pred, label, c, dataset.ignore_index)
-            grid = window_grid(*resized_shape(*rgb.shape[:2], w.short_side, w.max_long_side), w.crop, w.stride,
-                               w.pad_multiple)
+            grid = segmenter.grid_for(*resized_shape(*rgb.shape[:2], w.short_side, w.max_long_side))
             diff, counted = boundary_counts(pred, label, window_edges(grid, *rgb.shape[:2]), dataset.ignore_index)
             nz = np.flatnonzero(image_cm)
             rec = {"name": s.name, "cm": [nz.tolist(), image_cm.ravel()[nz].tolist()], "ber": [diff, counted]}
@@ -176,8 +173,7 @@ def _results(cm: np.ndarray, ber: np.ndarray, dataset: SegDataset, segmenter: Se
         "per_class": metrics["per_class"],
         "preset": segmenter.preset.to_dict(),
         "preset_line": segmenter.preset.describe(),
-        "clip": {"model": segmenter.clip.name, "weights": segmenter.clip.weights},
-        "vfm": {"model": segmenter.vfm.name, "weights": segmenter.vfm.weights},
+        **segmenter.models(),
         "seconds_this_run": round(seconds, 1),
         "confusion": cm.tolist(),
     }
@@ -197,8 +193,8 @@ def to_markdown(result: dict) -> str:
         "",
         f"`{result['preset_line']}`",
         "",
-        f"CLIP {result['clip']['model']} ({result['clip']['weights']}), "
-        f"VFM {result['vfm']['model']} ({result['vfm']['weights']})",
+        f"CLIP {result['clip']['model']} ({result['clip']['weights']})"
+        + (f", VFM {result['vfm']['model']} ({result['vfm']['weights']})" if result["vfm"] else ""),
         "",
         "| class | IoU | Acc | GT pixels |",
         "|---|---|---|---|",

@@ -132,8 +132,19 @@ class ClipTower:
                                   mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(gh * gw, -1)])
 
-    def value_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW (CLIP-normalised) -> BxDxghxgw values of the last block (METHOD.md step 4)."""
+    @property
+    def last_block(self) -> nn.Module:
+        return self.visual.transformer.resblocks[-1]
+
+    @property
+    def heads(self) -> int:
+        return self.last_block.attn.num_heads
+
+    def last_block_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Bx3xHxW (CLIP-normalised) -> (B x (1+L) x D tokens entering the last block, CLS first; grid).
+
+        All blocks but the last run unchanged; the positional embedding is interpolated only when the
+        grid differs from the model's own (METHOD.md step 4)."""
         v = self.visual
         x = v.conv1(x.to(self.dtype))
         b, d, gh, gw = x.shape
@@ -141,24 +152,37 @@ class ClipTower:
         cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
         x = torch.cat([cls, x], dim=1) + self._positional(gh, gw).to(x.dtype)
         x = v.ln_pre(x)
-        blocks = v.transformer.resblocks
         batch_first = getattr(v.transformer, "batch_first", True)
         if not batch_first:
             x = x.transpose(0, 1)
-        for blk in blocks[:-1]:
+        for blk in v.transformer.resblocks[:-1]:
             x = blk(x)
         if not batch_first:
             x = x.transpose(0, 1)
-        last = blocks[-1]
-        y = last.ln_1(x[:, 1:])
-        attn = last.attn
-        values = F.linear(y, attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
-        return values.transpose(1, 2).reshape(b, d, gh, gw)
+        return x, (gh, gw)
 
-    def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """...xD attention outputs -> ...xE embeddings: out_proj, ln_post, visual projection."""
-        v = self.visual
-        return v.ln_post(v.transformer.resblocks[-1].attn.out_proj(tokens)) @ v.proj
+    def qkv(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B x T x D tokens -> q, k, v of the last block from ln_1(tokens), each B x T x D (heads side by side)."""
+        attn = self.last_block.attn
+        return F.linear(self.last_block.ln_1(tokens), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+    def value_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW (CLIP-normalised) -> BxDxghxgw values of the last block's patch tokens (step 4)."""
+        tokens, (gh, gw) = self.last_block_input(x)
+        attn, d = self.last_block.attn, tokens.shape[-1]
+        values = F.linear(self.last_block.ln_1(tokens[:, 1:]), attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
+        return values.transpose(1, 2).reshape(tokens.shape[0], d, gh, gw)
+
+    def out_proj(self, attended: torch.Tensor) -> torch.Tensor:
+        return self.last_block.attn.out_proj(attended)
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """...xD final tokens -> ...xE embeddings: ln_post, visual projection."""
+        return self.visual.ln_post(tokens) @ self.visual.proj
+
+    def project(self, attended: torch.Tensor) -> torch.Tensor:
+        """...xD attention outputs (heads side by side) -> ...xE: out_proj, ln_post, visual projection."""
+        return self.head(self.out_proj(attended))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)

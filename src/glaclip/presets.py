@@ -12,13 +12,14 @@ from typing import Any
 
 from .errors import GlaclipError
 
-METHODS = ("gla-proxyclip", "proxyclip")
+METHODS = ("gla-proxyclip", "proxyclip", "clip", "maskclip", "sclip", "clearclip", "naclip", "gla-clearclip",
+           "gla-sclip", "gla-naclip")  # recipes in hosts.py
 ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
 
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """METHOD.md steps 1-2: resize and sliding windows."""
+    """METHOD.md steps 1-2: resize and sliding windows. pad_multiple 0: the token backbone's patch size."""
 
     short_side: int = 336
     max_long_side: int = 2048
@@ -44,6 +45,7 @@ class AttentionConfig:
     gamma: float = 3.0
     block_rows: int | None = None
     memory_mb: int = 512
+    gaussian_std: float = 5.0  # NACLIP's neighbourhood, in patches
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class Preset:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if min(w.short_side, w.max_long_side, w.crop, w.stride, w.pad_multiple) <= 0:
+        if min(w.short_side, w.max_long_side, w.crop, w.stride) <= 0 or w.pad_multiple < 0:
             problems.append("window sizes must be positive")
         if not -1.0 <= a.rho < 1.0:
             problems.append(f"rho must lie in [-1, 1), got {a.rho}")
@@ -107,6 +109,8 @@ class Preset:
             problems.append("block_rows must be positive")
         if a.memory_mb <= 0:
             problems.append("memory_mb must be positive")
+        if a.gaussian_std <= 0:
+            problems.append("gaussian_std must be positive")
         if not 0.0 <= d.prob_thd <= 1.0:
             problems.append(f"prob_thd must lie in [0, 1], got {d.prob_thd}")
         if problems:
@@ -163,6 +167,9 @@ PRESETS: dict[str, Preset] = {
     # The window-local host without GLA.
     "proxyclip": Preset("proxyclip", method="proxyclip"),
 }
+# CLIP-only hosts (recipes in hosts.py): windows padded to the CLIP patch size, METHOD.md's other defaults.
+for _name in ("clip", "maskclip", "sclip", "clearclip", "naclip", "gla-clearclip", "gla-sclip", "gla-naclip"):
+    PRESETS[_name] = Preset(_name, method=_name, window=WindowConfig(pad_multiple=0))
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:

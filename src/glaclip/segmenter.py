@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .attention import accumulation_dtype, gla_attention, proxyclip_attention
 from .errors import GlaclipError
 from .images import ImageInput, clip_to_imagenet, load_image, preprocess
+from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens
 from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, VfmTower, load_clip, load_vfm
 from .presets import Preset, get_preset
 from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes
@@ -50,9 +51,10 @@ def decide(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, lo
 
 
 class Segmenter:
-    """GLA-CLIP (or window-local ProxyCLIP) over a frozen CLIP and a frozen VFM."""
+    """GLA-CLIP, its hosts and baselines (see hosts.METHODS) over a frozen CLIP and, for the
+    ProxyCLIP family, a frozen VFM."""
 
-    def __init__(self, clip: ClipTower, vfm: VfmTower, preset: Preset | None = None, window_batch: int = 16):
+    def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16):
         import open_clip
 
         self.clip = clip
@@ -74,20 +76,51 @@ class Segmenter:
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file).
         clip_weights: a pretrained tag ('openai'), a local file, or 'random'; None -> $GLACLIP_CLIP_WEIGHTS or 'openai'.
         vfm: timm model name with tag; vfm_weights: a local file, 'random', or None -> $GLACLIP_VFM_WEIGHTS or the hub.
-        method: a preset name ('gla-proxyclip', 'gla-proxyclip-paper', 'proxyclip').
+        method: a preset name (`glaclip methods`: 'gla-proxyclip', 'proxyclip', 'clearclip', 'gla-naclip', ...);
+            CLIP-only methods load no VFM.
         overrides: any setting of the preset, e.g. rho=0.6, short_side=560, prob_thd=0.1.
         """
         preset = get_preset(method, **overrides)
         tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
-        vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device, dtype=tower.dtype)
+        vfm_tower = None
+        if METHODS[preset.method].needs_vfm:
+            vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device, dtype=tower.dtype)
         return cls(tower, vfm_tower, preset, window_batch=window_batch)
 
+    def models(self) -> dict:
+        """Which models (and weights) this segmenter runs; the VFM is None for CLIP-only methods."""
+        vfm = {"model": self.vfm.name, "weights": self.vfm.weights} if self.vfm is not None else None
+        return {"clip": {"model": self.clip.name, "weights": self.clip.weights}, "vfm": vfm}
+
+    def models_line(self) -> str:
+        m = self.models()
+        vfm = f"{m['vfm']['model']}:{m['vfm']['weights']}" if m["vfm"] else "none"
+        return (f"clip={m['clip']['model']}:{m['clip']['weights']} vfm={vfm} device={self.device} "
+                f"dtype={str(self.clip.dtype).replace('torch.', '')}")
+
+    @property
+    def method(self) -> Method:
+        return METHODS[self.preset.method]
+
+    @property
+    def token_patch(self) -> int:
+        """Patch size of the backbone whose grid carries the tokens (the VFM's, else CLIP's)."""
+        return self.vfm.patch_size if self.method.needs_vfm else self.clip.patch_size
+
+    def grid_for(self, height: int, width: int) -> WindowGrid:
+        """The windows of a (resized) image under this preset."""
+        w = self.preset.window
+        return window_grid(height, width, w.crop, w.stride, w.pad_multiple or self.token_patch)
+
     def _check_grids(self) -> None:
-        # The VFM grid carries the tokens; CLIP's conv floors odd sizes and its values are resized.
-        w, vp = self.preset.window, self.vfm.patch_size
-        if w.pad_multiple % vp or w.crop % vp:
-            raise GlaclipError(f"crop {w.crop} and pad_multiple {w.pad_multiple} must be multiples of the VFM "
-                               f"patch size {vp}")
+        if self.method.needs_vfm and self.vfm is None:
+            raise GlaclipError(f"method {self.preset.method} needs a VFM; build the segmenter with one")
+        # The token grid must tile windows and padding exactly; CLIP's conv floors odd sizes and, in the
+        # ProxyCLIP family, its values are resized to the VFM grid.
+        w, p = self.preset.window, self.token_patch
+        pad = w.pad_multiple or p
+        if pad % p or w.crop % p:
+            raise GlaclipError(f"crop {w.crop} and pad_multiple {pad} must be multiples of the patch size {p}")
 
     def with_preset(self, preset: Preset) -> "Segmenter":
         """A segmenter sharing these models (and text cache) with other settings."""
@@ -120,19 +153,42 @@ class Segmenter:
         return torch.cat(keys).flatten(0, 1), torch.cat(values).flatten(0, 1), grid_hw
 
     @torch.no_grad()
+    def clip_host_tokens(self, image: torch.Tensor, grid: WindowGrid) -> tuple[torch.Tensor, tuple[int, int]]:
+        """CLIP-only methods: final patch tokens of all windows (N x D) and the CLIP grid."""
+        crops = crop_windows(image.to(self.device), grid)
+        method, a = self.method, self.preset.attention
+        finals, keys, values = [], [], []
+        for start in range(0, crops.shape[0], self.window_batch):
+            tokens, grid_hw = self.clip.last_block_input(crops[start : start + self.window_batch])
+            if method.is_global:
+                k, v = global_keys(method, self.clip, tokens)
+                keys.append(k)
+                values.append(v)
+            else:
+                finals.append(local_tokens(method, self.clip, tokens, grid_hw, a))
+        if method.is_global:
+            merged = [torch.cat([k[i] for k in keys]).flatten(0, 1) for i in range(len(keys[0]))]
+            return global_tokens(method, self.clip, merged, torch.cat(values).flatten(0, 1), grid.count, a), grid_hw
+        return torch.cat(finals).flatten(0, 1), grid_hw
+
+    @torch.no_grad()
     def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> torch.Tensor:
         """Stitched cosine logits Q x H x W at the original image size (steps 1-7)."""
         w, a = self.preset.window, self.preset.attention
         x = preprocess(rgb, w.short_side, w.max_long_side, accumulation_dtype(self.clip.dtype))
-        grid = window_grid(x.shape[2], x.shape[3], w.crop, w.stride, w.pad_multiple)
-        keys, values, (gh, gw) = self.window_tokens(x, grid)
-        if self.preset.method == "gla-proxyclip":
-            out = gla_attention(keys, values, grid.count, a)
+        grid = self.grid_for(x.shape[2], x.shape[3])
+        if self.method.needs_vfm:
+            keys, values, (gh, gw) = self.window_tokens(x, grid)
+            if self.method.is_global:
+                out = gla_attention(keys, values, grid.count, a)
+            else:
+                n = gh * gw
+                out = proxyclip_attention(keys.view(grid.count, n, -1), values.view(grid.count, n, -1), a)
+            final = self.clip.out_proj(out.flatten(0, -2))
         else:
-            n = gh * gw
-            out = proxyclip_attention(keys.view(grid.count, n, -1), values.view(grid.count, n, -1), a).flatten(0, 1)
+            final, (gh, gw) = self.clip_host_tokens(x, grid)
         acc = accumulation_dtype(self.clip.dtype)
-        emb = F.normalize(self.clip.project(out).to(acc), dim=-1)
+        emb = F.normalize(self.clip.head(final).to(acc), dim=-1)
         text = self.query_embeddings(queries).to(acc)
         logits = (emb @ text.T).view(grid.count, gh, gw, -1).permute(0, 3, 1, 2)
         canvas = stitch(logits, grid)
