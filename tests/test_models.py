@@ -137,3 +137,20 @@ def test_value_path_equals_attention_internals(segmenter):
     v = torch.nn.functional.linear(last.ln_1(captured["x"]), last.attn.in_proj_weight[2 * d :],
                                    last.attn.in_proj_bias[2 * d :])[:, 1:]
     torch.testing.assert_close(values.flatten(2).transpose(1, 2), v)
+
+
+def test_paper_backbones_resolve_without_download(monkeypatch):
+    import timm
+
+    from glaclip.models import CLIP_BACKBONES, VFM_BACKBONES
+
+    built = []
+    monkeypatch.setattr(open_clip, "create_model", lambda name, pretrained=None, **kw: built.append(
+        (name, pretrained, kw.get("force_quick_gelu"))) or (_ for _ in ()).throw(RuntimeError("offline")))
+    for name, tag in CLIP_BACKBONES.values():
+        with pytest.raises(GlaclipError, match="--clip-weights"):
+            load_clip(name, tag, device="cpu")
+    assert [b[:2] for b in built] == list(CLIP_BACKBONES.values())
+    assert [b[2] for b in built] == [True, True, False, False, True]  # QuickGELU exactly where the weights need it
+    for name in VFM_BACKBONES.values():
+        assert timm.is_model(name) and timm.models.get_pretrained_cfg(name).hf_hub_id

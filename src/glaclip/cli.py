@@ -323,9 +323,17 @@ def methods() -> None:
     from .hosts import METHODS
     from .presets import PRESETS
 
+    from .models import CLIP_BACKBONES, VFM_BACKBONES
+
     for m in METHODS.values():
         typer.echo(f"{m.name:14s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]"))
         typer.echo(f"{'':14s} {PRESETS[m.name].describe()}")
+    typer.echo("\nCLIP backbones (--clip NAME --clip-weights TAG):")
+    for title, (name, tag) in CLIP_BACKBONES.items():
+        typer.echo(f"  {title:28s} --clip {name} --clip-weights {tag}")
+    typer.echo("VFM backbones (--vfm NAME):")
+    for title, name in VFM_BACKBONES.items():
+        typer.echo(f"  {title:28s} --vfm {name}")
 
 
 @app.command()

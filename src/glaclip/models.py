@@ -35,6 +35,22 @@ RANDOM = "random"
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
+# Backbones the paper's tables use, as (name, tag) for open_clip and tagged names for timm.
+CLIP_BACKBONES = {
+    "OpenAI ViT-B/16": ("ViT-B-16-quickgelu", "openai"),
+    "OpenAI ViT-L/14": ("ViT-L-14-quickgelu", "openai"),
+    "OpenCLIP LAION-2B ViT-B/16": ("ViT-B-16", "laion2b_s34b_b88k"),
+    "OpenCLIP LAION-2B ViT-H/14": ("ViT-H-14", "laion2b_s32b_b79k"),
+    "MetaCLIP 2.5B ViT-B/16": ("ViT-B-16-quickgelu", "metaclip_fullcc"),
+}
+VFM_BACKBONES = {
+    "DINO ViT-B/8": "vit_base_patch8_224.dino",
+    "DINO ViT-B/16": "vit_base_patch16_224.dino",
+    "DINOv2 ViT-S/14 + registers": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "DINOv2 ViT-B/14 + registers": "vit_base_patch14_reg4_dinov2.lvd142m",
+}
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

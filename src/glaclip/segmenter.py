@@ -115,12 +115,11 @@ class Segmenter:
     def _check_grids(self) -> None:
         if self.method.needs_vfm and self.vfm is None:
             raise GlaclipError(f"method {self.preset.method} needs a VFM; build the segmenter with one")
-        # The token grid must tile windows and padding exactly; CLIP's conv floors odd sizes and, in the
-        # ProxyCLIP family, its values are resized to the VFM grid.
+        # Full windows must tile into patches; a padded small window that does not is floored by the
+        # patch convolution (as in the released code) and its logits are resized to the padded size.
         w, p = self.preset.window, self.token_patch
-        pad = w.pad_multiple or p
-        if pad % p or w.crop % p:
-            raise GlaclipError(f"crop {w.crop} and pad_multiple {pad} must be multiples of the patch size {p}")
+        if w.crop % p:
+            raise GlaclipError(f"crop {w.crop} must be a multiple of the patch size {p}")
 
     def with_preset(self, preset: Preset) -> "Segmenter":
         """A segmenter sharing these models (and text cache) with other settings."""
