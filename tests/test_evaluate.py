@@ -134,3 +134,12 @@ def test_two_process_gloo_equals_single(tiny_files, tmp_path):
     ranks = sorted(p.name for p in (tmp_path / "two" / "progress").iterdir())
     assert ranks == ["rank0.jsonl", "rank1.jsonl"]
     assert sum(len((tmp_path / "two" / "progress" / r).read_text().splitlines()) for r in ranks) == 5
+
+
+def test_cli_eval_with_a_clip_only_method(tiny_files, tmp_path):
+    write_layout(tmp_path / "ADE", "ade20k", n=2)
+    r = _cli(tiny_files, "--dataset", "ade20k", "--data-root", str(tmp_path / "ADE"), "--out", str(tmp_path / "o"),
+             "--method", "gla-naclip", "-q")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["preset"]["method"] == "gla-naclip" and res["vfm"] is None and len(res["per_class"]) == 150

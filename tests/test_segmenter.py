@@ -125,3 +125,13 @@ def test_prob_thd_override_and_shares(segmenter, image_300x400):
 def test_bad_class_lists(segmenter, image_300x400, bad):
     with pytest.raises(GlaclipError):
         segmenter.predict(image_300x400, bad)
+
+
+def test_compiled_backbones_give_the_same_result(tiny_files):
+    """torch.compile is optional and must not change results (first call compiles; CPU inductor)."""
+    from glaclip import Segmenter
+
+    rgb = structured_image(120, 160, seed=7)
+    plain = Segmenter.from_pretrained(device="cpu", dtype="fp32", **tiny_files)
+    compiled = Segmenter.from_pretrained(device="cpu", dtype="fp32", compile=True, **tiny_files)
+    np.testing.assert_allclose(compiled.predict(rgb, CLASSES).probs, plain.predict(rgb, CLASSES).probs, atol=1e-5)

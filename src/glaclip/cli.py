@@ -75,6 +75,8 @@ MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Method / preset 
 SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset value, e.g. --set rho=0.6 "
                                            "--set short_side=560. Repeatable.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
+                                          "images of one size, mostly on GPU).")]
 
 
 def _announce(seg, quiet: bool) -> None:
@@ -103,6 +105,7 @@ def segment(
     vfm_weights: VfmWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    compile: CompileOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Segment images into the given classes.
@@ -128,7 +131,7 @@ def segment(
         raise GlaclipError(f"--out {out} exists and is not a folder")
 
     seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    method=method, device=device, dtype=dtype, **overrides)
+                                    method=method, device=device, dtype=dtype, compile=compile, **overrides)
     _announce(seg, quiet)
     palette = distinct_palette(len(queries))
     failures = []
@@ -198,6 +201,7 @@ def evaluate_cmd(
     vfm_weights: VfmWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    compile: CompileOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate on a benchmark or a folder of images + label maps: mIoU, aAcc, mAcc, BER.
@@ -222,7 +226,7 @@ def evaluate_cmd(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
             torch.cuda.set_device(device)
     seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    method=method, device=device, dtype=dtype, **overrides)
+                                    method=method, device=device, dtype=dtype, compile=compile, **overrides)
     _announce(seg, quiet or shard.rank != 0)
     out = out or Path("runs") / f"{ds.spec.name}-{method}"
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)

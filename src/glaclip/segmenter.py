@@ -54,7 +54,10 @@ class Segmenter:
     """GLA-CLIP, its hosts and baselines (see hosts.METHODS) over a frozen CLIP and, for the
     ProxyCLIP family, a frozen VFM."""
 
-    def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16):
+    def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16,
+                 compile: bool = False):
+        """window_batch: windows per backbone forward (memory vs speed; results do not change).
+        compile: run the backbones' window forwards through torch.compile (first call compiles)."""
         import open_clip
 
         self.clip = clip
@@ -62,6 +65,11 @@ class Segmenter:
         self.preset = preset or get_preset("gla-proxyclip")
         self.preset.validate()
         self.window_batch = window_batch
+        # The backbone forwards are the only fixed-shape, repeated work; everything else is cheap or global.
+        wrap = torch.compile if compile else (lambda f: f)
+        self._vfm_features = wrap(vfm.features) if vfm is not None else None
+        self._clip_values = wrap(clip.value_tokens)
+        self._clip_block_input = wrap(clip.last_block_input)
         self.device = clip.visual.conv1.weight.device
         self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device)
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
@@ -70,7 +78,8 @@ class Segmenter:
     @classmethod
     def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
                         vfm_weights: str | None = None, method: str = "gla-proxyclip", device: str = "auto",
-                        dtype: str = "auto", window_batch: int = 16, **overrides: Any) -> "Segmenter":
+                        dtype: str = "auto", window_batch: int = 16, compile: bool = False,
+                        **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file).
@@ -85,7 +94,7 @@ class Segmenter:
         vfm_tower = None
         if METHODS[preset.method].needs_vfm:
             vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device, dtype=tower.dtype)
-        return cls(tower, vfm_tower, preset, window_batch=window_batch)
+        return cls(tower, vfm_tower, preset, window_batch=window_batch, compile=compile)
 
     def models(self) -> dict:
         """Which models (and weights) this segmenter runs; the VFM is None for CLIP-only methods."""
@@ -143,8 +152,8 @@ class Segmenter:
         keys, values = [], []
         for start in range(0, crops.shape[0], self.window_batch):
             batch = crops[start : start + self.window_batch]
-            k = self.vfm.features(clip_to_imagenet(batch))
-            v = self.clip.value_tokens(batch)
+            k = self._vfm_features(clip_to_imagenet(batch))
+            v = self._clip_values(batch)
             v = F.interpolate(v, size=k.shape[-2:], mode="bilinear", align_corners=False)
             keys.append(F.normalize(k.flatten(2).transpose(1, 2), dim=-1))
             values.append(v.flatten(2).transpose(1, 2))
@@ -158,7 +167,7 @@ class Segmenter:
         method, a = self.method, self.preset.attention
         finals, keys, values = [], [], []
         for start in range(0, crops.shape[0], self.window_batch):
-            tokens, grid_hw = self.clip.last_block_input(crops[start : start + self.window_batch])
+            tokens, grid_hw = self._clip_block_input(crops[start : start + self.window_batch])
             if method.is_global:
                 k, v = global_keys(method, self.clip, tokens)
                 keys.append(k)
