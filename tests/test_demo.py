@@ -1,6 +1,7 @@
 """The web demo: its request handler directly, and the real page driven in headless Chromium."""
 
 import base64
+import importlib
 import io
 import os
 import shutil
@@ -25,7 +26,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def _needed(module):
     """In CI the demo's dependencies are installed by .ci/run, so a missing one is a failure there."""
     if os.environ.get("CI"):
-        return __import__(module)
+        return importlib.import_module(module)
     return pytest.importorskip(module)
 
 
