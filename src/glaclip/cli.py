@@ -85,6 +85,16 @@ def _announce(seg, quiet: bool) -> None:
         _say(f"glaclip: {seg.models_line()}")
 
 
+def _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype, quiet=False, **kwargs):
+    """The segmenter every command builds from its model options; prints its settings unless quiet."""
+    from .segmenter import Segmenter
+
+    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+                                    method=method, device=device, dtype=dtype, **kwargs)
+    _announce(seg, quiet)
+    return seg
+
+
 @app.command()
 def segment(
     images: List[Path] = typer.Argument(..., help="Image files (JPEG, PNG, TIFF, BMP, WebP...).", show_default=False),
@@ -116,7 +126,6 @@ def segment(
 
     from .images import load_image
     from .presets import get_preset
-    from .segmenter import Segmenter
     from .visualize import atomic_paths, distinct_palette, label_image, overlay_with_legend
 
     queries = _class_list(classes, class_file)
@@ -130,9 +139,7 @@ def segment(
     if out.exists() and not out.is_dir():
         raise GlaclipError(f"--out {out} exists and is not a folder")
 
-    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    method=method, device=device, dtype=dtype, compile=compile, **overrides)
-    _announce(seg, quiet)
+    seg = _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype, quiet, compile=compile, **overrides)
     palette = distinct_palette(len(queries))
     failures = []
     bar = tqdm(list(zip(images, _output_stems(images))), desc="segmenting", unit="img", disable=quiet,
@@ -211,7 +218,6 @@ def evaluate_cmd(
     from .datasets import open_dataset
     from .evaluate import evaluate, shard_from_env, to_markdown
     from .presets import get_preset
-    from .segmenter import Segmenter
 
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index)
@@ -225,9 +231,8 @@ def evaluate_cmd(
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
             torch.cuda.set_device(device)
-    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    method=method, device=device, dtype=dtype, compile=compile, **overrides)
-    _announce(seg, quiet or shard.rank != 0)
+    seg = _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype, quiet or shard.rank != 0,
+                compile=compile, **overrides)
     out = out or Path("runs") / f"{ds.spec.name}-{method}"
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
     if shard.rank == 0 and not quiet:
@@ -304,16 +309,13 @@ def demo(
     Without weights and without network the page still opens and says which files to provide.
     """
     from .demo import _import_gradio, launch
-    from .segmenter import Segmenter
 
     _import_gradio()
     if random_weights:
         clip_weights, vfm_weights = "random", "random"
     seg, problem = None, None
     try:
-        seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                        method=method, device=device, dtype=dtype)
-        _announce(seg, False)
+        seg = _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype)
     except GlaclipError as exc:
         problem = str(exc)
         _say(f"glaclip: {problem}")

@@ -64,7 +64,8 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _array_to_rgb(np.array(img))
     if img.mode != "RGB":
-        img = img.convert("RGBA" if "transparency" in img.info else img.mode)
+        if "transparency" in img.info:  # palette/gray with a transparent colour: via RGBA, alpha dropped
+            img = img.convert("RGBA")
         img = img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
