@@ -85,13 +85,14 @@ def test_threshold_keeps_only_the_max_when_all_scores_negative():
     assert out[0].tolist() == [1.0, 0.0, 0.0]
 
 
-def test_proxyclip_window_local_equals_formula():
+@pytest.mark.parametrize("token_norm", [False, True])
+def test_proxyclip_window_local_equals_formula(token_norm):
     keys, values = _tokens(n_windows=3, per=25)
-    cfg = AttentionConfig(memory_mb=1)
+    cfg = AttentionConfig(memory_mb=1, token_norm=token_norm)
     out = proxyclip_attention(keys.view(3, 25, -1), values.view(3, 25, -1), cfg)
     for w in range(3):
         k, v = keys[w * 25 : (w + 1) * 25], values[w * 25 : (w + 1) * 25]
-        expected, _ = reference.proxyclip_local(k, v[None])
+        expected, _ = reference.proxyclip_local(k, v[None], token_norm=token_norm)
         torch.testing.assert_close(out[w], expected[0], rtol=0, atol=1e-12)
 
 

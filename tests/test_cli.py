@@ -104,3 +104,18 @@ def test_methods_listing():
     for name in ("clip ", "maskclip", "sclip", "clearclip", "naclip", "proxyclip", "gla-clearclip", "gla-naclip"):
         assert name in r.stdout
     assert "NACLIP (Hajimiri et al., WACV 2025)" in r.stdout and "gaussian_std=5.0" in r.stdout
+
+
+def test_segment_with_a_dataset_protocol_records_every_setting(tiny_files, images, tmp_path):
+    out = tmp_path / "out"
+    r = run([str(images[0]), "--method", "sclip", "--dataset", "voc21", "-o", str(out), "--set", "short_side=200"],
+            tiny_files, tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "street.json").read_text())["settings"]
+    assert (s["method"], s["dataset"], s["protocol"], s["class_file"]) == ("sclip", "voc21", "sclip", "voc21.txt")
+    assert (s["logit_scale"], s["prob_thd"], s["area_thd"], s["short_side"]) == (65.0, 0.1, 0.1, 200)
+    assert len(s["queries"]) == 56
+    r = run([str(images[0]), "-c", "sky, road", "--method", "naclip", "-o", str(out)], tiny_files, tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "street.json").read_text())["settings"]
+    assert s["dataset"] is None and s["pamr_steps"] == 10 and s["queries"] == ["sky", "road"]

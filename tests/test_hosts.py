@@ -39,7 +39,7 @@ def _finish(clip, weights, v):
     return clip.last_block.attn.out_proj(out)
 
 
-@pytest.mark.parametrize("name", ["maskclip", "clearclip", "sclip", "naclip"])
+@pytest.mark.parametrize("name", ["maskclip", "clearclip", "sclip", "naclip", "clip-vanilla"])
 def test_local_hosts_equal_their_recipe(segmenter64, name):
     clip = segmenter64.clip
     tokens, grid = _tokens(segmenter64)
@@ -50,6 +50,8 @@ def test_local_hosts_equal_their_recipe(segmenter64, name):
         expected = blk.attn.out_proj(v.permute(0, 2, 1, 3).flatten(2))[:, 1:]
     elif name == "clearclip":
         expected = _finish(clip, torch.softmax(q @ q.transpose(-1, -2) * s, -1), v)[:, 1:]
+    elif name == "clip-vanilla":
+        expected = _finish(clip, torch.softmax(q @ k.transpose(-1, -2) * s, -1), v)[:, 1:]
     elif name == "sclip":
         w = torch.softmax(q @ q.transpose(-1, -2) * s, -1) + torch.softmax(k @ k.transpose(-1, -2) * s, -1)
         x = tokens + _finish(clip, w, v)
@@ -105,6 +107,64 @@ def test_gla_on_clip_hosts_equals_formula(segmenter64, name, key):
         o, _ = reference.gla(K, heads, grid.count)
         out = out + o.transpose(1, 2).reshape(values.shape[1], -1).T
     torch.testing.assert_close(got, seg.clip.out_proj(out), rtol=0, atol=1e-9)
+
+
+def _release_smoothed(raw, index, gh, gw):
+    """The GLA release's ClearCLIP start, written out: an N x N candidate mask (same image-pixel index,
+    or an 8-neighbour in the same window), the mean of the raw vectors over it, L2-normalised."""
+    n = raw.shape[0]
+    per = gh * gw
+    cand = index[:, None] == index[None, :]
+    for i in range(n):
+        wi, ri, ci = i // per, (i % per) // gw, i % gw
+        for j in range(wi * per, (wi + 1) * per):
+            rj, cj = (j % per) // gw, j % gw
+            if max(abs(ri - rj), abs(ci - cj)) == 1:
+                cand[i, j] = True
+    return F.normalize((cand.to(raw.dtype) @ raw) / cand.sum(1, keepdim=True), dim=-1)
+
+
+@pytest.mark.parametrize("size, short", [((300, 400), 336), ((60, 150), 100)])
+def test_gla_clearclip_release_equals_formula(segmenter64, size, short):
+    from glaclip.hosts import smoothed_proxy
+    from glaclip.images import preprocess
+    from glaclip.windows import token_index
+
+    seg = segmenter64.with_preset(get_preset("gla-clearclip-release", block_rows=61, short_side=short))
+    rgb = structured_image(*size, seed=4)
+    x = preprocess(rgb, short, 2048, torch.float64)
+    grid = seg.grid_for(x.shape[2], x.shape[3])
+    got, _ = seg.clip_host_tokens(x, grid)
+    crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in grid.boxes])
+    if any(grid.pad):
+        crops = F.pad(crops, grid.pad)
+    tokens, (gh, gw) = seg.clip.last_block_input(crops)
+    q, _, v = seg.clip.qkv(tokens)
+    raw = q[:, 1:].flatten(0, 1)
+    # token labels: the image-pixel index of each token's top-left pixel, 0 inside the padding
+    left, _, top, _ = grid.pad
+    wh, ww = grid.window_size
+    labels = []
+    for (y1, _, x1, _) in grid.boxes:
+        for r in range(gh):
+            for c in range(gw):
+                py, px = r * 16 - top, c * 16 - left
+                labels.append((y1 + py) * grid.width + x1 + px if 0 <= py < wh and 0 <= px < ww else 0)
+    index = torch.tensor(labels)
+    assert torch.equal(token_index(grid, (gh, gw), 16), index)
+    if short == 336:
+        assert (index[None] == index[:, None]).sum() > len(labels)  # windows overlap: twins exist
+    else:
+        assert any(grid.pad) and (index == 0).sum() > 1  # padded tokens share index 0 as in the release
+    P0 = _release_smoothed(raw, index, gh, gw)
+    torch.testing.assert_close(smoothed_proxy(raw, index, (gh, gw)), P0, rtol=0, atol=1e-12)
+    values = v[:, 1:].flatten(0, 1)
+    heads = values.T.reshape(seg.clip.heads, -1, values.shape[0]).transpose(1, 2)
+    o, _ = reference.gla(F.normalize(raw, dim=-1), heads, grid.count, P0=P0, dynamic_beta=False)
+    expected = seg.clip.out_proj(o.transpose(1, 2).reshape(values.shape[1], -1).T)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+    plain = segmenter64.with_preset(get_preset("gla-clearclip", block_rows=61, short_side=short))
+    assert (plain.clip_host_tokens(x, grid)[0] - got).abs().max() > 1e-6  # the variant differs
 
 
 def test_single_window_gla_reduces_to_window_local_proxyclip():

@@ -25,7 +25,7 @@ def test_overrides_from_strings_and_aliases():
 
 
 @pytest.mark.parametrize("bad", [{"nonsense": 1}, {"rho": "x"}, {"rho": 1.5}, {"proxy_iters": 1.5},
-                                 {"prob_thd": 2}, {"crop": 0}, {"method": "magic"}, {"dynamic": "maybe"}])
+                                 {"prob_thd": 2}, {"crop": -1}, {"method": "magic"}, {"dynamic": "maybe"}])
 def test_bad_overrides(bad):
     with pytest.raises(GlaclipError):
         get_preset("gla-proxyclip", **bad)

@@ -7,7 +7,8 @@
 """
 
 from .errors import GlaclipError
-from .presets import PRESETS, AttentionConfig, DecisionConfig, Preset, WindowConfig, get_preset
+from .presets import AttentionConfig, DecisionConfig, Preset, WindowConfig, get_preset
+from .protocols import PRESETS, resolve
 from .segmenter import Segmentation, Segmenter
 from .text import parse_classes, read_class_file
 
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Segmenter", "Segmentation", "Preset", "PRESETS", "get_preset", "WindowConfig", "AttentionConfig",
-    "DecisionConfig", "GlaclipError", "parse_classes", "read_class_file", "__version__",
+    "DecisionConfig", "GlaclipError", "resolve", "parse_classes", "read_class_file", "__version__",
 ]

@@ -36,6 +36,7 @@ def _block_weights(queries: torch.Tensor, keys: torch.Tensor, keys_acc: torch.Te
                    num_windows: int, cfg: AttentionConfig) -> torch.Tensor:
     """Softmax attention weights (fp32/fp64, b x N) of the query rows offset..offset+b.
 
+    `queries` are the initial proxies of those rows (the keys themselves, or any unit vectors);
     `keys_acc` is `keys` in the accumulation dtype: proxies sum up to N keys, which fp16 cannot hold.
     """
     b = queries.shape[0]
@@ -61,7 +62,8 @@ def _block_weights(queries: torch.Tensor, keys: torch.Tensor, keys_acc: torch.Te
     scores = (proxy @ keys.T).to(acc)
     mu = scores.mean(dim=1, keepdim=True).clamp_min(0.0)
     if cfg.dynamic:
-        beta, gamma = dynamic_beta(num_windows, cfg.alpha_beta), 1.0 + cfg.alpha_gamma / counts
+        beta = dynamic_beta(num_windows, cfg.alpha_beta) if cfg.dynamic_beta else cfg.beta
+        gamma = 1.0 + cfg.alpha_gamma / counts
     else:
         beta, gamma = cfg.beta, cfg.gamma
     scores = (scores - beta * mu).mul_(gamma)
@@ -70,18 +72,21 @@ def _block_weights(queries: torch.Tensor, keys: torch.Tensor, keys_acc: torch.Te
     return scores.softmax(dim=1)
 
 
-def gla_attention(keys: torch.Tensor, values: torch.Tensor, num_windows: int, cfg: AttentionConfig) -> torch.Tensor:
+def gla_attention(keys: torch.Tensor, values: torch.Tensor, num_windows: int, cfg: AttentionConfig,
+                  init_proxy: torch.Tensor | None = None) -> torch.Tensor:
     """Global-local attention over all windows.
 
     keys: N x C, L2-normalised VFM tokens of all windows; values: N x D (all heads side by side,
-    since every head uses the same weights). Returns N x D in the dtype of `values`.
+    since every head uses the same weights). init_proxy: N x C unit vectors the proxy iteration
+    starts from (default: the keys). Returns N x D in the dtype of `values`.
     """
     n = keys.shape[0]
     rows = cfg.block_rows or auto_block_rows(n, cfg.memory_mb)
     keys_acc = keys.to(accumulation_dtype(keys.dtype))
+    start_proxy = keys if init_proxy is None else init_proxy.to(keys.dtype)
     out = values.new_empty(values.shape)
     for start in range(0, n, rows):
-        weights = _block_weights(keys[start : start + rows], keys, keys_acc, start, num_windows, cfg)
+        weights = _block_weights(start_proxy[start : start + rows], keys, keys_acc, start, num_windows, cfg)
         out[start : start + rows] = (weights.to(values.dtype) @ values)
     return out
 
@@ -96,8 +101,10 @@ def dense_gla_attention(keys: torch.Tensor, values: torch.Tensor, num_windows: i
 def proxyclip_attention(keys: torch.Tensor, values: torch.Tensor, cfg: AttentionConfig) -> torch.Tensor:
     """Window-local ProxyCLIP: keys B x n x C (L2-normalised), values B x n x D -> B x n x D.
 
-    sim = K K^T per window, (sim - beta * rowmean) * gamma with the fixed beta/gamma,
-    threshold at min(rowmax, 0), softmax over the window's own tokens.
+    sim = K K^T per window, (sim - beta * mean) * gamma with the fixed beta/gamma, where mean is ONE
+    scalar per window (the mean of all n x n entries, official ProxyCLIP) or, with `token_norm`, each
+    row's mean; entries below min(rowmax, 0) masked, softmax over the window's own tokens. (Official
+    ProxyCLIP masks below 0 and yields NaN for a row with no entry >= 0; such a row keeps its maximum.)
     """
     b, n, _ = keys.shape
     per_window = max(1, cfg.memory_mb * 2**20 // (_BYTES_PER_ENTRY * n * n))
@@ -105,7 +112,8 @@ def proxyclip_attention(keys: torch.Tensor, values: torch.Tensor, cfg: Attention
     for start in range(0, b, per_window):
         k = keys[start : start + per_window]
         sim = (k @ k.transpose(1, 2)).to(accumulation_dtype(k.dtype))
-        sim = (sim - cfg.beta * sim.mean(dim=-1, keepdim=True)).mul_(cfg.gamma)
+        mean = sim.mean(dim=-1, keepdim=True) if cfg.token_norm else sim.mean(dim=(1, 2), keepdim=True)
+        sim = (sim - cfg.beta * mean).mul_(cfg.gamma)
         thresh = sim.amax(dim=-1, keepdim=True).clamp_max(0.0)
         sim.masked_fill_(sim < thresh, float("-inf"))
         out[start : start + per_window] = sim.softmax(dim=-1).to(values.dtype) @ values[start : start + per_window]

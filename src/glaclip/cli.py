@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -74,6 +75,9 @@ MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Method / preset 
                                         "gla-clearclip, gla-sclip, gla-naclip, gla-proxyclip-paper.")]
 SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset value, e.g. --set rho=0.6 "
                                            "--set short_side=560. Repeatable.")]
+ProtocolOpt = Annotated[Optional[str], typer.Option(
+    "--protocol", help="Whose settings: default (the method's own: hosts their authors', others GLA's), host (a GLA "
+    "plug-in on its host's protocol), gla, proxyclip, sclip, clearclip, naclip.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
                                           "images of one size, mostly on GPU).")]
@@ -85,12 +89,13 @@ def _announce(seg, quiet: bool) -> None:
         _say(f"glaclip: {seg.models_line()}")
 
 
-def _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype, quiet=False, **kwargs):
-    """The segmenter every command builds from its model options; prints its settings unless quiet."""
+def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, **kwargs):
+    """The segmenter every command builds from its model options and an effective preset
+    (`protocols.resolve`); prints its settings unless quiet."""
     from .segmenter import Segmenter
 
     seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    method=method, device=device, dtype=dtype, **kwargs)
+                                    method=preset.method, device=device, dtype=dtype, **kwargs).with_preset(preset)
     _announce(seg, quiet)
     return seg
 
@@ -104,6 +109,9 @@ def segment(
                                               "separated by '; '."),
     out: Path = typer.Option(Path("glaclip_out"), "--out", "-o", help="Output folder."),
     method: MethodOpt = "gla-proxyclip",
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Use this benchmark's protocol row (and its "
+                                          "class file when no classes are given), e.g. voc21."),
+    protocol: ProtocolOpt = None,
     prob_thd: Optional[float] = typer.Option(None, "--prob-thd", help="Pixels whose top probability is below this get "
                                              "class 0 (list a background class first)."),
     settings: SetOpt = [],
@@ -125,21 +133,27 @@ def segment(
     from tqdm import tqdm
 
     from .images import load_image
-    from .presets import get_preset
+    from .protocols import resolve
     from .visualize import atomic_paths, distinct_palette, label_image, overlay_with_legend
 
-    queries = _class_list(classes, class_file)
     overrides = _overrides(settings)
     if prob_thd is not None:
         overrides["prob_thd"] = prob_thd
-    preset = get_preset(method, **overrides)
+    preset = resolve(method, _benchmark(dataset), protocol, **overrides)
+    if dataset and not classes and not class_file:
+        from .datasets import packaged_classes
+
+        queries = packaged_classes(preset.class_file)
+    else:
+        queries = _class_list(classes, class_file)
+        preset = replace(preset, class_file=str(class_file) if class_file else None)
     for p in images:
         if not p.is_file():
             raise GlaclipError(f"image not found: {p}" if not p.exists() else f"not a file: {p}")
     if out.exists() and not out.is_dir():
         raise GlaclipError(f"--out {out} exists and is not a folder")
 
-    seg = _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype, quiet, compile=compile, **overrides)
+    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet, compile=compile)
     palette = distinct_palette(len(queries))
     failures = []
     bar = tqdm(list(zip(images, _output_stems(images))), desc="segmenting", unit="img", disable=quiet,
@@ -163,6 +177,7 @@ def segment(
                  "pixels": int(round(shares[n] * result.labels.size)), "color": palette[i].tolist()}
                 for i, n in enumerate(result.classes)
             ],
+            "settings": result.preset.settings(queries.queries),
             "preset": result.preset.to_dict(), "preset_line": result.preset.describe(),
             **seg.models(),
             "seconds": round(seconds, 3),
@@ -201,6 +216,7 @@ def evaluate_cmd(
     reduce_zero_label: bool = typer.Option(False, "--reduce-zero-label", help="folder: label 0 is ignored, k -> k-1."),
     ignore_index: int = typer.Option(255, "--ignore-index", help="Label value left out of the metrics."),
     method: MethodOpt = "gla-proxyclip",
+    protocol: ProtocolOpt = None,
     settings: SetOpt = [],
     clip: ClipOpt = DEFAULT_CLIP,
     clip_weights: ClipWeightsOpt = None,
@@ -217,13 +233,14 @@ def evaluate_cmd(
     """
     from .datasets import open_dataset
     from .evaluate import evaluate, shard_from_env, to_markdown
-    from .presets import get_preset
+    from .protocols import resolve
 
+    # the protocol's row for this data set, then --set; bad settings fail before the models load
+    preset = resolve(method, _benchmark(dataset), protocol, **_overrides(settings))
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
-                      reduce_zero=reduce_zero_label, ignore_index=ignore_index)
-    overrides = dict(ds.spec.settings)
-    overrides.update(_overrides(settings))
-    get_preset(method, **overrides)  # bad settings fail before the models load
+                      reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
+    if class_file or ds.spec.name == "folder":
+        preset = replace(preset, class_file=str(class_file or Path(data_root) / "classes.txt"))
     shard = shard_from_env()
     if shard.distributed and device in ("auto", "cuda"):
         import torch
@@ -231,9 +248,9 @@ def evaluate_cmd(
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
             torch.cuda.set_device(device)
-    seg = _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype, quiet or shard.rank != 0,
-                compile=compile, **overrides)
-    out = out or Path("runs") / f"{ds.spec.name}-{method}"
+    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
+                compile=compile)
+    out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
     if shard.rank == 0 and not quiet:
         typer.echo(to_markdown(result).split("\n\n| class")[0])
@@ -242,14 +259,18 @@ def evaluate_cmd(
 
 @app.command()
 def datasets() -> None:
-    """List the supported data sets, their expected layout and settings."""
+    """List the supported data sets, their expected layout and the class file each protocol uses."""
     from .datasets import SPECS
+    from .protocols import PROTOCOLS, class_file
 
     for spec in SPECS.values():
         typer.echo(f"{spec.name:12s} {spec.title}; root .../{spec.root_hint}: {spec.img_dir}/*{spec.img_suffix}, "
                    f"{spec.ann_dir}/*{spec.ann_suffix}" + (f", {spec.split_file}" if spec.split_file else "")
-                   + (", reduce_zero_label" if spec.reduce_zero_label else "")
-                   + "".join(f", {k}={v}" for k, v in spec.settings.items()))
+                   + (", reduce_zero_label" if spec.reduce_zero_label else ""))
+        files: dict[str, list[str]] = {}
+        for proto in PROTOCOLS:
+            files.setdefault(class_file(proto, spec.name), []).append(proto)
+        typer.echo(f"{'':12s} class files: " + "; ".join(f"{f} ({', '.join(p)})" for f, p in files.items()))
     typer.echo("folder       your own: ROOT/images/*, ROOT/labels/<stem>.png, ROOT/classes.txt")
 
 
@@ -313,9 +334,11 @@ def demo(
     _import_gradio()
     if random_weights:
         clip_weights, vfm_weights = "random", "random"
+    from .protocols import resolve
+
     seg, problem = None, None
     try:
-        seg = _load(clip, clip_weights, vfm, vfm_weights, method, device, dtype)
+        seg = _load(clip, clip_weights, vfm, vfm_weights, resolve(method), device, dtype)
     except GlaclipError as exc:
         problem = str(exc)
         _say(f"glaclip: {problem}")
@@ -327,13 +350,13 @@ def demo(
 def methods() -> None:
     """List the segmentation methods, the paper each follows, and the preset values each uses."""
     from .hosts import METHODS
-    from .presets import PRESETS
-
     from .models import CLIP_BACKBONES, VFM_BACKBONES
+    from .protocols import PRESETS, protocol_name
 
     for m in METHODS.values():
-        typer.echo(f"{m.name:14s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]"))
-        typer.echo(f"{'':14s} {PRESETS[m.name].describe()}")
+        typer.echo(f"{m.name:21s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]"))
+        typer.echo(f"{'':21s} protocol: {protocol_name(m.name)} (host: {protocol_name(m.name, 'host')}); "
+                   f"{PRESETS[m.name].describe()}")
     typer.echo("\nCLIP backbones (--clip NAME --clip-weights TAG):")
     for title, (name, tag) in CLIP_BACKBONES.items():
         typer.echo(f"  {title:28s} --clip {name} --clip-weights {tag}")
@@ -343,12 +366,46 @@ def methods() -> None:
 
 
 @app.command()
-def presets() -> None:
-    """List the named presets and their hyperparameters."""
-    from .presets import PRESETS
+def presets(
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Show this method's effective settings."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="... on this data set's protocol row."),
+    protocol: ProtocolOpt = None,
+    settings: SetOpt = [],
+    as_json: bool = typer.Option(False, "--json", help="One JSON object (method, dataset, protocol, short_side, crop, "
+                                 "stride, logit_scale, prob_thd, area_thd, pamr_steps, ..., class_file, queries)."),
+) -> None:
+    """List the named presets, or the effective settings of one method on one data set."""
+    from .protocols import PRESETS, resolve
 
-    for preset in PRESETS.values():
-        typer.echo(preset.describe())
+    if method is None and (dataset or protocol or settings or as_json):
+        raise GlaclipError("--dataset, --protocol, --set and --json need --method")
+    if method is None:
+        for preset in PRESETS.values():
+            typer.echo(preset.describe())
+        return
+    preset = resolve(method, _benchmark(dataset), protocol, **_overrides(settings))
+    queries = None
+    if preset.class_file:
+        from .datasets import packaged_classes
+
+        queries = packaged_classes(preset.class_file).queries
+    if as_json:
+        typer.echo(json.dumps(preset.settings(queries), indent=2))
+    else:
+        typer.echo(preset.describe() + (f" class_file={preset.class_file} queries={len(queries)}" if queries else ""))
+
+
+def _benchmark(dataset: Optional[str]) -> Optional[str]:
+    """A benchmark's protocol key; unknown names are an error, 'folder' has no protocol row."""
+    if dataset is None:
+        return None
+    from .datasets import dataset_names
+    from .protocols import dataset_key
+
+    key = dataset_key(dataset)
+    if key is None and dataset.lower() != "folder":
+        raise GlaclipError(f"unknown dataset {dataset!r}; choose from {', '.join(dataset_names())}")
+    return key
 
 
 @app.command()

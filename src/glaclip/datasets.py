@@ -1,13 +1,13 @@
 """Benchmark data sets in the layouts the community's mmseg preparation produces, plus plain folders.
 
-Each data set is a `DatasetSpec` (layout, class file, per-data-set settings from METHOD.md) and a
-list of `Sample`s. Labels are read as mmseg reads them (palette PNGs give their indices) and, for
+Each data set is a `DatasetSpec` (layout and its default class file) and a list of `Sample`s; the
+settings a method runs with on it (and the class file its protocol uses) are in protocols.py. Labels are read as mmseg reads them (palette PNGs give their indices) and, for
 `reduce_zero_label` data sets, mapped as mmseg maps them: 0 -> ignore, k -> k-1, 255 stays ignore.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -31,31 +31,28 @@ class DatasetSpec:
     ann_suffix: str
     split_file: str | None = None  # one image id per line; None: every image under img_dir
     reduce_zero_label: bool = False
-    settings: dict = field(default_factory=dict)  # preset overrides: short_side, prob_thd
     root_hint: str = ""
 
 
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
     DatasetSpec("voc21", "PASCAL VOC 2012 (21 classes incl. background)", "voc21.txt", "JPEGImages",
                 "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt",
-                settings={"prob_thd": 0.1}, root_hint="VOCdevkit/VOC2012"),
+                root_hint="VOCdevkit/VOC2012"),
     DatasetSpec("voc20", "PASCAL VOC 2012 (20 classes, background ignored)", "voc20.txt", "JPEGImages",
                 "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt", reduce_zero_label=True,
                 root_hint="VOCdevkit/VOC2012"),
     DatasetSpec("context60", "PASCAL-Context (60 classes incl. background)", "context60.txt", "JPEGImages",
                 "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt",
-                settings={"prob_thd": 0.1}, root_hint="VOCdevkit/VOC2010"),
+                root_hint="VOCdevkit/VOC2010"),
     DatasetSpec("context59", "PASCAL-Context (59 classes, background ignored)", "context59.txt", "JPEGImages",
                 "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt",
                 reduce_zero_label=True, root_hint="VOCdevkit/VOC2010"),
     DatasetSpec("coco_object", "COCO-Object (80 things + background)", "coco_object.txt", "images/val2017",
-                "annotations/val2017", ".jpg", "_instanceTrainIds.png", settings={"prob_thd": 0.1},
-                root_hint="coco_stuff164k"),
+                "annotations/val2017", ".jpg", "_instanceTrainIds.png", root_hint="coco_stuff164k"),
     DatasetSpec("coco_stuff", "COCO-Stuff 164k (171 classes)", "coco_stuff.txt", "images/val2017",
                 "annotations/val2017", ".jpg", "_labelTrainIds.png", root_hint="coco_stuff164k"),
     DatasetSpec("cityscapes", "Cityscapes (19 classes)", "cityscapes.txt", "leftImg8bit/val", "gtFine/val",
-                "_leftImg8bit.png", "_gtFine_labelTrainIds.png", settings={"short_side": 560},
-                root_hint="cityscapes"),
+                "_leftImg8bit.png", "_gtFine_labelTrainIds.png", root_hint="cityscapes"),
     DatasetSpec("ade20k", "ADE20K (150 classes)", "ade20k.txt", "images/validation", "annotations/validation",
                 ".jpg", ".png", reduce_zero_label=True, root_hint="ADEChallengeData2016"),
 ]}
@@ -106,9 +103,14 @@ def reduce_zero_label(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np
     return out
 
 
-def builtin_classes(spec: DatasetSpec) -> ClassQueries:
-    text = resources.files("glaclip").joinpath("classes", spec.classes).read_text(encoding="utf-8")
+def packaged_classes(filename: str) -> ClassQueries:
+    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt')."""
+    text = resources.files("glaclip").joinpath("classes", filename).read_text(encoding="utf-8")
     return parse_classes(text)
+
+
+def builtin_classes(spec: DatasetSpec) -> ClassQueries:
+    return packaged_classes(spec.classes)
 
 
 def dataset_names() -> list[str]:
@@ -117,9 +119,12 @@ def dataset_names() -> list[str]:
 
 def open_dataset(name: str, root: str | Path, class_file: str | Path | None = None, images: str = "images",
                  labels: str = "labels", label_suffix: str = ".png", reduce_zero: bool = False,
-                 ignore_index: int = IGNORE_INDEX) -> SegDataset:
+                 ignore_index: int = IGNORE_INDEX, packaged: str | None = None) -> SegDataset:
     """A benchmark by name (see SPECS) rooted at its prepared folder, or ``folder``: root/images,
-    root/labels (same stem + label_suffix) and a class file (default root/classes.txt)."""
+    root/labels (same stem + label_suffix) and a class file (default root/classes.txt).
+
+    class_file (a user's file) wins over packaged (a file in glaclip/classes, as a protocol names it),
+    which wins over the data set's default file."""
     name = ALIASES.get(name.lower(), name.lower())
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -132,7 +137,7 @@ def open_dataset(name: str, root: str | Path, class_file: str | Path | None = No
     if name not in SPECS:
         raise GlaclipError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
     spec = SPECS[name]
-    classes = read_class_file(class_file) if class_file else builtin_classes(spec)
+    classes = read_class_file(class_file) if class_file else packaged_classes(packaged or spec.classes)
     samples = _list_split(root, spec) if spec.split_file else _list_suffixed(root, spec)
     return SegDataset(spec, root, samples, classes, ignore_index)
 

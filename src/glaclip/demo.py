@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GlaclipError
-from .presets import PRESETS, get_preset
+from .presets import get_preset
+from .protocols import PRESETS
 from .text import parse_classes
 from .visualize import colorize, distinct_palette, heatmap, label_image, legend, overlay, overlay_with_legend
 

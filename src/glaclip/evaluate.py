@@ -39,8 +39,8 @@ class Shard:
 
 
 def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -> dict:
-    """What must match for a resumed run to continue an earlier one."""
-    return {
+    """What must match for a resumed run to continue an earlier one (as it reads back from JSON)."""
+    return json.loads(json.dumps({
         "format": FORMAT,
         "dataset": dataset.spec.name,
         "root": str(dataset.root.resolve()),
@@ -49,7 +49,7 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -
         **segmenter.models(),
         "dtype": str(segmenter.clip.dtype).replace("torch.", ""),
         "limit": limit,
-    }
+    }))
 
 
 def _read_progress(folder: Path) -> dict[str, dict]:
@@ -171,6 +171,7 @@ def _results(cm: np.ndarray, ber: np.ndarray, dataset: SegDataset, segmenter: Se
         "BER": float(ber[0] / ber[1] * 100) if ber[1] else None,
         "boundary_pairs": int(ber[1]),
         "per_class": metrics["per_class"],
+        "settings": segmenter.preset.settings(dataset.classes.queries),
         "preset": segmenter.preset.to_dict(),
         "preset_line": segmenter.preset.describe(),
         **segmenter.models(),

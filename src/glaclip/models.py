@@ -77,6 +77,20 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return table[dtype]
 
 
+def resize_positions(grid: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    """1 x D x n0h x n0w patch position embeddings -> 1 x D x gh x gw, as the official CLIP-based
+    segmenters and DINO resize them: bicubic, align_corners False, with the scale factors
+    ((gh + 0.1) / n0h, (gw + 0.1) / n0w) (not the target size), which sets both the output size
+    (floor -> gh x gw) and the sampling positions (source = (out + 0.5) / scale - 0.5)."""
+    n0h, n0w = grid.shape[-2:]
+    work = grid.to(torch.promote_types(grid.dtype, torch.float32))
+    out = F.interpolate(work, scale_factor=((gh + 0.1) / n0h, (gw + 0.1) / n0w), mode="bicubic",
+                        align_corners=False)
+    if tuple(out.shape[-2:]) != (gh, gw):  # cannot happen for gh, gw >= 1; kept as a guard
+        raise RuntimeError(f"position grid {tuple(out.shape[-2:])} != {(gh, gw)}")
+    return out.to(grid.dtype)
+
+
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -143,10 +157,9 @@ class ClipTower:
         nh, nw = self.visual.grid_size
         if (gh, gw) == (nh, nw):
             return pos
-        cls_pos, patch_pos = pos[:1], pos[1:].reshape(1, nh, nw, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos.to(torch.promote_types(pos.dtype, torch.float32)), size=(gh, gw),
-                                  mode="bicubic", align_corners=False)
-        return torch.cat([cls_pos, patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(gh * gw, -1)])
+        patch_pos = pos[1:].reshape(1, nh, nw, -1).permute(0, 3, 1, 2)
+        patch_pos = resize_positions(patch_pos, gh, gw).permute(0, 2, 3, 1).reshape(gh * gw, -1)
+        return torch.cat([pos[:1], patch_pos])
 
     @property
     def last_block(self) -> nn.Module:
@@ -383,11 +396,35 @@ class VfmTower:
         return self.model.patch_embed.proj.weight.dtype
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW (ImageNet-normalised) -> BxCxghxgw (METHOD.md step 3)."""
-        b, _, h, w = x.shape
-        gh, gw = h // self.patch_size, w // self.patch_size
-        tokens = self.model.forward_features(x.to(self.dtype))[:, self.model.num_prefix_tokens :]
-        return tokens.transpose(1, 2).reshape(b, -1, gh, gw)
+        """Bx3xHxW (ImageNet-normalised) -> BxCxghxgw (METHOD.md step 3).
+
+        timm's forward with one change: at a grid other than the model's own, the position
+        embeddings are resized as the official DINO release resizes them (`resize_positions`)."""
+        m = self.model
+        b = x.shape[0]
+        x = m.patch_embed(x.to(self.dtype))  # B x gh x gw x C (dynamic_img_size)
+        gh, gw = x.shape[1:3]
+        x = x.reshape(b, gh * gw, -1)
+        prefix = [t.expand(b, -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
+        pos = self._positional(gh, gw)
+        if m.no_embed_class:
+            x = torch.cat(prefix + [x + pos], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos
+        x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
+        x = m.norm(m.blocks(x))[:, m.num_prefix_tokens :]
+        return x.transpose(1, 2).reshape(b, -1, gh, gw)
+
+    def _positional(self, gh: int, gw: int) -> torch.Tensor:
+        m = self.model
+        pos = m.pos_embed
+        n0h, n0w = m.patch_embed.grid_size
+        if (gh, gw) == (n0h, n0w):
+            return pos
+        k = 0 if m.no_embed_class else m.num_prefix_tokens
+        grid = pos[:, k:].reshape(1, n0h, n0w, -1).permute(0, 3, 1, 2)
+        grid = resize_positions(grid, gh, gw).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+        return torch.cat([pos[:, :k], grid], dim=1)
 
 
 def _resolve_vfm_name(name: str) -> tuple[str, dict]:

@@ -7,19 +7,25 @@ Every value defaults to METHOD.md; `Preset.describe()` is printed next to every 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import GlaclipError
 
-METHODS = ("gla-proxyclip", "proxyclip", "clip", "maskclip", "sclip", "clearclip", "naclip", "gla-clearclip",
-           "gla-sclip", "gla-naclip")  # recipes in hosts.py
+METHODS = ("gla-proxyclip", "proxyclip", "clip", "clip-vanilla", "maskclip", "sclip", "clearclip", "naclip",
+           "gla-clearclip", "gla-clearclip-release", "gla-sclip", "gla-naclip")  # recipes in hosts.py
 ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
 
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """METHOD.md steps 1-2: resize and sliding windows. pad_multiple 0: the token backbone's patch size."""
+    """METHOD.md steps 1-2: resize and sliding windows.
+
+    crop 0: the whole image in one window (no sliding). pad_multiple: a window is zero-padded
+    (centred) to a multiple of it; 0: the token backbone's patch size; 1: no padding (a side that
+    does not tile into patches is floored by the patch convolution).
+    """
 
     short_side: int = 336
     max_long_side: int = 2048
@@ -32,13 +38,17 @@ class WindowConfig:
 class AttentionConfig:
     """METHOD.md step 5: proxy anchor and (dynamic) normalisation.
 
-    `dynamic=False` uses the fixed `beta`/`gamma`. `block_rows` is how many query rows of the
-    global attention are held at once (None: chosen from `memory_mb`); it changes memory, not results.
+    `dynamic=False` uses the fixed `beta`/`gamma`; `dynamic_beta=False` keeps the fixed `beta` with the
+    dynamic gamma. `token_norm` (window-local ProxyCLIP only): True subtracts each row's mean and
+    thresholds at min(rowmax, 0) (the GLA release's variant); False subtracts ONE scalar mean per
+    window as official ProxyCLIP. `block_rows` is how many query rows of the global attention are
+    held at once (None: chosen from `memory_mb`); it changes memory, not results.
     """
 
     rho: float = 0.55
     proxy_iters: int = 2
     dynamic: bool = True
+    dynamic_beta: bool = True
     alpha_beta: float = 0.3
     alpha_gamma: float = 30.0
     beta: float = 1.2
@@ -46,30 +56,63 @@ class AttentionConfig:
     block_rows: int | None = None
     memory_mb: int = 512
     gaussian_std: float = 5.0  # NACLIP's neighbourhood, in patches
+    token_norm: bool = True
 
 
 @dataclass(frozen=True)
 class DecisionConfig:
-    """METHOD.md step 8: softmax temperature and background threshold."""
+    """Post-processing of the logits and METHOD.md step 8.
+
+    pamr_steps > 0 refines the logits with PAMR (BASELINES.md, NACLIP) before the decision;
+    area_thd (None: off) is SCLIP's area threshold; then softmax(logit_scale * logits), the max over
+    synonyms and the background threshold prob_thd.
+    """
 
     logit_scale: float = 40.0
     prob_thd: float = 0.0
+    area_thd: float | None = None
+    pamr_steps: int = 0
+    pamr_dilations: tuple[int, ...] = (8, 16)
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A method with every setting it runs with.
+
+    protocol/dataset/class_file say where the values came from (protocols.py): the protocol whose
+    table row was used ('gla' or a host's), the data set of that row (None: a plain image) and the
+    packaged class file of that protocol and data set.
+    """
+
     name: str
     method: str = "gla-proxyclip"
     window: WindowConfig = field(default_factory=WindowConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    protocol: str = "gla"
+    dataset: str | None = None
+    class_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def settings(self, queries: Sequence[str] | None = None) -> dict[str, Any]:
+        """The effective settings as one flat JSON-ready object (`glaclip presets --json`)."""
+        w, a, d = self.window, self.attention, self.decision
+        return {
+            "method": self.method, "dataset": self.dataset, "protocol": self.protocol, "preset": self.name,
+            "short_side": w.short_side, "max_long_side": w.max_long_side, "crop": w.crop, "stride": w.stride,
+            "pad_multiple": w.pad_multiple, "logit_scale": d.logit_scale, "prob_thd": d.prob_thd,
+            "area_thd": d.area_thd, "pamr_steps": d.pamr_steps, "pamr_dilations": list(d.pamr_dilations),
+            "token_norm": a.token_norm, "rho": a.rho, "proxy_iters": a.proxy_iters, "dynamic": a.dynamic,
+            "dynamic_beta": a.dynamic_beta, "class_file": self.class_file,
+            "queries": list(queries) if queries is not None else None,
+        }
+
     def describe(self) -> str:
         """One line with every hyperparameter, e.g. for logs and result files."""
-        parts = [f"preset={self.name}", f"method={self.method}"]
+        parts = [f"preset={self.name}", f"method={self.method}", f"protocol={self.protocol}",
+                 f"dataset={self.dataset or 'none'}"]
         for group in (self.window, self.attention, self.decision):
             parts += [f"{f.name}={getattr(group, f.name)}" for f in fields(group)]
         return " ".join(parts)
@@ -99,8 +142,8 @@ class Preset:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if min(w.short_side, w.max_long_side, w.crop, w.stride) <= 0 or w.pad_multiple < 0:
-            problems.append("window sizes must be positive")
+        if min(w.short_side, w.max_long_side, w.stride) <= 0 or w.crop < 0 or w.pad_multiple < 0:
+            problems.append("window sizes must be positive (crop 0: whole image)")
         if not -1.0 <= a.rho < 1.0:
             problems.append(f"rho must lie in [-1, 1), got {a.rho}")
         if a.proxy_iters < 0:
@@ -111,8 +154,18 @@ class Preset:
             problems.append("memory_mb must be positive")
         if a.gaussian_std <= 0:
             problems.append("gaussian_std must be positive")
+        if not a.token_norm and self.method != "proxyclip":
+            problems.append("token_norm=false (one scalar mean per window) applies to the window-local proxyclip only")
+        if d.logit_scale <= 0:
+            problems.append(f"logit_scale must be positive, got {d.logit_scale}")
         if not 0.0 <= d.prob_thd <= 1.0:
             problems.append(f"prob_thd must lie in [0, 1], got {d.prob_thd}")
+        if d.area_thd is not None and not 0.0 <= d.area_thd <= 1.0:
+            problems.append(f"area_thd must lie in [0, 1] (or none), got {d.area_thd}")
+        if d.pamr_steps < 0:
+            problems.append("pamr_steps must be >= 0")
+        if not d.pamr_dilations or min(d.pamr_dilations) <= 0:
+            problems.append("pamr_dilations must be positive integers, e.g. 8,16")
         if problems:
             raise GlaclipError("; ".join(problems))
 
@@ -122,10 +175,11 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, type_name: str) -> Any:
-    """Accept strings (from the CLI) for numeric and boolean settings."""
+    """Accept strings (from the CLI) for numeric, boolean and tuple settings; floats must be finite."""
+    optional = "None" in str(type_name)
     base = str(type_name).replace(" | None", "")
-    if value is None:
-        if "None" in str(type_name):
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "off", "auto", "")):
+        if optional:
             return None
         raise GlaclipError(f"setting {key!r} cannot be empty")
     try:
@@ -138,17 +192,20 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
                 raise ValueError(value)
             return bool(value)
         if base == "int":
-            if isinstance(value, str) and value.lower() in ("none", "auto", ""):
-                if "None" in str(type_name):
-                    return None
             as_float = float(value)
-            if as_float != int(as_float):
+            if not math.isfinite(as_float) or as_float != int(as_float):
                 raise ValueError(value)
             return int(as_float)
         if base == "float":
-            return float(value)
+            as_float = float(value)
+            if not math.isfinite(as_float):
+                raise ValueError(value)
+            return as_float
+        if base.startswith("tuple"):
+            items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+            return tuple(_coerce(key, v, "int") for v in items)
     except (TypeError, ValueError):
-        raise GlaclipError(f"setting {key!r} needs a {base} value, got {value!r}") from None
+        raise GlaclipError(f"setting {key!r} needs a {base} value (finite), got {value!r}") from None
     return value
 
 
@@ -159,21 +216,10 @@ def setting_names() -> list[str]:
     return names
 
 
-PRESETS: dict[str, Preset] = {
-    # The released configuration (its run script leaves rho at the program default 0.55).
-    "gla-proxyclip": Preset("gla-proxyclip"),
-    # The value stated in the paper's text.
-    "gla-proxyclip-paper": Preset("gla-proxyclip-paper", attention=AttentionConfig(rho=0.6)),
-    # The window-local host without GLA.
-    "proxyclip": Preset("proxyclip", method="proxyclip"),
-}
-# CLIP-only hosts (recipes in hosts.py): windows padded to the CLIP patch size, METHOD.md's other defaults.
-for _name in ("clip", "maskclip", "sclip", "clearclip", "naclip", "gla-clearclip", "gla-sclip", "gla-naclip"):
-    PRESETS[_name] = Preset(_name, method=_name, window=WindowConfig(pad_multiple=0))
-
-
 def get_preset(name: str, **overrides: Any) -> Preset:
-    """A named preset (or a method name) with optional flat overrides."""
+    """A named preset (a method name, see `glaclip methods`) with optional flat overrides."""
+    from .protocols import PRESETS
+
     if name not in PRESETS:
         raise GlaclipError(f"unknown preset or method {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name].with_overrides(**overrides)

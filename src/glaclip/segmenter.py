@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from .attention import accumulation_dtype, gla_attention, proxyclip_attention
 from .errors import GlaclipError
 from .images import ImageInput, clip_to_imagenet, load_image, preprocess
-from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens
+from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens, smoothed_proxy
 from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, VfmTower, load_clip, load_vfm
+from .postprocess import area_threshold, pamr
 from .presets import Preset, get_preset
+from .protocols import resolve
 from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes
-from .windows import WindowGrid, crop_windows, stitch, window_grid
+from .windows import WindowGrid, crop_windows, stitch, token_index, window_grid
 
 
 @dataclass
@@ -39,11 +41,14 @@ class Segmentation:
 
 
 def decide(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, logit_scale: float,
-           prob_thd: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """METHOD.md step 8: QxHxW logits -> (labels HxW, class probs CxHxW)."""
+           prob_thd: float, area_thd: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """METHOD.md step 8: QxHxW logits -> (labels HxW, class probs CxHxW); SCLIP's area threshold
+    (`postprocess.area_threshold`) between the synonym max and the argmax when area_thd is set."""
     probs = (logit_scale * logits).softmax(dim=0)
     owner = query_class.to(probs.device)
     class_probs = torch.stack([probs[owner == c].amax(dim=0) for c in range(num_classes)])
+    if area_thd is not None:
+        class_probs = area_threshold(class_probs, area_thd)
     top, labels = class_probs.max(dim=0)
     if prob_thd > 0:
         labels[top < prob_thd] = 0
@@ -79,7 +84,7 @@ class Segmenter:
     def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
                         vfm_weights: str | None = None, method: str = "gla-proxyclip", device: str = "auto",
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
-                        **overrides: Any) -> "Segmenter":
+                        dataset: str | None = None, protocol: str | None = None, **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file).
@@ -87,9 +92,11 @@ class Segmenter:
         vfm: timm model name with tag; vfm_weights: a local file, 'random', or None -> $GLACLIP_VFM_WEIGHTS or the hub.
         method: a preset name (`glaclip methods`: 'gla-proxyclip', 'proxyclip', 'clearclip', 'gla-naclip', ...);
             CLIP-only methods load no VFM.
+        dataset, protocol: take the settings of that data set's row of the protocol table
+            (`protocols.resolve`; protocol None: the method's own, 'host', 'gla' or a host's name).
         overrides: any setting of the preset, e.g. rho=0.6, short_side=560, prob_thd=0.1.
         """
-        preset = get_preset(method, **overrides)
+        preset = resolve(method, dataset, protocol, **overrides)
         tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
         vfm_tower = None
         if METHODS[preset.method].needs_vfm:
@@ -117,9 +124,10 @@ class Segmenter:
         return self.vfm.patch_size if self.method.needs_vfm else self.clip.patch_size
 
     def grid_for(self, height: int, width: int) -> WindowGrid:
-        """The windows of a (resized) image under this preset."""
+        """The windows of a (resized) image under this preset (crop 0: one window, the whole image)."""
         w = self.preset.window
-        return window_grid(height, width, w.crop, w.stride, w.pad_multiple or self.token_patch)
+        crop = w.crop or max(height, width)
+        return window_grid(height, width, crop, w.stride, w.pad_multiple or self.token_patch)
 
     def _check_grids(self) -> None:
         if self.method.needs_vfm and self.vfm is None:
@@ -127,7 +135,7 @@ class Segmenter:
         # Full windows must tile into patches; a padded small window that does not is floored by the
         # patch convolution (as in the released code) and its logits are resized to the padded size.
         w, p = self.preset.window, self.token_patch
-        if w.crop % p:
+        if w.crop % p:  # crop 0 (whole image) passes
             raise GlaclipError(f"crop {w.crop} must be a multiple of the patch size {p}")
 
     def with_preset(self, preset: Preset) -> "Segmenter":
@@ -165,23 +173,30 @@ class Segmenter:
         """CLIP-only methods: final patch tokens of all windows (N x D) and the CLIP grid."""
         crops = crop_windows(image.to(self.device), grid)
         method, a = self.method, self.preset.attention
-        finals, keys, values = [], [], []
+        finals, keys, values, raw = [], [], [], []
         for start in range(0, crops.shape[0], self.window_batch):
             tokens, grid_hw = self._clip_block_input(crops[start : start + self.window_batch])
             if method.is_global:
-                k, v = global_keys(method, self.clip, tokens)
+                k, v, q = global_keys(method, self.clip, tokens)
                 keys.append(k)
                 values.append(v)
+                raw.append(q)
             else:
                 finals.append(local_tokens(method, self.clip, tokens, grid_hw, a))
         if method.is_global:
             merged = [torch.cat([k[i] for k in keys]).flatten(0, 1) for i in range(len(keys[0]))]
-            return global_tokens(method, self.clip, merged, torch.cat(values).flatten(0, 1), grid.count, a), grid_hw
+            init = None
+            if method.smoothed_init:
+                index = token_index(grid, grid_hw, self.clip.patch_size).to(self.device)
+                init = smoothed_proxy(torch.cat(raw).flatten(0, 1), index, grid_hw)
+            final = global_tokens(method, self.clip, merged, torch.cat(values).flatten(0, 1), grid.count, a, init)
+            return final, grid_hw
         return torch.cat(finals).flatten(0, 1), grid_hw
 
     @torch.no_grad()
-    def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> torch.Tensor:
-        """Stitched cosine logits Q x H x W at the original image size (steps 1-7)."""
+    def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stitched cosine logits Q x H x W at the original image size (steps 1-7), and the resized,
+        CLIP-normalised image 1 x 3 x h x w they came from."""
         w, a = self.preset.window, self.preset.attention
         x = preprocess(rgb, w.short_side, w.max_long_side, accumulation_dtype(self.clip.dtype))
         grid = self.grid_for(x.shape[2], x.shape[3])
@@ -199,8 +214,21 @@ class Segmenter:
         emb = F.normalize(self.clip.head(final).to(acc), dim=-1)
         text = self.query_embeddings(queries).to(acc)
         logits = (emb @ text.T).view(grid.count, gh, gw, -1).permute(0, 3, 1, 2)
-        canvas = stitch(logits, grid)
-        return F.interpolate(canvas[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
+        if w.crop == 0 and not any(grid.pad):  # whole image: the token grid straight to the original size
+            canvas = logits
+        else:
+            canvas = stitch(logits, grid)[None]
+        return F.interpolate(canvas, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0], x
+
+    def refine(self, logits: torch.Tensor, resized: torch.Tensor, preset: Preset | None = None) -> torch.Tensor:
+        """Post-processing of the logits before the decision: PAMR when the preset switches it on,
+        guided by the resized image brought (bilinearly) to the logits' size."""
+        d = (preset or self.preset).decision
+        if d.pamr_steps <= 0:
+            return logits
+        guide = F.interpolate(resized.to(self.device, logits.dtype), size=logits.shape[-2:], mode="bilinear",
+                              align_corners=False)[0]
+        return pamr(guide, logits, d.pamr_steps, tuple(d.pamr_dilations))
 
     def predict(self, image: ImageInput, classes: Iterable[ClassSpec] | str | ClassQueries,
                 prob_thd: float | None = None) -> Segmentation:
@@ -213,7 +241,9 @@ class Segmenter:
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
         rgb = load_image(image)
-        logits = self.image_logits(rgb, queries)
-        labels, probs = decide(logits, torch.tensor(queries.query_class), len(queries),
-                               preset.decision.logit_scale, preset.decision.prob_thd)
+        logits, resized = self.image_logits(rgb, queries)
+        logits = self.refine(logits, resized, preset)
+        d = preset.decision
+        labels, probs = decide(logits, torch.tensor(queries.query_class), len(queries), d.logit_scale, d.prob_thd,
+                               d.area_thd)
         return Segmentation(labels.cpu().numpy().astype(np.int64), probs.cpu().numpy(), list(queries.names), preset)

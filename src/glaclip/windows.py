@@ -84,3 +84,20 @@ def stitch(window_logits: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
         canvas[:, y1:y2, x1:x2] += up[:, top : top + wh, left : left + ww]
         count[:, y1:y2, x1:x2] += 1
     return canvas / count
+
+
+def token_index(grid: WindowGrid, grid_hw: tuple[int, int], patch: int) -> torch.Tensor:
+    """Image-pixel index (y * W + x) of the top-left pixel of every token (windows x gh x gw, row-major),
+    as the GLA release labels tokens; a token whose top-left pixel lies in the padding gets 0 (the
+    release pads its index map with zeros)."""
+    gh, gw = grid_hw
+    h, w = grid.window_size
+    left, _, top, _ = grid.pad
+    py = torch.arange(gh) * patch - top
+    px = torch.arange(gw) * patch - left
+    inside = ((py >= 0) & (py < h))[:, None] & ((px >= 0) & (px < w))[None, :]
+    out = []
+    for y1, _, x1, _ in grid.boxes:
+        idx = (y1 + py)[:, None] * grid.width + (x1 + px)[None, :]
+        out.append(torch.where(inside, idx, torch.zeros_like(idx)))
+    return torch.stack(out).flatten()
