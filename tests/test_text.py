@@ -51,3 +51,120 @@ def test_embedding_equals_formula(segmenter):
     expected = reference.text_queries(model, tok, ["cat", "traffic light"])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     assert torch.allclose(got.norm(dim=1), torch.ones(2))
+
+
+QUERIES = ["cat", "a very long and descriptive name of a rather unusual object on a table", "tv monitor", "sky"]
+
+
+@pytest.mark.parametrize("fixture, atol", [("segmenter", 1e-5), ("segmenter64", 1e-12)])
+def test_short_context_equals_full_context(request, fixture, atol):
+    from glaclip.text import short_context_encoder
+
+    seg = request.getfixturevalue(fixture)
+    tok = open_clip.get_tokenizer(seg.clip.name)
+    tokens = tok(["a photo of a cat.", "itap of a very long and descriptive name of a thing in a scene.", "x"])
+    short = short_context_encoder(seg.clip.model)
+    assert short is not None
+    with torch.no_grad():
+        torch.testing.assert_close(short(tokens), seg.clip.model.encode_text(tokens), rtol=0, atol=atol)
+    # a tower without a causal mask (or pooling elsewhere) is not cut: the caller falls back
+    class NoMask:
+        attn_mask = None
+        token_embedding = positional_embedding = transformer = ln_final = text_pool_type = None
+    assert short_context_encoder(NoMask()) is None
+
+
+def test_batched_encoder_equals_per_query_reference(segmenter64):
+    enc = TextEncoder(segmenter64.clip.encode_text, open_clip.get_tokenizer(segmenter64.clip.name), "cpu",
+                      short_encode=None, batch_size=37)
+    fast = TextEncoder(segmenter64.clip.encode_text, open_clip.get_tokenizer(segmenter64.clip.name), "cpu",
+                       short_encode=__import__("glaclip.text", fromlist=["x"]).short_context_encoder(
+                           segmenter64.clip.model), batch_size=37)
+    expected = reference.text_queries(segmenter64.clip.model, open_clip.get_tokenizer(segmenter64.clip.name), QUERIES)
+    torch.testing.assert_close(enc.embed(QUERIES).double(), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.embed(QUERIES).double(), expected, rtol=0, atol=1e-12)
+
+
+def _fresh(tiny_files, **kw):
+    from glaclip import Segmenter
+
+    return Segmenter.from_pretrained(device="cpu", dtype="fp32", **tiny_files, **kw)
+
+
+def _count_encodes(seg):
+    calls = []
+    for name in ("_encode", "_short"):
+        original = getattr(seg.text, name)
+        if original is not None:
+            setattr(seg.text, name, lambda t, o=original: calls.append(len(t)) or o(t))
+    return calls
+
+
+def test_disk_cache_reused_across_segmenters_and_keyed_by_weight_content(tiny_files, tmp_path, monkeypatch):
+    import shutil
+
+    from glaclip.text_cache import cache_info
+
+    monkeypatch.setenv("GLACLIP_CACHE_DIR", str(tmp_path / "cache"))
+    first = _fresh(tiny_files)
+    vectors = first.text.embed(QUERIES)
+    assert cache_info()["entries"] == len(QUERIES)
+    second = _fresh(tiny_files)  # as a new process would: nothing in memory
+    calls = _count_encodes(second)
+    torch.testing.assert_close(second.text.embed(QUERIES), vectors, rtol=0, atol=0)
+    assert calls == []
+    # other weights at the SAME path: a new key, nothing stale is served
+    other = dict(tiny_files)
+    sd = torch.load(tiny_files["clip_weights"])
+    sd["text_projection"] = sd["text_projection"] + 0.1 * torch.randn_like(sd["text_projection"])
+    moved = tmp_path / "clip.pt"
+    shutil.copy(tiny_files["clip_weights"], moved)
+    torch.save(sd, moved)
+    other["clip_weights"] = str(moved)
+    changed = _fresh(other)
+    calls = _count_encodes(changed)
+    assert (changed.text.embed(QUERIES) - vectors).abs().max() > 1e-4 and calls
+    assert cache_info()["models"] == 2
+    # no cache: nothing read or written
+    off = _fresh(tiny_files, text_cache=False)
+    calls = _count_encodes(off)
+    off.text.embed(["zebra"])
+    assert calls and cache_info()["entries"] == 2 * len(QUERIES)
+
+
+def test_corrupt_cache_file_costs_a_recomputation_and_one_warning(tiny_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLACLIP_CACHE_DIR", str(tmp_path / "cache"))
+    good = _fresh(tiny_files).text.embed(QUERIES)
+    files = sorted((tmp_path / "cache" / "text").glob("*/*.safetensors"))
+    files[0].write_bytes(files[0].read_bytes()[:40])  # truncated
+    files[1].write_bytes(b"garbage")
+    seg = _fresh(tiny_files)
+    with pytest.warns(RuntimeWarning, match="unreadable") as record:
+        again = seg.text.embed(QUERIES)
+    assert len(record) == 2
+    torch.testing.assert_close(again, good, rtol=0, atol=1e-6)
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def test_random_weights_are_never_cached(tiny_files, tmp_path, monkeypatch):
+    from glaclip import Segmenter
+
+    monkeypatch.setenv("GLACLIP_CACHE_DIR", str(tmp_path / "cache"))
+    seg = Segmenter.from_pretrained(clip=tiny_files["clip"], clip_weights="random", vfm=tiny_files["vfm"],
+                                    vfm_weights="random", device="cpu")
+    seg.text.embed(["cat"])
+    assert seg.text.disk is None and not (tmp_path / "cache").exists()
+
+
+def test_cache_cli(tiny_files, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GLACLIP_CACHE_DIR=str(tmp_path / "c"))
+    (tmp_path / "c" / "text" / "m").mkdir(parents=True)
+    (tmp_path / "c" / "text" / "m" / "x.safetensors").write_bytes(b"0" * 2048)
+    r = subprocess.run([sys.executable, "-m", "glaclip", "cache", "info"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and str(tmp_path / "c") in r.stdout and "entries:  1 " in r.stdout
+    r = subprocess.run([sys.executable, "-m", "glaclip", "cache", "clear"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "removed 1" in r.stdout and not (tmp_path / "c" / "text").exists()

@@ -78,6 +78,8 @@ SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset va
 ProtocolOpt = Annotated[Optional[str], typer.Option(
     "--protocol", help="Whose settings: default (the method's own: hosts their authors', others GLA's), host (a GLA "
     "plug-in on its host's protocol), gla, proxyclip, sclip, clearclip, naclip.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk text-embedding cache "
+                                          "(`glaclip cache info`).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
                                           "images of one size, mostly on GPU).")]
@@ -95,7 +97,8 @@ def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=Fal
     from .segmenter import Segmenter
 
     seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    method=preset.method, device=device, dtype=dtype, **kwargs).with_preset(preset)
+                                    method=preset.method, device=device, dtype=dtype, progress=not quiet,
+                                    **kwargs).with_preset(preset)
     _announce(seg, quiet)
     return seg
 
@@ -124,6 +127,7 @@ def segment(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     compile: CompileOpt = False,
+    no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Segment images into the given classes.
@@ -153,7 +157,8 @@ def segment(
     if out.exists() and not out.is_dir():
         raise GlaclipError(f"--out {out} exists and is not a folder")
 
-    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet, compile=compile)
+    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet, compile=compile,
+                text_cache=not no_cache)
     palette = distinct_palette(len(queries))
     failures = []
     bar = tqdm(list(zip(images, _output_stems(images))), desc="segmenting", unit="img", disable=quiet,
@@ -225,6 +230,7 @@ def evaluate_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     compile: CompileOpt = False,
+    no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate on a benchmark or a folder of images + label maps: mIoU, aAcc, mAcc, BER.
@@ -249,7 +255,7 @@ def evaluate_cmd(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
             torch.cuda.set_device(device)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile)
+                compile=compile, text_cache=not no_cache)
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
     if shard.rank == 0 and not quiet:
@@ -324,6 +330,7 @@ def demo(
     vfm_weights: VfmWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Start the web demo (needs: pip install 'glaclip[demo]').
 
@@ -338,7 +345,7 @@ def demo(
 
     seg, problem = None, None
     try:
-        seg = _load(clip, clip_weights, vfm, vfm_weights, resolve(method), device, dtype)
+        seg = _load(clip, clip_weights, vfm, vfm_weights, resolve(method), device, dtype, text_cache=not no_cache)
     except GlaclipError as exc:
         problem = str(exc)
         _say(f"glaclip: {problem}")
@@ -408,6 +415,30 @@ def _benchmark(dataset: Optional[str]) -> Optional[str]:
     return key
 
 
+cache_app = typer.Typer(help="The on-disk cache of text-query embeddings ($GLACLIP_CACHE_DIR or the user cache).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info_cmd() -> None:
+    """Where the cache is, how many query embeddings it holds and its size."""
+    from .text_cache import cache_info
+
+    info = cache_info()
+    typer.echo(f"location: {info['location']}\nentries:  {info['entries']} query embeddings "
+               f"({info['models']} text models)\nsize:     {info['bytes'] / 2**20:.2f} MiB")
+
+
+@cache_app.command("clear")
+def cache_clear_cmd() -> None:
+    """Remove every cached text embedding."""
+    from .text_cache import cache_root, clear_cache
+
+    n = clear_cache()
+    typer.echo(f"removed {n} query embeddings from {cache_root()}")
+
+
 @app.command()
 def version() -> None:
     """Print the glaclip version."""
@@ -416,8 +447,15 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _say(f"glaclip: warning: {' '.join(str(message).split())}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except GlaclipError as exc:

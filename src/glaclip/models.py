@@ -216,6 +216,10 @@ class ClipTower:
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)
 
+    def text_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """Every parameter and buffer outside the image tower (what text embeddings depend on)."""
+        return [(k, v) for k, v in self.model.state_dict().items() if not k.startswith("visual.")]
+
 
 def _resolve_clip_name(name: str) -> str:
     import open_clip

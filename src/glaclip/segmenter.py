@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -17,7 +18,8 @@ from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, VfmTower, load_clip, l
 from .postprocess import area_threshold, pamr
 from .presets import Preset, get_preset
 from .protocols import resolve
-from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes
+from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder, templates
+from .text_cache import EmbeddingCache, cache_root, weights_fingerprint
 from .windows import WindowGrid, crop_windows, stitch, token_index, window_grid
 
 
@@ -60,9 +62,11 @@ class Segmenter:
     ProxyCLIP family, a frozen VFM."""
 
     def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16,
-                 compile: bool = False):
+                 compile: bool = False, text_cache: bool = True, progress: bool = True):
         """window_batch: windows per backbone forward (memory vs speed; results do not change).
-        compile: run the backbones' window forwards through torch.compile (first call compiles)."""
+        compile: run the backbones' window forwards through torch.compile (first call compiles).
+        text_cache: keep query embeddings on disk across runs (`text_cache.cache_root()`); never for
+        random weights. progress: a progress bar when text encoding takes more than 2 s."""
         import open_clip
 
         self.clip = clip
@@ -76,7 +80,14 @@ class Segmenter:
         self._clip_values = wrap(clip.value_tokens)
         self._clip_block_input = wrap(clip.last_block_input)
         self.device = clip.visual.conv1.weight.device
-        self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device)
+        cache = None
+        if text_cache and clip.weights != "random":
+            cache = EmbeddingCache(cache_root(), lambda: {
+                "model": clip.name, "dtype": str(clip.dtype), "templates": [t("{}") for t in templates()],
+                "text_weights": weights_fingerprint(clip.text_tensors())})
+        self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device,
+                                short_encode=None if os.environ.get("GLACLIP_FULL_CONTEXT_TEXT") else
+                                short_context_encoder(clip.model), cache=cache, progress=progress)
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._check_grids()
 
@@ -84,7 +95,8 @@ class Segmenter:
     def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
                         vfm_weights: str | None = None, method: str = "gla-proxyclip", device: str = "auto",
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
-                        dataset: str | None = None, protocol: str | None = None, **overrides: Any) -> "Segmenter":
+                        dataset: str | None = None, protocol: str | None = None, text_cache: bool = True,
+                        progress: bool = True, **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file).
@@ -101,7 +113,8 @@ class Segmenter:
         vfm_tower = None
         if METHODS[preset.method].needs_vfm:
             vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device, dtype=tower.dtype)
-        return cls(tower, vfm_tower, preset, window_batch=window_batch, compile=compile)
+        return cls(tower, vfm_tower, preset, window_batch=window_batch, compile=compile, text_cache=text_cache,
+                   progress=progress)
 
     def models(self) -> dict:
         """Which models (and weights) this segmenter runs; the VFM is None for CLIP-only methods."""

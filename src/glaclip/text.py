@@ -87,32 +87,104 @@ def templates() -> list[Callable[[str], str]]:
     return list(open_clip.OPENAI_IMAGENET_TEMPLATES)
 
 
+def short_context_encoder(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """An exact, faster `encode_text` for open_clip's CLIP text tower, or None where it would not be exact.
+
+    The tower is causal and pools at the end-of-text token, so positions after the last end-of-text
+    token of a batch change nothing: the batch is encoded only up to it (positional embedding and
+    causal mask cut to match)."""
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask", "text_pool_type")
+    if not all(hasattr(model, a) for a in needed) or model.attn_mask is None:
+        return None
+    if model.text_pool_type not in ("argmax", "eos") or getattr(model, "text", None) is not None:
+        return None
+    eos_id = getattr(model, "text_eos_id", None)
+    if model.text_pool_type == "eos" and eos_id is None:
+        return None
+    from open_clip.transformer import text_global_pool
+
+    def encode(tokens: torch.Tensor) -> torch.Tensor:
+        pool_at = tokens.argmax(dim=-1) if model.text_pool_type == "argmax" else (tokens == eos_id).int().argmax(-1)
+        n = int(pool_at.max()) + 1
+        t = tokens[:, :n]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(t).to(cast) + model.positional_embedding[:n].to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+        x = text_global_pool(x, t, model.text_pool_type, eos_token_id=eos_id)
+        proj = model.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    return encode
+
+
 class TextEncoder:
-    """Embeds text queries with a CLIP text tower; each query is encoded once per encoder."""
+    """Embeds text queries with a CLIP text tower (METHOD.md step 6).
+
+    Each query is encoded once per encoder and, with a `cache` (text_cache.EmbeddingCache), once per
+    model on this machine. Prompts of all new queries are encoded together, in batches of similar
+    length, each batch only up to its longest prompt where `short_encode` is given (exact).
+    """
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], tokenizer: Callable, device: torch.device,
-                 prompt_templates: Sequence[Callable[[str], str]] | None = None, batch_size: int = 256):
+                 prompt_templates: Sequence[Callable[[str], str]] | None = None, batch_size: int = 256,
+                 short_encode: Callable[[torch.Tensor], torch.Tensor] | None = None, cache=None,
+                 progress: bool = True):
         self._encode = encode
+        self._short = short_encode
         self._tokenizer = tokenizer
         self._device = device
         self._templates = list(prompt_templates or templates())
         self._batch = batch_size
         self._cache: dict[str, torch.Tensor] = {}
+        self.disk = cache
+        self.progress = progress
+        self.context_length = getattr(tokenizer, "context_length", 77)
 
-    @torch.no_grad()
+    def prompt_strings(self) -> list[str]:
+        """The templates rendered with '{}' (what the cache key records)."""
+        return [t("{}") for t in self._templates]
+
     def embed_one(self, query: str) -> torch.Tensor:
         """E-vector: templates -> embeddings, each L2-normalised, averaged, L2-normalised again."""
-        if query not in self._cache:
-            prompts = [t(query) for t in self._templates]
-            chunks = []
-            for start in range(0, len(prompts), self._batch):
-                tokens = self._tokenizer(prompts[start : start + self._batch]).to(self._device)
-                emb = self._encode(tokens)
-                chunks.append(F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1))
-            mean = torch.cat(chunks).mean(dim=0)
-            self._cache[query] = F.normalize(mean, dim=-1)
-        return self._cache[query]
+        return self.embed([query])[0]
 
     def embed(self, queries: Sequence[str]) -> torch.Tensor:
         """Q x E float32 unit vectors."""
-        return torch.stack([self.embed_one(q) for q in queries])
+        missing = [q for q in dict.fromkeys(queries) if q not in self._cache]
+        if missing and self.disk is not None:
+            for q, vec in self.disk.get_many(missing).items():
+                self._cache[q] = vec
+            missing = [q for q in missing if q not in self._cache]
+        if missing:
+            fresh = self._compute(missing)
+            self._cache.update(fresh)
+            if self.disk is not None:
+                self.disk.put_many(fresh)
+        return torch.stack([self._cache[q] for q in queries])
+
+    @torch.no_grad()
+    def _compute(self, queries: list[str]) -> dict[str, torch.Tensor]:
+        from tqdm import tqdm
+
+        prompts = [t(q) for q in queries for t in self._templates]
+        tokens = self._tokenizer(prompts)
+        per = len(self._templates)
+        # batches of similar length: each is cut at its own longest prompt by the short encoder
+        order = sorted(range(len(prompts)), key=lambda i: int((tokens[i] != 0).sum()))
+        out: torch.Tensor | None = None
+        encode = self._short or self._encode
+        bar = tqdm(total=len(prompts), desc=f"encoding {len(queries)} class names", unit="prompt",
+                   disable=not self.progress, delay=2.0, leave=False)
+        for start in range(0, len(order), self._batch):
+            idx = order[start : start + self._batch]
+            emb = encode(tokens[idx].to(self._device))
+            emb = F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1)
+            if out is None:
+                out = emb.new_empty(len(prompts), emb.shape[1])
+            out[torch.tensor(idx, device=emb.device)] = emb
+            bar.update(len(idx))
+        bar.close()
+        means = F.normalize(out.view(len(queries), per, -1).mean(dim=1), dim=-1)
+        return {q: means[i] for i, q in enumerate(queries)}

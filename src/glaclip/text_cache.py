@@ -1,0 +1,149 @@
+"""On-disk cache of text-query embeddings, shared by runs and processes.
+
+Layout: CACHE_DIR/text/<model key>/<sha256 of the query>.safetensors, one unit vector per file with
+the query in its metadata. The model key is a hash of the loaded text weights' CONTENT (a file
+replaced at the same path never serves old vectors), the architecture name, the prompt templates
+and the precision. Files are written under a temporary name and renamed, so concurrent processes
+(eval shards) never see a partial file; an unreadable or inconsistent file costs a recomputation
+and one warning, never a crash or a wrong vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+CACHE_ENV = "GLACLIP_CACHE_DIR"
+FORMAT = 1
+
+
+def cache_root() -> Path:
+    """$GLACLIP_CACHE_DIR, else the platform's user cache directory + /glaclip."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "glaclip" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "glaclip"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glaclip"
+
+
+def weights_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A hash of the names, shapes, dtypes and bytes of the given tensors."""
+    h = hashlib.blake2b(digest_size=20)
+    for name, t in tensors:
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Query -> E-vector store for one text model (see the module docstring)."""
+
+    def __init__(self, root: Path, describe: Callable[[], dict]):
+        self.root = Path(root)
+        self._describe = describe  # computed on first use: hashing the weights takes a moment
+        self._dir: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        if self._dir is None:
+            info = {"format": FORMAT, **self._describe()}
+            key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:32]
+            self._dir = self.root / "text" / key
+            self._info = info
+        return self._dir
+
+    @staticmethod
+    def _name(query: str) -> str:
+        return hashlib.sha256(query.encode("utf-8")).hexdigest()[:40] + ".safetensors"
+
+    def get_many(self, queries: list[str]) -> dict[str, torch.Tensor]:
+        """The cached vectors among `queries` (missing or unreadable ones are left out)."""
+        from safetensors import safe_open
+
+        found = {}
+        folder = self.folder
+        if not folder.is_dir():
+            return found
+        for q in queries:
+            path = folder / self._name(q)
+            if not path.is_file():
+                continue
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    meta = f.metadata() or {}
+                    vec = f.get_tensor("embedding")
+                if meta.get("query") != q or vec.ndim != 1 or not torch.isfinite(vec).all() or \
+                        abs(float(vec.norm()) - 1.0) > 1e-3:
+                    raise ValueError("content does not match its query")
+            except Exception as exc:  # truncated, garbled or foreign file: recompute, never trust it
+                warnings.warn(f"text cache file {path} is unreadable ({type(exc).__name__}); recomputing "
+                              f"{q!r}", RuntimeWarning, stacklevel=2)
+                continue
+            found[q] = vec.to(torch.float32)
+        return found
+
+    def put_many(self, vectors: dict[str, torch.Tensor]) -> None:
+        """Store vectors atomically; a cache that cannot be written is skipped with one warning."""
+        from safetensors.torch import save_file
+
+        folder = self.folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            info = folder / "model.json"
+            if not info.exists():
+                _atomic_write(info, lambda p: p.write_text(json.dumps(self._info, indent=2)))
+            for q, vec in vectors.items():
+                tensor = vec.detach().to("cpu", torch.float32).contiguous()
+                _atomic_write(folder / self._name(q),
+                              lambda p, t=tensor, q=q: save_file({"embedding": t}, str(p), metadata={"query": q}))
+        except OSError as exc:
+            warnings.warn(f"cannot write the text cache in {folder} ({exc.strerror or exc}); "
+                          "embeddings are not kept for the next run", RuntimeWarning, stacklevel=2)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def cache_info(root: Path | None = None) -> dict:
+    """Location, number of cached query vectors, models and bytes on disk."""
+    root = Path(root or cache_root())
+    text = root / "text"
+    files = list(text.glob("*/*.safetensors")) if text.is_dir() else []
+    models = [d for d in text.iterdir() if d.is_dir()] if text.is_dir() else []
+    size = sum(f.stat().st_size for f in text.rglob("*") if f.is_file()) if text.is_dir() else 0
+    return {"location": str(root), "entries": len(files), "models": len(models), "bytes": size}
+
+
+def clear_cache(root: Path | None = None) -> int:
+    """Remove every cached text embedding; returns how many entries were removed."""
+    root = Path(root or cache_root())
+    n = cache_info(root)["entries"]
+    shutil.rmtree(root / "text", ignore_errors=True)
+    return n
