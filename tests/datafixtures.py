@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from conftest import structured_image
 from PIL import Image
 
-from conftest import structured_image
 from glaclip.datasets import SPECS, builtin_classes
 
 

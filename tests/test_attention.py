@@ -1,10 +1,10 @@
 import math
 
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
 
-import reference
 from glaclip.attention import auto_block_rows, dense_gla_attention, dynamic_beta, gla_attention, proxyclip_attention
 from glaclip.presets import AttentionConfig
 

@@ -5,9 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import structured_image
+from PIL import Image
 
 
 def run(args, tiny_files, cwd):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from datafixtures import label_map, write_folder, write_layout
 from PIL import Image
 
-from datafixtures import label_map, write_folder, write_layout
 from glaclip import GlaclipError
 from glaclip.datasets import SPECS, builtin_classes, open_dataset
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import structured_image
 from PIL import Image
 
-from conftest import structured_image
 from glaclip import GlaclipError
 from glaclip.demo import run_segmentation
 
@@ -58,7 +58,8 @@ def demo_server(tiny_files, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "glaclip", "demo", "--random-weights", "--clip", tiny_files["clip"], "--vfm",
          tiny_files["vfm"], "--device", "cpu", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False"))
+        stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -118,3 +119,13 @@ def test_browser_segments_an_uploaded_image(demo_server, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("GLACLIP_DEMO_SCREENSHOT"):
         shutil.copy(shot, os.environ["GLACLIP_DEMO_SCREENSHOT"])
+
+
+def test_request_errors_and_progress_steps(segmenter, tmp_path):
+    steps = []
+    r = run_segmentation(segmenter, structured_image(40, 60), "sky, road", "gla-proxyclip", 0.0, 0.5, tmp_path,
+                         progress=lambda f, desc: steps.append((f, desc)))
+    assert [d.split()[0] for _, d in steps] == ["encoding", "running", "drawing"] and r["table"]
+    assert [f for f, _ in steps] == sorted(f for f, _ in steps)
+    with pytest.raises(GlaclipError, match="duplicate"):
+        run_segmentation(segmenter, structured_image(40, 60), "sky, sky", "gla-proxyclip", 0.0, 0.5, tmp_path)

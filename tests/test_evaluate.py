@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from datafixtures import write_folder, write_layout
+
 from glaclip import GlaclipError, get_preset
 from glaclip.datasets import open_dataset
 from glaclip.evaluate import evaluate
@@ -81,7 +81,8 @@ def _cli(tiny_files, *args, launcher=(), timeout=600):
     cmd = [sys.executable, *launcher, "-m", "glaclip", "eval", *args, "--clip", tiny_files["clip"], "--clip-weights",
            tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
            "--device", "cpu", "--set", "short_side=224"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
 def test_cli_eval_on_voc_layout(tiny_files, tmp_path):

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
-
-import reference
 from conftest import TINY_CLIP, structured_image
+
 from glaclip import Segmenter, get_preset
 from glaclip.attention import gla_attention, proxyclip_attention
 from glaclip.hosts import METHODS, local_tokens, neighbourhood
@@ -174,7 +174,8 @@ def test_single_window_gla_reduces_to_window_local_proxyclip():
     values = torch.randn(50, 8, generator=g, dtype=torch.float64)
     assert ((keys @ keys.T).mean(1) >= 0).all()
     cfg = AttentionConfig(proxy_iters=0, dynamic=False)
-    torch.testing.assert_close(gla_attention(keys, values, 1, cfg), proxyclip_attention(keys[None], values[None], cfg)[0],
+    torch.testing.assert_close(gla_attention(keys, values, 1, cfg),
+                               proxyclip_attention(keys[None], values[None], cfg)[0],
                                rtol=0, atol=1e-12)
 
 

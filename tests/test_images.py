@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+import reference
 import torch
 from PIL import Image
 
-import reference
 from glaclip import GlaclipError
 from glaclip.images import clip_to_imagenet, load_image, preprocess, resized_shape
 

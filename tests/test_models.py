@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from glaclip import GlaclipError
-from glaclip.models import ClipTower, load_clip, load_vfm, resolve_dtype, resolve_device
+from glaclip.models import ClipTower, load_clip, load_vfm, resolve_device, resolve_dtype
 
 
 def _same(a, b):

@@ -4,11 +4,11 @@ direct restatements of BASELINES.md section 1."""
 import numpy as np
 import open_clip
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
-
-import reference
 from conftest import structured_image
+
 from glaclip import get_preset, resolve
 from glaclip.attention import proxyclip_attention
 from glaclip.models import resize_positions

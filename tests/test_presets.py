@@ -1,6 +1,6 @@
 import pytest
 
-from glaclip import GlaclipError, PRESETS, get_preset
+from glaclip import PRESETS, GlaclipError, get_preset
 from glaclip.presets import setting_names
 
 

@@ -1,11 +1,11 @@
 import numpy as np
 import open_clip
 import pytest
+import reference
 import torch
+from conftest import structured_image
 from PIL import Image
 
-import reference
-from conftest import structured_image
 from glaclip import GlaclipError, get_preset
 from glaclip.segmenter import decide
 

@@ -1,8 +1,8 @@
 import open_clip
 import pytest
+import reference
 import torch
 
-import reference
 from glaclip import GlaclipError, parse_classes, read_class_file
 from glaclip.text import TextEncoder, templates
 

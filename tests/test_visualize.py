@@ -1,6 +1,10 @@
+import os
+import shutil
+import warnings
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from glaclip.visualize import atomic_paths, distinct_palette, label_image, legend, overlay, overlay_with_legend
 
@@ -60,7 +64,8 @@ def test_dataset_palettes():
     from glaclip.visualize import dataset_palette, palette_for, voc_palette
 
     voc = voc_palette()
-    assert voc[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]] and voc[15].tolist() == [192, 128, 128]
+    assert voc[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert voc[15].tolist() == [192, 128, 128]
     assert dataset_palette("voc20")[0].tolist() == [128, 0, 0]
     assert dataset_palette("cityscapes")[0].tolist() == [128, 64, 128] and len(dataset_palette("cityscapes")) == 19
     assert dataset_palette("ade20k").shape == (150, 3)
@@ -76,3 +81,38 @@ def test_heatmap_monotone():
     assert h.shape == (1, 11, 3) and h.dtype == np.uint8
     assert h[0, 0].tolist() == [10, 10, 60] and h[0, -1].tolist() == [255, 230, 60]
     assert (np.diff(h[0, :, 0].astype(int)) >= 0).all()  # red rises with probability
+
+
+needs_fontconfig = pytest.mark.skipif(not shutil.which("fc-list"), reason="fontconfig is not installed")
+
+
+@needs_fontconfig
+def test_legend_fonts_cover_non_latin_names():
+    from glaclip.visualize import _default_font, _font, font_file_for
+
+    assert font_file_for("é") is not None
+    if not font_file_for("猫") and not os.environ.get("CI"):  # CI installs a CJK font (.ci/run)
+        pytest.skip("no CJK font installed")
+    font = _font(16, ["café", "猫"])
+    assert font.path == font_file_for("é猫")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every character is covered: no warning
+        strip = legend(["café", "猫"], distinct_palette(2), 300)
+    assert strip.width == 300
+
+    def ink(f):
+        img = Image.new("L", (40, 30), 0)
+        ImageDraw.Draw(img).text((2, 2), "猫", fill=255, font=f)
+        return np.asarray(img)
+
+    assert (ink(font) > 0).sum() > 20 and (ink(font) != ink(_default_font(16))).any()  # a glyph, not a box
+
+
+def test_uncovered_characters_warn_once():
+    import glaclip.visualize as vis
+
+    vis._warned_glyphs.clear()
+    with pytest.warns(RuntimeWarning, match="no installed font has the characters") as rec:
+        legend(["\U000f0000 private", "cat"], distinct_palette(2), 300)  # a private-use code point
+        legend(["\U000f0000 private", "dog"], distinct_palette(2), 300)
+    assert len(rec) == 1

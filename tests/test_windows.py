@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
 
-import reference
 from glaclip.windows import centred_padding, crop_windows, grid_count, stitch, window_grid
 
 

@@ -11,6 +11,7 @@ import math
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def _child(case: Case) -> dict:
         import torch.nn.functional as F
 
         from .attention import dense_gla_attention, gla_attention
-        from .models import resolve_dtype, resolve_device
+        from .models import resolve_device, resolve_dtype
         from .presets import AttentionConfig
 
         dev = resolve_device(case.device)
@@ -166,7 +167,9 @@ def benchmark(sizes: list[str], methods: list[str], device: str = "cpu", dtype: 
             if dense and tokens <= dense_max_tokens:
                 dense_r = run(Case("dense", h, w, device=device, dtype=dtype), timeout)
         for method in methods:
-            pipe = None if too_big or not pipeline else run(Case("pipeline", h, w, method, device, dtype, clip, vfm), timeout)
+            pipe = None
+            if not too_big and pipeline:
+                pipe = run(Case("pipeline", h, w, method, device, dtype, clip, vfm), timeout)
             ratio = "n/a"
             if block and dense_r and "error" not in block and "error" not in dense_r:
                 ratio = f"{dense_r['growth_mb'] / max(block['growth_mb'], 1):.1f}x"
@@ -237,4 +240,148 @@ def plot(rows: list[dict], path: str | Path) -> None:
             draw.text((x0 + 46, y0 + 16 + 18 * i), "block-wise" if k == "block" else "naive dense", fill="black",
                       anchor="lm")
     draw.text((500, 400), "tokens N", fill="black", anchor="mm")
+    img.save(path)
+
+
+# ------------------------------------------------------------------------- first-result latency
+
+LATENCY_MODES = {"full": "full context, no cache", "cold": "short context, cold cache",
+                 "warm": "short context, warm cache", "previous": "previous code (--baseline-src)"}
+
+
+def random_weight_files(folder: Path, clip: str = "ViT-B-16-quickgelu",
+                        vfm: str = "vit_base_patch8_224.dino") -> tuple[Path, Path]:
+    """Save randomly initialised real architectures to files (weights named 'random' are never cached)."""
+    import torch
+
+    from .models import load_clip, load_vfm
+
+    torch.manual_seed(0)
+    c, v = folder / "clip-random.pt", folder / "dino-random.pth"
+    torch.save(load_clip(clip, "random", device="cpu", dtype="fp32").model.state_dict(), c)
+    torch.save(load_vfm(vfm, "random", device="cpu", dtype="fp32").model.state_dict(), v)
+    return c, v
+
+
+def _segment_process(image: str, classes: str, dtype: str, mode: str, weights: tuple[Path, Path], out: Path,
+                     cache: Path, baseline_src: str | None = None) -> tuple:
+    """Run `glaclip segment` in a fresh process; (seconds from start to files written, labels)."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    env = dict(os.environ, GLACLIP_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1")
+    args = [sys.executable, "-m", "glaclip", "segment", image, "-o", str(out), "--device", "cpu", "--dtype", dtype,
+            "--clip-weights", str(weights[0]), "--vfm-weights", str(weights[1]), "-q"]
+    if Path(classes).is_file():
+        args += ["--class-file", classes]
+    else:  # a packaged class file, e.g. voc21.txt
+        from importlib import resources
+
+        packaged = out.parent / f"classes-{classes}"
+        packaged.write_text(resources.files("glaclip").joinpath("classes", classes).read_text(encoding="utf-8"))
+        args += ["--class-file", str(packaged)]
+    if mode == "full":
+        env["GLACLIP_FULL_CONTEXT_TEXT"] = "1"
+        args.append("--no-cache")
+    if mode == "previous":
+        env["PYTHONPATH"] = str(Path(baseline_src) / "src")
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"glaclip segment failed: {proc.stderr.strip()[-300:]}")
+    return seconds, np.asarray(Image.open(out / f"{Path(image).stem}_labels.png"))
+
+
+def text_timing(weights: Path, classes: str, cache: Path, dtype: str = "fp32") -> dict:
+    """Seconds to embed a class file's queries in this process: full context, short context, warm disk cache."""
+    import open_clip
+
+    from .datasets import packaged_classes
+    from .models import load_clip
+    from .text import TextEncoder, short_context_encoder
+    from .text_cache import EmbeddingCache, weights_fingerprint
+
+    clip = load_clip("ViT-B-16-quickgelu", str(weights), device="cpu", dtype=dtype)
+    queries = list(packaged_classes(classes).queries)
+    tok = open_clip.get_tokenizer(clip.name)
+    out = {}
+    for mode in ("full", "short", "warm"):
+        disk = EmbeddingCache(cache, lambda: {"model": clip.name, "dtype": str(clip.dtype),
+                                              "text_weights": weights_fingerprint(clip.text_tensors())})
+        enc = TextEncoder(clip.encode_text, tok, clip.visual.conv1.weight.device, progress=False,
+                          short_encode=None if mode == "full" else short_context_encoder(clip.model),
+                          cache=disk if mode != "full" else None)
+        start = time.perf_counter()
+        enc.embed(queries)
+        out[mode] = time.perf_counter() - start
+    out["queries"] = len(queries)
+    return out
+
+
+def latency(image: str = "examples/street.png", class_files: tuple[str, ...] = ("examples/classes.txt", "voc21.txt"),
+            dtypes: tuple[str, ...] = ("fp32", "bf16"), baseline_src: str | None = None,
+            echo=print) -> tuple[list[str], list[dict]]:
+    """First-result latency of `glaclip segment` (process start to files written) per class list,
+    precision and text mode, each in a fresh process, with labels compared against the first case;
+    plus in-process text timing. Returns Markdown lines and rows."""
+    import json as _json
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="glaclip-latency-"))
+    weights = random_weight_files(tmp)
+    rows = []
+    for classes in class_files:
+        base = None
+        for dtype in dtypes:
+            cache = tmp / f"cache-{dtype}-{Path(classes).stem}"
+            modes = (["previous"] if baseline_src and dtype == "fp32" else []) + \
+                (["full"] if dtype == "fp32" else []) + ["cold", "warm"]
+            for mode in modes:
+                seconds, labels = _segment_process(image, classes, dtype, mode, weights, tmp / "out", cache,
+                                                   baseline_src)
+                if base is None:
+                    base = (seconds, labels)
+                row = {"classes": Path(classes).name, "dtype": dtype, "text": LATENCY_MODES[mode],
+                       "seconds": round(seconds, 1), "speedup": round(base[0] / seconds, 2),
+                       "labels_equal_pct": round(float((labels == base[1]).mean() * 100), 3)}
+                rows.append(row)
+                echo(_json.dumps(row))
+    lines = [f"Machine: {machine_line('cpu')}; {image}; random weights of OpenAI ViT-B/16 + DINO ViT-B/8 saved to "
+             "files; every case a fresh process (start to files written).", "",
+             "| classes | dtype | text | first result s | speed-up vs first row | labels equal to first row |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['classes']} | {r['dtype']} | {r['text']} | {r['seconds']} | {r['speedup']}x | "
+              f"{r['labels_equal_pct']}% |" for r in rows]
+    lines += ["", "| classes | queries | text full context s | short context s | warm cache s | full / short |",
+              "|---|---|---|---|---|---|"]
+    for classes in class_files:
+        t = text_timing(weights[0], classes, tmp / f"text-cache-{Path(classes).stem}")
+        lines.append(f"| {Path(classes).name} | {t['queries']} | {t['full']:.1f} | {t['short']:.1f} | "
+                     f"{t['warm']:.2f} | {t['full'] / t['short']:.1f}x |")
+        echo(lines[-1])
+    return lines, rows
+
+
+def latency_plot(rows: list[dict], path: str | Path) -> None:
+    """Bar chart (Pillow) of first-result seconds per case."""
+    from PIL import Image, ImageDraw
+
+    w, h, left, bottom = 120 * len(rows) + 80, 420, 60, 90
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    top = max(r["seconds"] for r in rows) * 1.1
+    colours = {"full": (214, 39, 40), "previous": (120, 120, 120), "cold": (255, 160, 40), "warm": (44, 160, 44)}
+    d.line([left, 20, left, h - bottom, w - 10, h - bottom], fill="black")
+    for i, r in enumerate(rows):
+        x = left + 20 + i * 120
+        y = h - bottom - (h - bottom - 20) * r["seconds"] / top
+        kind = next(k for k, v in LATENCY_MODES.items() if v == r["text"])
+        d.rectangle([x, y, x + 80, h - bottom], fill=colours[kind])
+        d.text((x, y - 14), f"{r['seconds']} s", fill="black")
+        for k, line in enumerate((r["classes"], r["dtype"], *r["text"].split(", "))):
+            d.text((x, h - bottom + 6 + 14 * k), line[:18], fill="black")
+    d.text((left + 10, 4), "glaclip segment: process start -> files written (s), CPU", fill="black")
     img.save(path)

@@ -52,6 +52,20 @@ def _overrides(settings: List[str]) -> dict:
     return out
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any model loads when the output folder cannot be made or written."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise GlaclipError(f"--out {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise GlaclipError(f"cannot write to --out {folder}: {exc.strerror or exc}") from None
+
+
 def _output_stems(images: List[Path]) -> List[str]:
     stems, seen = [], {}
     for p in images:
@@ -132,7 +146,9 @@ def segment(
 ) -> None:
     """Segment images into the given classes.
 
-    Writes, per image, NAME_labels.png (palette PNG, value = class index), NAME_overlay.png (colours over the image, legend below), NAME.json (per-class pixel shares and the preset), and with --save-probs NAME_probs.npz. Images that cannot be read are reported and skipped.
+    Writes, per image, NAME_labels.png (palette PNG, value = class index), NAME_overlay.png (colours
+    over the image, legend below), NAME.json (per-class pixel shares and every setting), and with
+    --save-probs NAME_probs.npz. Images that cannot be read are reported and skipped.
     """
     from tqdm import tqdm
 
@@ -154,8 +170,7 @@ def segment(
     for p in images:
         if not p.is_file():
             raise GlaclipError(f"image not found: {p}" if not p.exists() else f"not a file: {p}")
-    if out.exists() and not out.is_dir():
-        raise GlaclipError(f"--out {out} exists and is not a folder")
+    _check_writable(out)
 
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet, compile=compile,
                 text_cache=not no_cache)
@@ -197,8 +212,8 @@ def segment(
             tmp[2].write_text(json.dumps(record, indent=2))
             if save_probs:
                 with open(tmp[3], "wb") as fh:
-                    np.savez_compressed(fh, probs=result.probs.astype(np.float16), labels=result.labels.astype(np.int32),
-                                        classes=np.array(result.classes))
+                    np.savez_compressed(fh, probs=result.probs.astype(np.float16),
+                                        labels=result.labels.astype(np.int32), classes=np.array(result.classes))
         if not quiet:
             top = sorted(shares.items(), key=lambda kv: -kv[1])[:3]
             bar.write(f"{path.name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in top) + f" -> {targets[1]}",
@@ -235,7 +250,9 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate on a benchmark or a folder of images + label maps: mIoU, aAcc, mAcc, BER.
 
-    Writes OUT/results.json (per-class IoU/Acc, confusion matrix, preset) and OUT/results.md; progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun --nproc-per-node K the images are split across K processes.
+    Writes OUT/results.json (per-class IoU/Acc, confusion matrix, settings) and OUT/results.md;
+    progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun
+    --nproc-per-node K the images are split across K processes.
     """
     from .datasets import open_dataset
     from .evaluate import evaluate, shard_from_env, to_markdown
@@ -254,9 +271,10 @@ def evaluate_cmd(
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
             torch.cuda.set_device(device)
+    out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
+    _check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
                 compile=compile, text_cache=not no_cache)
-    out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
     if shard.rank == 0 and not quiet:
         typer.echo(to_markdown(result).split("\n\n| class")[0])
@@ -296,13 +314,41 @@ def bench(
     vfm: VfmOpt = DEFAULT_VFM,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    latency: bool = typer.Option(False, "--latency", help="Instead: first-result latency of `glaclip segment` (process "
+                                 "start to files written) with full-context vs short-context text, cold vs warm "
+                                 "cache, fp32 vs bf16, on CPU."),
+    image: Path = typer.Option(Path("examples/street.png"), "--image", help="--latency: the image."),
+    latency_classes: List[str] = typer.Option(["examples/classes.txt", "voc21.txt"], "--latency-classes",
+                                              help="--latency: class files (paths or packaged names). Repeatable."),
+    baseline_src: Optional[Path] = typer.Option(None, "--baseline-src", help="--latency: also time the glaclip code "
+                                                "of this checkout (e.g. an earlier commit)."),
 ) -> None:
     """Time and peak memory per image size and method, against a naive dense attention.
 
-    Uses the chosen architectures with random weights (nothing to download); every case runs in its own process so each peak is its own.
+    With --latency instead: the time from process start to a first result. Uses the chosen
+    architectures with random weights (nothing to download); every case runs in its own process.
     """
-    from .bench import benchmark, parse_size, plot
+    from .bench import benchmark, latency_plot, parse_size, plot
+    from .bench import latency as run_latency
+    from .hosts import METHODS
     from .models import resolve_device
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise GlaclipError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+
+    if latency:
+        if not image.is_file():
+            raise GlaclipError(f"image not found: {image}")
+        lines, rows = run_latency(str(image), tuple(latency_classes), baseline_src=str(baseline_src) if baseline_src
+                                  else None, echo=typer.echo)
+        typer.echo("\n".join(lines))
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("\n".join(lines) + "\n")
+        if plot_path:
+            latency_plot(rows, plot_path)
+        return
 
     for size in sizes:
         parse_size(size)
@@ -332,7 +378,7 @@ def demo(
     dtype: DtypeOpt = "auto",
     no_cache: NoCacheOpt = False,
 ) -> None:
-    """Start the web demo (needs: pip install 'glaclip[demo]').
+    """Start the web demo (needs: pip install 'glaclip\\[demo]').
 
     Without weights and without network the page still opens and says which files to provide.
     """

@@ -1,7 +1,8 @@
 """Benchmark data sets in the layouts the community's mmseg preparation produces, plus plain folders.
 
 Each data set is a `DatasetSpec` (layout and its default class file) and a list of `Sample`s; the
-settings a method runs with on it (and the class file its protocol uses) are in protocols.py. Labels are read as mmseg reads them (palette PNGs give their indices) and, for
+settings a method runs with on it (and the class file its protocol uses) are in protocols.py.
+Labels are read as mmseg reads them (palette PNGs give their indices) and, for
 `reduce_zero_label` data sets, mapped as mmseg maps them: 0 -> ignore, k -> k-1, 255 stays ignore.
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,12 +32,23 @@ def _import_gradio():
 
 
 def run_segmentation(seg, image: np.ndarray, classes_text: str, method: str, prob_thd: float, alpha: float,
-                     out_dir: Path) -> dict:
-    """Everything the page shows for one request; also writes the downloadable files into out_dir."""
+                     out_dir: Path, progress=None) -> dict:
+    """Everything the page shows for one request; also writes the downloadable files into out_dir.
+
+    progress: optional callable(fraction, desc) told about the text and image steps."""
+    def step(fraction: float, desc: str) -> None:
+        if progress is not None:
+            progress(fraction, desc=desc)
+
     if image is None:
         raise GlaclipError("upload an image first")
-    queries = parse_classes([c for c in (classes_text or "").split(",") if c.strip()])
-    result = seg.with_preset(get_preset(method, prob_thd=prob_thd)).predict(image, queries)
+    queries = parse_classes(classes_text or "")
+    chosen = seg.with_preset(get_preset(method, prob_thd=prob_thd))
+    step(0.05, f"encoding {len(queries.queries)} class names (cached after the first time)")
+    chosen.query_embeddings(queries)
+    step(0.35, "running CLIP and DINO over the image windows")
+    result = chosen.predict(image, queries)
+    step(0.9, "drawing the overlay and heat maps")
     rgb = np.asarray(image)[..., :3].astype(np.uint8)
     palette = distinct_palette(len(queries))
     shares = result.shares()
@@ -73,15 +85,16 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
     work = Path(tempfile.mkdtemp(prefix="glaclip-demo-"))
     counter = {"n": 0}
 
-    def on_submit(image, classes_text, method, prob_thd, alpha):
+    def on_submit(image, classes_text, method, prob_thd, alpha, progress=gr.Progress(track_tqdm=True)):
         if seg is None:
-            raise gr.Error(problem or "no model loaded")
+            raise gr.Error(problem or "no model loaded", print_exception=False)
         counter["n"] += 1
         try:
             r = run_segmentation(seg, image, classes_text, method, float(prob_thd), float(alpha),
-                                 work / f"request-{counter['n']}")
+                                 work / f"request-{counter['n']}", progress=progress)
         except GlaclipError as exc:
-            raise gr.Error(str(exc)) from None
+            print(f"glaclip: demo request {counter['n']}: {exc}", file=sys.stderr, flush=True)  # one line, no trace
+            raise gr.Error(str(exc), print_exception=False) from None
         return (r["overlay"], r["legend"], r["labels"], r["table"], r["heatmaps"], r["files"],
                 f"`{r['preset_line']}`")
 

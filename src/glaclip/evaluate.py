@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -67,6 +68,13 @@ def _read_progress(folder: Path) -> dict[str, dict]:
 def _prepare(out: Path, identity: dict, resume: bool, shard: Shard) -> dict[str, dict]:
     progress = out / "progress"
     run_file = out / "run.json"
+    randomised = "random" in (identity["clip"]["weights"], (identity.get("vfm") or {}).get("weights"))
+    if randomised and shard.distributed:
+        raise GlaclipError("random weights differ in every process, so the shards would evaluate different models; "
+                           "save the weights to files (or run one process)")
+    if randomised and resume and run_file.exists() and _read_progress(progress):
+        raise GlaclipError(f"{out} holds a run with random weights, which differ in every process: resuming would mix "
+                           "two models in one result; use --no-resume (or weights files)")
     progress.mkdir(parents=True, exist_ok=True)
     if run_file.exists() and resume:  # every rank checks, so every rank stops alike
         old = json.loads(run_file.read_text())
@@ -104,6 +112,7 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
         if s.name in done:
             _add_record(cm, ber, done[s.name])
     w = segmenter.preset.window
+    odd_values: set[int] = set()
     started = time.perf_counter()
     bar = tqdm(todo, desc=f"{dataset.spec.name}", unit="img", disable=not progress or shard.rank != 0,
                file=sys.stderr, initial=len(mine) - len(todo), total=len(mine))
@@ -120,6 +129,10 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
             diff, counted = boundary_counts(pred, label, window_edges(grid, *rgb.shape[:2]), dataset.ignore_index)
             nz = np.flatnonzero(image_cm)
             rec = {"name": s.name, "cm": [nz.tolist(), image_cm.ravel()[nz].tolist()], "ber": [diff, counted]}
+            if image_cm[c].any():
+                odd = (label != dataset.ignore_index) & ((label < 0) | (label >= c))
+                rec["oor"] = np.unique(label[odd])[:50].tolist()
+                odd_values.update(rec["oor"])
             log.write(json.dumps(rec) + "\n")
             log.flush()
             os.fsync(log.fileno())
@@ -128,6 +141,15 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
                 on_image(s.name)
     cm, ber = _all_reduce(cm, shard), _all_reduce(ber, shard)
     result = _results(cm, ber, dataset, segmenter, len(samples), time.perf_counter() - started)
+    seen = sorted({v for s in mine for v in (done.get(s.name) or {}).get("oor", [])} | set(odd_values))
+    odd = int(cm[c].sum())
+    share = float(odd / max(cm.sum(), 1) * 100)
+    result["out_of_range_labels"] = {"pixels": odd, "share_pct": share, "values": seen[:50]}
+    if odd and shard.rank == 0:
+        warnings.warn(f"{odd} labelled pixels ({share:.4f}%) hold values "
+                      f"outside 0..{c - 1} that are not the ignore index {dataset.ignore_index} (values: "
+                      f"{', '.join(map(str, seen[:20]))}); as in mmseg they count in the predicted area only",
+                      RuntimeWarning, stacklevel=2)
     if shard.rank == 0:
         _write_atomic(out / "results.json", json.dumps(result, indent=2))
         _write_atomic(out / "results.md", to_markdown(result))

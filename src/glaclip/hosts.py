@@ -37,7 +37,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("maskclip", "maskclip", False, False,
            "MaskCLIP (Zhou et al., ECCV 2022): value path of the last block, out_proj only; no residual, no FFN"),
     Method("sclip", "sclip", False, False,
-           "SCLIP (Wang et al., ECCV 2024): correlative self-attention softmax(qq^T)+softmax(kk^T); residual and FFN kept"),
+           "SCLIP (Wang et al., ECCV 2024): correlative self-attention softmax(qq^T)+softmax(kk^T); "
+           "residual and FFN kept"),
     Method("clearclip", "clearclip", False, False,
            "ClearCLIP (Lan et al., ECCV 2024): q-q attention; no residual, no FFN"),
     Method("naclip", "naclip", False, False,

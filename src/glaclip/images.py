@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -15,6 +16,31 @@ from .errors import GlaclipError
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
+MAX_PIXELS_ENV = "GLACLIP_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # full-resolution logits and probabilities grow with the pixel count
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) accepted: $GLACLIP_MAX_PIXELS, else 50 million."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise GlaclipError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {raw!r}") from None
+    return value
+
+
+def check_size(width: int, height: int, what: str = "image", limit: int | None = None) -> None:
+    limit = limit or max_pixels()
+    if width * height > limit:
+        raise GlaclipError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
+                           f"{limit / 1e6:g} (set {MAX_PIXELS_ENV} to raise it; memory grows with the pixel count)")
+
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,11 +51,13 @@ def load_image(image: ImageInput) -> np.ndarray:
     """Return an HxWx3 uint8 RGB array from a path, PIL image, array or tensor.
 
     Grayscale, RGBA/LA (alpha dropped), palette, CMYK and 16-bit or float images are converted.
-    Arrays may be HxW, HxWx1/3/4; tensors may also be 3xHxW; floats are taken as [0, 1].
+    Arrays may be HxW, HxWx1/3/4; tensors may also be 3xHxW. Floats must lie in [0, 1] (anything
+    else is an error); uint8 is 0..255; 16-bit integers are scaled to 8 bits.
     """
     if isinstance(image, (str, os.PathLike)):
         return _pil_to_rgb(_open(Path(image)))
     if isinstance(image, Image.Image):
+        check_size(*image.size)
         return _pil_to_rgb(image)
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
@@ -47,8 +75,15 @@ def _open(path: Path) -> Image.Image:
     if path.is_dir():
         raise GlaclipError(f"expected an image file, got a directory: {path}")
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings():  # our own pixel limit replaces Pillow's decompression-bomb guard
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path)
+                check_size(*img.size, what=f"image {path}")
+                img.load()
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
     except UnidentifiedImageError:
         raise GlaclipError(f"cannot read image {path}: not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -80,6 +115,7 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     arr = arr[..., :3]
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise GlaclipError("image is empty (zero height or width)")
+    check_size(arr.shape[1], arr.shape[0])
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if arr.dtype == np.bool_:
@@ -87,6 +123,10 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise GlaclipError("image array contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise GlaclipError(f"float image values must lie in [0, 1], got {lo:g}..{hi:g}; "
+                               "pass uint8 for values in 0..255")
         return np.ascontiguousarray(np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8))
     if np.issubdtype(arr.dtype, np.integer):
         peak = int(arr.max()) if arr.size else 0
@@ -108,7 +148,8 @@ def resized_shape(height: int, width: int, short_side: int, max_long_side: int) 
     return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
 
 
-def preprocess(rgb: np.ndarray, short_side: int, max_long_side: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def preprocess(rgb: np.ndarray, short_side: int, max_long_side: int,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """METHOD.md step 1: OpenCV bilinear resize of the uint8 image, then CLIP normalisation -> 1x3xHxW."""
     h, w = resized_shape(rgb.shape[0], rgb.shape[1], short_side, max_long_side)
     resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != rgb.shape[:2] else rgb

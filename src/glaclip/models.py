@@ -51,6 +51,18 @@ VFM_BACKBONES = {
 }
 
 
+class MissingWeights(GlaclipError):
+    """Weights neither in the local cache nor downloadable; str() is one short line naming the file."""
+
+    def __init__(self, part: str):
+        self.part = part
+        super().__init__(f"weights not in the local cache and not downloadable: {part}")
+
+    @classmethod
+    def combine(cls, errors: list["MissingWeights"]) -> "MissingWeights":
+        return cls("; ".join(e.part for e in errors))
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,6 +86,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in table:
         raise GlaclipError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
+    if table[dtype] == torch.float16 and device.type == "cpu":
+        warnings.warn("fp16 on the CPU is several times slower than fp32 (few CPUs compute in fp16); use bf16 "
+                      "for a faster half-precision run or fp32", RuntimeWarning, stacklevel=2)
     return table[dtype]
 
 
@@ -266,8 +281,9 @@ def read_state_dict(path: Path, what: str) -> tuple[dict[str, torch.Tensor], boo
             scripted = True
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # every reader raises its own types for garbled files
-        raise GlaclipError(f"cannot read {what} weights {path}: {_one_line(exc)}") from None
+    except Exception:  # every reader raises its own types (and advice) for garbled files
+        raise GlaclipError(f"{path} is not a {what} weights file (not readable as safetensors, a PyTorch "
+                           "state dict or a TorchScript archive)") from None
     for key in ("state_dict", "model", "teacher"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -337,7 +353,8 @@ def load_clip(name: str = DEFAULT_CLIP, weights: str | None = None, device: str 
     else:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if weights not in tags:
-            raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag {weights!r}; tags: {', '.join(tags) or 'none'}"
+            raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag {weights!r}; tags: "
+                               f"{', '.join(tags) or 'none'}"
                                " (or pass a weights file)")
         cfg = open_clip.get_pretrained_cfg(arch, weights)
         model = _create_clip(arch, weights, name=arch, weights=weights, source=cfg,
@@ -361,17 +378,14 @@ def _create_clip(arch: str, pretrained: str | None, name: str = "", weights: str
     except Exception as exc:
         if pretrained is None and not arch.startswith(("hf-hub:", "local-dir:")):
             raise GlaclipError(f"cannot build CLIP model {arch!r}: {_one_line(exc)}") from None
-        sources = []
         if source and source.get("hf_hub"):
-            sources.append(f"open_clip_model.safetensors or open_clip_pytorch_model.bin from hub repo "
-                           f"{source['hf_hub'].rstrip('/')}")
-        if source and source.get("url"):
-            sources.append(f"{source['url'].rsplit('/', 1)[-1]} from {source['url']}")
-        raise GlaclipError(
-            f"cannot load CLIP weights {name} ({weights}): not in the local cache and could not be downloaded; "
-            f"get {' or '.join(sources) or 'the checkpoint'} and pass --clip-weights FILE or set "
-            f"{CLIP_WEIGHTS_ENV}=FILE (reason: {_one_line(exc, 160)})"
-        ) from None
+            where = f"open_clip_model.safetensors from hub repo {source['hf_hub'].rstrip('/')}"
+        elif source and source.get("url"):
+            where = source["url"]
+        else:
+            where = "its checkpoint"
+        raise MissingWeights(f"CLIP {name}:{weights} (get {where}; --clip-weights FILE or {CLIP_WEIGHTS_ENV})") \
+            from None
     finally:
         root.setLevel(level)
 
@@ -484,16 +498,11 @@ def load_vfm(name: str = DEFAULT_VFM, weights: str | None = None, device: str | 
         if weights is not None:
             raise GlaclipError(f"cannot build VFM {arch!r}: {_one_line(exc)}") from None
         cfg = timm.models.get_pretrained_cfg(arch)
-        sources = []
         if getattr(cfg, "hf_hub_id", None):
-            sources.append(f"model.safetensors or pytorch_model.bin from hub repo {cfg.hf_hub_id}")
-        if getattr(cfg, "url", None):
-            sources.append(f"{cfg.url.rsplit('/', 1)[-1]} from {cfg.url}")
-        raise GlaclipError(
-            f"cannot load VFM weights {arch}: not in the local cache and could not be downloaded; get "
-            f"{' or '.join(sources) or 'its checkpoint'} and pass --vfm-weights FILE or set {VFM_WEIGHTS_ENV}=FILE "
-            f"(reason: {_one_line(exc, 160)})"
-        ) from None
+            where = f"model.safetensors from hub repo {cfg.hf_hub_id}"
+        else:
+            where = getattr(cfg, "url", None) or "its checkpoint"
+        raise MissingWeights(f"VFM {arch} (get {where}; --vfm-weights FILE or {VFM_WEIGHTS_ENV})") from None
     return VfmTower(_freeze(model, dev, dt), name=arch, weights=str(weights or "hub"))
 
 

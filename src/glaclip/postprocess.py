@@ -91,12 +91,16 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: 
     return out
 
 
+def area_keep(areas: torch.Tensor, area_thd: float) -> torch.Tensor:
+    """SCLIP's rule on the argmax areas (pixel counts) of C classes: class 0 (background) is always
+    kept, a class c >= 1 only if its area is greater than area_thd times the total area of classes >= 1."""
+    keep = torch.ones(areas.shape[0], dtype=torch.bool)
+    keep[1:] = areas[1:] > area_thd * areas[1:].sum()
+    return keep
+
+
 def area_threshold(class_probs: torch.Tensor, area_thd: float) -> torch.Tensor:
     """SCLIP: C x H x W class probabilities; every class c >= 1 whose argmax area is not greater than
     area_thd times the total argmax area of classes >= 1 gets probability 0 everywhere."""
-    labels = class_probs.argmax(dim=0)
-    areas = torch.bincount(labels.flatten(), minlength=class_probs.shape[0])[1:]
-    keep = areas > area_thd * areas.sum()
-    out = class_probs.clone()
-    out[1:] *= keep.to(out.dtype)[:, None, None]
-    return out
+    areas = torch.bincount(class_probs.argmax(dim=0).flatten().cpu(), minlength=class_probs.shape[0])
+    return class_probs * area_keep(areas, area_thd).to(class_probs.device, class_probs.dtype)[:, None, None]

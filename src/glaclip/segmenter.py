@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -12,49 +11,74 @@ import torch.nn.functional as F
 
 from .attention import accumulation_dtype, gla_attention, proxyclip_attention
 from .errors import GlaclipError
-from .images import ImageInput, clip_to_imagenet, load_image, preprocess
 from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens, smoothed_proxy
-from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, VfmTower, load_clip, load_vfm
-from .postprocess import area_threshold, pamr
+from .images import ImageInput, clip_to_imagenet, load_image, preprocess
+from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, MissingWeights, VfmTower, load_clip, load_vfm
+from .postprocess import area_keep, area_threshold, pamr
 from .presets import Preset, get_preset
 from .protocols import resolve
 from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder, templates
 from .text_cache import EmbeddingCache, cache_root, weights_fingerprint
-from .windows import WindowGrid, crop_windows, stitch, token_index, window_grid
+from .windows import WindowGrid, crop_windows, resize_rows, stitch, token_index, window_grid
+
+_BAND_BYTES = 256 * 2**20  # full-resolution logits and probabilities held at once, per band of rows
 
 
-@dataclass
 class Segmentation:
     """Result for one image, at its original size.
 
     labels: HxW int64 class indices; probs: CxHxW float32 per-class probabilities (max over each
     class's synonyms); classes: display names in index order; preset: the settings used.
+    For large images the labels are computed a band of rows at a time and `probs` only when first
+    read (it is the one array whose size grows with classes x pixels).
     """
 
-    labels: np.ndarray
-    probs: np.ndarray
-    classes: list[str]
-    preset: Preset
+    def __init__(self, labels: np.ndarray, probs: np.ndarray | None, classes: list[str], preset: Preset,
+                 probs_fn: Callable[[], np.ndarray] | None = None):
+        self.labels = labels
+        self._probs = probs
+        self._probs_fn = probs_fn
+        self.classes = classes
+        self.preset = preset
+
+    @property
+    def probs(self) -> np.ndarray:
+        if self._probs is None:
+            self._probs = self._probs_fn()
+        return self._probs
 
     def shares(self) -> dict[str, float]:
         """Fraction of the image's pixels given to each class."""
         counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
         return {name: float(c) / self.labels.size for name, c in zip(self.classes, counts)}
 
+    def __repr__(self) -> str:
+        return f"Segmentation({self.labels.shape[1]}x{self.labels.shape[0]}, classes={self.classes})"
+
+
+def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int,
+                        logit_scale: float) -> torch.Tensor:
+    """softmax(logit_scale * logits) over all Q queries, then each class's max over its synonyms: C x ..."""
+    probs = (logit_scale * logits).softmax(dim=0)
+    owner = query_class.to(probs.device)
+    return torch.stack([probs[owner == c].amax(dim=0) for c in range(num_classes)])
+
 
 def decide(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, logit_scale: float,
            prob_thd: float, area_thd: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """METHOD.md step 8: QxHxW logits -> (labels HxW, class probs CxHxW); SCLIP's area threshold
     (`postprocess.area_threshold`) between the synonym max and the argmax when area_thd is set."""
-    probs = (logit_scale * logits).softmax(dim=0)
-    owner = query_class.to(probs.device)
-    class_probs = torch.stack([probs[owner == c].amax(dim=0) for c in range(num_classes)])
+    class_probs = class_probabilities(logits, query_class, num_classes, logit_scale)
     if area_thd is not None:
         class_probs = area_threshold(class_probs, area_thd)
+    return _labels(class_probs, prob_thd), class_probs
+
+
+def _labels(class_probs: torch.Tensor, prob_thd: float) -> torch.Tensor:
     top, labels = class_probs.max(dim=0)
     if prob_thd > 0:
         labels[top < prob_thd] = 0
-    return labels, class_probs
+    return labels
 
 
 class Segmenter:
@@ -109,10 +133,20 @@ class Segmenter:
         overrides: any setting of the preset, e.g. rho=0.6, short_side=560, prob_thd=0.1.
         """
         preset = resolve(method, dataset, protocol, **overrides)
-        tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
-        vfm_tower = None
+        missing: list[MissingWeights] = []  # name every missing file at once, not one per run
+        tower = vfm_tower = None
+        try:
+            tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
+        except MissingWeights as exc:
+            missing.append(exc)
         if METHODS[preset.method].needs_vfm:
-            vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device, dtype=tower.dtype)
+            try:
+                vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device if tower else device,
+                                     dtype=tower.dtype if tower else dtype)
+            except MissingWeights as exc:
+                missing.append(exc)
+        if missing:
+            raise MissingWeights.combine(missing)
         return cls(tower, vfm_tower, preset, window_batch=window_batch, compile=compile, text_cache=text_cache,
                    progress=progress)
 
@@ -167,7 +201,8 @@ class Segmenter:
         return self._query_cache[key]
 
     @torch.no_grad()
-    def window_tokens(self, image: torch.Tensor, grid: WindowGrid) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def window_tokens(self, image: torch.Tensor, grid: WindowGrid
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Normalised VFM keys (N x C), CLIP values on the VFM grid (N x D), and that grid."""
         crops = crop_windows(image.to(self.device), grid)
         keys, values = [], []
@@ -207,9 +242,10 @@ class Segmenter:
         return torch.cat(finals).flatten(0, 1), grid_hw
 
     @torch.no_grad()
-    def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stitched cosine logits Q x H x W at the original image size (steps 1-7), and the resized,
-        CLIP-normalised image 1 x 3 x h x w they came from."""
+    def image_canvas(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-7 up to the last resize: cosine logits Q x h x w on the resized image (windows
+        stitched) or, for whole-image inference without padding, on the token grid; and the resized,
+        CLIP-normalised image 1 x 3 x h' x w'. One bilinear resize takes the logits to the original size."""
         w, a = self.preset.window, self.preset.attention
         x = preprocess(rgb, w.short_side, w.max_long_side, accumulation_dtype(self.clip.dtype))
         grid = self.grid_for(x.shape[2], x.shape[3])
@@ -228,35 +264,86 @@ class Segmenter:
         text = self.query_embeddings(queries).to(acc)
         logits = (emb @ text.T).view(grid.count, gh, gw, -1).permute(0, 3, 1, 2)
         if w.crop == 0 and not any(grid.pad):  # whole image: the token grid straight to the original size
-            canvas = logits
-        else:
-            canvas = stitch(logits, grid)[None]
-        return F.interpolate(canvas, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0], x
+            return logits[0], x
+        return stitch(logits, grid), x
 
-    def refine(self, logits: torch.Tensor, resized: torch.Tensor, preset: Preset | None = None) -> torch.Tensor:
-        """Post-processing of the logits before the decision: PAMR when the preset switches it on,
-        guided by the resized image brought (bilinearly) to the logits' size."""
+    @torch.no_grad()
+    def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stitched cosine logits Q x H x W at the original image size (steps 1-7), and the resized,
+        CLIP-normalised image 1 x 3 x h x w they came from."""
+        canvas, x = self.image_canvas(rgb, queries)
+        return F.interpolate(canvas[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0], x
+
+    def band_logits(self, canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int], start: int, stop: int,
+                    preset: Preset | None = None) -> torch.Tensor:
+        """Rows start..stop-1 of the refined full-resolution logits (Q x rows x W): the canvas resized
+        bilinearly to `size`, then PAMR when the preset switches it on, computed on the band widened by
+        PAMR's reach (steps x largest dilation) so that the rows equal those of the whole image."""
         d = (preset or self.preset).decision
+        h, w = size
         if d.pamr_steps <= 0:
-            return logits
-        guide = F.interpolate(resized.to(self.device, logits.dtype), size=logits.shape[-2:], mode="bilinear",
-                              align_corners=False)[0]
-        return pamr(guide, logits, d.pamr_steps, tuple(d.pamr_dilations))
+            return resize_rows(canvas, h, w, start, stop)
+        halo = d.pamr_steps * max(d.pamr_dilations)
+        a, b = max(start - halo, 0), min(stop + halo, h)
+        guide = resize_rows(resized[0].to(self.device, canvas.dtype), h, w, a, b)
+        refined = pamr(guide, resize_rows(canvas, h, w, a, b), d.pamr_steps, tuple(d.pamr_dilations))
+        return refined[:, start - a : stop - a]
 
     def predict(self, image: ImageInput, classes: Iterable[ClassSpec] | str | ClassQueries,
                 prob_thd: float | None = None) -> Segmentation:
         """Segment one image into the given classes.
 
-        image: path, PIL image, HxWx3 uint8 array or tensor. classes: names, synonym lists, or
-        '; '-separated synonym strings. prob_thd (default: the preset's): pixels whose top class
-        probability is below it get index 0, so put a background class first when using it.
+        image: path, PIL image, HxWx3 uint8 array, or tensor (floats in [0, 1]). classes: names,
+        synonym lists, or one string in the class syntax ("sky, car; vehicle, road": commas or
+        newlines separate classes, ';' synonyms). prob_thd (default: the preset's): pixels whose top
+        class probability is below it get index 0, so put a background class first when using it.
         """
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
         rgb = load_image(image)
-        logits, resized = self.image_logits(rgb, queries)
-        logits = self.refine(logits, resized, preset)
+        canvas, resized = self.image_canvas(rgb, queries)
+        return self._decide_bands(canvas, resized, rgb.shape[:2], queries, preset)
+
+    @torch.no_grad()
+    def _decide_bands(self, canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int],
+                      queries: ClassQueries, preset: Preset) -> Segmentation:
+        """Post-processing and decision a band of rows at a time: memory stays bounded whatever the
+        number of classes and pixels (the area threshold, a global rule, takes a first pass)."""
         d = preset.decision
-        labels, probs = decide(logits, torch.tensor(queries.query_class), len(queries), d.logit_scale, d.prob_thd,
-                               d.area_thd)
-        return Segmentation(labels.cpu().numpy().astype(np.int64), probs.cpu().numpy(), list(queries.names), preset)
+        h, w = size
+        owner = torch.tensor(queries.query_class)
+        c = len(queries)
+        rows = max(1, _BAND_BYTES // (4 * (2 * canvas.shape[0] + c) * w))
+        bands = [(y, min(y + rows, h)) for y in range(0, h, rows)]
+
+        def band_probs(y0: int, y1: int) -> torch.Tensor:
+            logits = self.band_logits(canvas, resized, size, y0, y1, preset)
+            return class_probabilities(logits, owner, c, d.logit_scale)
+
+        keep = None
+        if d.area_thd is not None:
+            areas = torch.zeros(c, dtype=torch.int64)
+            for y0, y1 in bands:
+                areas += torch.bincount(band_probs(y0, y1).argmax(dim=0).flatten().cpu(), minlength=c)
+            keep = area_keep(areas, d.area_thd)
+
+        def finish(p: torch.Tensor) -> torch.Tensor:
+            return p if keep is None else p * keep.to(p.device, p.dtype)[:, None, None]
+
+        labels = np.empty((h, w), dtype=np.int64)
+        eager = len(bands) == 1 or c * h * w * 4 <= _BAND_BYTES
+        out_dtype = np.float64 if canvas.dtype == torch.float64 else np.float32  # fp64 only for verification
+        probs = np.empty((c, h, w), dtype=out_dtype) if eager else None
+        for y0, y1 in bands:
+            p = finish(band_probs(y0, y1))
+            labels[y0:y1] = _labels(p, d.prob_thd).cpu().numpy()
+            if eager:
+                probs[:, y0:y1] = p.cpu().numpy()
+
+        def all_probs() -> np.ndarray:
+            out = np.empty((c, h, w), dtype=out_dtype)
+            for y0, y1 in bands:
+                out[:, y0:y1] = finish(band_probs(y0, y1)).cpu().numpy()
+            return out
+
+        return Segmentation(labels, probs, list(queries.names), preset, probs_fn=None if eager else all_probs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, Union
@@ -31,13 +32,15 @@ class ClassQueries:
 def parse_classes(classes: Iterable[ClassSpec] | str) -> ClassQueries:
     """Items are a name, a list of synonyms, or one string with '; '-separated synonyms.
 
-    A single string is one class list item per line. Empty lists, empty names, two classes with
-    the same name and a synonym repeated within one class are errors. A synonym shared by two
+    A single string is a whole class list in the one class syntax used everywhere (CLI, class
+    files, API, demo): commas and newlines separate classes, ';' separates synonyms of one class,
+    e.g. "sky, car; vehicle, road". Items of a list are never split at commas. Empty lists, empty
+    names, two classes with the same name and a synonym repeated within one class are errors. A synonym shared by two
     classes is allowed, as in the released class files (COCO-Object's background lists "bed"):
     both classes then score it alike and the lower index wins the tie.
     """
     if isinstance(classes, str):
-        classes = [line for line in classes.splitlines() if line.strip()]
+        classes = [item for line in classes.splitlines() for item in line.split(",") if item.strip()]
     synonyms: list[tuple[str, ...]] = []
     for item in classes:
         if isinstance(item, str):
@@ -171,6 +174,10 @@ class TextEncoder:
         prompts = [t(q) for q in queries for t in self._templates]
         tokens = self._tokenizer(prompts)
         per = len(self._templates)
+        full = (tokens[:, -1] != 0).view(len(queries), per).any(dim=1)  # the tokenizer cut these prompts
+        for i in full.nonzero().flatten().tolist():
+            warnings.warn(f"class name {queries[i]!r} is too long for CLIP's {tokens.shape[1]}-token text context "
+                          "with the prompt templates; its end is cut off", RuntimeWarning, stacklevel=3)
         # batches of similar length: each is cut at its own longest prompt by the short encoder
         order = sorted(range(len(prompts)), key=lambda i: int((tokens[i] != 0).sum()))
         out: torch.Tensor | None = None

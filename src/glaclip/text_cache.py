@@ -22,6 +22,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from .visualize import current_umask
+
 CACHE_ENV = "GLACLIP_CACHE_DIR"
 FORMAT = 1
 
@@ -119,16 +121,10 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def cache_info(root: Path | None = None) -> dict:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import colorsys
+import functools
 import os
+import shutil
+import subprocess
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -80,18 +84,67 @@ def label_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
     return Image.fromarray(labels.astype(np.uint16))
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _default_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
 
 
+@functools.lru_cache(maxsize=64)
+def font_file_for(chars: str) -> str | None:
+    """An installed font file (found through fontconfig) whose glyphs cover every character in `chars`."""
+    fc_list = shutil.which("fc-list")
+    if not fc_list or not chars:
+        return None
+    pattern = ":charset=" + " ".join(f"{ord(c):x}" for c in sorted(set(chars)))
+    try:
+        out = subprocess.run([fc_list, pattern, "file", "style"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    entries = [line.split(":", 1) for line in out.splitlines() if line.strip()]
+    files = [(f.strip(), style) for f, *rest in entries for style in (rest or [""])]
+    files = [(f, st) for f, st in files if f.lower().endswith((".ttf", ".otf", ".ttc"))]
+    if not files:
+        return None
+    regular = [f for f, st in files if any(w in st for w in ("Regular", "Book", "Medium"))]
+    return sorted(regular or [f for f, _ in files], key=lambda f: ("Sans" not in f, "Mono" in f, len(f), f))[0]
+
+
+_warned_glyphs: set[str] = set()
+
+
+def _font(size: int, texts: Sequence[str] = ()) -> ImageFont.ImageFont:
+    """Pillow's default font for ASCII text; otherwise an installed font covering the text's characters
+    (or as many as one font covers), with one warning per run for characters no font covers."""
+    wide = "".join(sorted({c for t in texts for c in t if ord(c) > 126 and not c.isspace()}))
+    if not wide:
+        return _default_font(size)
+    path = font_file_for(wide)
+    missing = ""
+    if path is None:  # no single font has them all: take the one covering the most, name the rest
+        best = ""
+        for c in wide:
+            if font_file_for(best + c):
+                best += c
+        path = font_file_for(best) if best else None
+        missing = "".join(c for c in wide if c not in best)
+    if missing and missing not in _warned_glyphs:
+        _warned_glyphs.add(missing)
+        warnings.warn(f"no installed font has the characters {missing!r} of the class names; they show as boxes "
+                      "in the overlay legend (install a font that has them, e.g. Debian's fonts-noto-cjk)",
+                      RuntimeWarning, stacklevel=3)
+    try:
+        return ImageFont.truetype(path, size) if path else _default_font(size)
+    except OSError:
+        return _default_font(size)
+
+
 def legend(classes: Sequence[str], palette: np.ndarray, width: int, shares: Sequence[float] | None = None,
            only_present: bool = True) -> Image.Image:
     """A strip of colour swatches with class names (and pixel shares), wrapped to `width` pixels."""
     size = max(12, min(24, width // 40))
-    font = _font(size)
+    font = _font(size, classes)
     items = []
     for i, name in enumerate(classes):
         if shares is not None and only_present and shares[i] <= 0:
@@ -138,6 +191,12 @@ def overlay_with_legend(rgb: np.ndarray, labels: np.ndarray, classes: Sequence[s
     return out
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
     """Yield temporary paths beside `paths`; on success rename all of them into place, on any error
@@ -148,6 +207,7 @@ def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part" + p.suffix, dir=p.parent)
             os.close(fd)
+            os.chmod(name, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the umask
             temps.append(Path(name))
         yield temps
         for tmp, final in zip(temps, paths):

@@ -101,3 +101,31 @@ def token_index(grid: WindowGrid, grid_hw: tuple[int, int], patch: int) -> torch
         idx = (y1 + py)[:, None] * grid.width + (x1 + px)[None, :]
         out.append(torch.where(inside, idx, torch.zeros_like(idx)))
     return torch.stack(out).flatten()
+
+
+def _bilinear_taps(in_size: int, out_size: int, start: int, stop: int, dtype: torch.dtype, device):
+    """Source indices and weights of output positions start..stop-1, as F.interpolate(mode='bilinear',
+    align_corners=False) computes them for a resize of in_size to out_size."""
+    # PyTorch's kernel evaluates scale * (dst + 0.5) - 0.5 as one fused multiply-add in `dtype`:
+    # exact products in float64, one rounding
+    scale = torch.tensor(in_size / out_size, dtype=dtype).double()
+    dst = torch.arange(start, stop, dtype=torch.float64)
+    src = (scale * (dst + 0.5) - 0.5).to(dtype).clamp_min(0)
+    i0 = src.to(torch.int64).clamp_max(in_size - 1)
+    i1 = (i0 + 1).clamp_max(in_size - 1)
+    l1 = src - i0.to(dtype)
+    return i0.to(device), i1.to(device), (1 - l1).to(device), l1.to(device)
+
+
+def resize_rows(canvas: torch.Tensor, out_h: int, out_w: int, start: int, stop: int) -> torch.Tensor:
+    """Rows start..stop-1 of F.interpolate(canvas[None], (out_h, out_w), mode='bilinear',
+    align_corners=False)[0] without building the whole output (Q x (stop-start) x out_w)."""
+    q, h, w = canvas.shape
+    y0, y1, ly0, ly1 = _bilinear_taps(h, out_h, start, stop, canvas.dtype, canvas.device)
+    x0, x1, lx0, lx1 = _bilinear_taps(w, out_w, 0, out_w, canvas.dtype, canvas.device)
+    top, bottom = canvas[:, y0], canvas[:, y1]  # Q x rows x w
+
+    def cols(rows):
+        return rows[:, :, x0] * lx0 + rows[:, :, x1] * lx1
+
+    return cols(top) * ly0[:, None] + cols(bottom) * ly1[:, None]
