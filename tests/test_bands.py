@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import structured_image
 
 import glaclip.segmenter as segmenter_module
-from conftest import structured_image
 from glaclip import parse_classes, resolve
 from glaclip.segmenter import decide
 from glaclip.windows import resize_rows

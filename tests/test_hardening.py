@@ -140,8 +140,9 @@ def test_outputs_respect_the_umask(tiny_files, tmp_path, umask, mode):
             f"{tiny_files['vfm_weights']!r}]; from glaclip.cli import main; main()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    files = list(out.iterdir())
-    assert len(files) == 4 and all(stat.S_IMODE(f.stat().st_mode) == mode for f in files)
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert len([f for f in files if f.name.startswith("a")]) == 4  # labels, overlay, JSON, probabilities
+    assert all(stat.S_IMODE(f.stat().st_mode) == mode for f in files), [(f.name, oct(f.stat().st_mode)) for f in files]
 
 
 def test_fp16_on_cpu_warns():

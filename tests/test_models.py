@@ -89,9 +89,9 @@ def test_garbled_weights(tiny_files, tmp_path, content):
     for suffix in (".pt", ".safetensors"):
         f = tmp_path / f"bad{suffix}"
         f.write_bytes(content)
-        with pytest.raises(GlaclipError, match="cannot read CLIP weights"):
+        with pytest.raises(GlaclipError, match="is not a CLIP weights file"):
             load_clip(tiny_files["clip"], str(f), device="cpu")
-        with pytest.raises(GlaclipError, match="cannot read VFM weights"):
+        with pytest.raises(GlaclipError, match="is not a VFM weights file"):
             load_vfm(tiny_files["vfm"], str(f), device="cpu")
 
 

@@ -279,7 +279,7 @@ def _segment_process(image: str, classes: str, dtype: str, mode: str, weights: t
     else:  # a packaged class file, e.g. voc21.txt
         from importlib import resources
 
-        packaged = out.parent / f"classes-{classes}"
+        packaged = out.parent / f"classes-{classes}"  # the previous code has no --dataset
         packaged.write_text(resources.files("glaclip").joinpath("classes", classes).read_text(encoding="utf-8"))
         args += ["--class-file", str(packaged)]
     if mode == "full":
@@ -340,8 +340,8 @@ def latency(image: str = "examples/street.png", class_files: tuple[str, ...] = (
             modes = (["previous"] if baseline_src and dtype == "fp32" else []) + \
                 (["full"] if dtype == "fp32" else []) + ["cold", "warm"]
             for mode in modes:
-                seconds, labels = _segment_process(image, classes, dtype, mode, weights, tmp / "out", cache,
-                                                   baseline_src)
+                out = tmp / f"out-{len(rows)}"  # a fresh folder: a rerun into the same one would resume
+                seconds, labels = _segment_process(image, classes, dtype, mode, weights, out, cache, baseline_src)
                 if base is None:
                     base = (seconds, labels)
                 row = {"classes": Path(classes).name, "dtype": dtype, "text": LATENCY_MODES[mode],

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, List, Optional
 
-import numpy as np
 import typer
 
 from .errors import GlaclipError
@@ -66,16 +64,6 @@ def _check_writable(folder: Path) -> None:
         raise GlaclipError(f"cannot write to --out {folder}: {exc.strerror or exc}") from None
 
 
-def _output_stems(images: List[Path]) -> List[str]:
-    stems, seen = [], {}
-    for p in images:
-        stem = p.stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}_{n}")
-    return stems
-
-
 ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model name, hf-hub:ID or a JSON config.")]
 ClipWeightsOpt = Annotated[Optional[str], typer.Option(
     "--clip-weights", help="Pretrained tag, local file, or 'random' (env GLACLIP_CLIP_WEIGHTS; default: openai).")]
@@ -119,12 +107,13 @@ def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=Fal
 
 @app.command()
 def segment(
-    images: List[Path] = typer.Argument(..., help="Image files (JPEG, PNG, TIFF, BMP, WebP...).", show_default=False),
+    images: List[str] = typer.Argument(..., help="Images: files, folders (recursive), glob patterns "
+                                       "('photos/**/*.jpg') or @list.txt (one path per line).", show_default=False),
     classes: List[str] = typer.Option([], "--classes", "-c", help="Comma-separated class names; synonyms of one class "
                                       "joined by ';' (e.g. 'sky, car; vehicle, person'). Repeatable."),
     class_file: Optional[Path] = typer.Option(None, "--class-file", "-f", help="One class per line, synonyms "
                                               "separated by '; '."),
-    out: Path = typer.Option(Path("glaclip_out"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("glaclip_out"), "--out", "-o", help="Output folder (mirrors the inputs' folders)."),
     method: MethodOpt = "gla-proxyclip",
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Use this benchmark's protocol row (and its "
                                           "class file when no classes are given), e.g. voc21."),
@@ -134,6 +123,13 @@ def segment(
     settings: SetOpt = [],
     save_probs: bool = typer.Option(False, "--save-probs", help="Also write per-class probabilities (.npz, fp16)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Opacity of the colours in the overlay."),
+    export: Optional[str] = typer.Option(None, "--export", help="coco: also write OUT/coco.json (one RLE mask per "
+                                         "class present per image)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute images whose outputs exist (default: a rerun "
+                                   "resumes, skipping finished images)."),
+    batch_images: int = typer.Option(4, "--batch-images", min=1, help="Consecutive images whose windows share one "
+                                     "backbone forward (results do not change)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads decoding images ahead."),
     clip: ClipOpt = DEFAULT_CLIP,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
@@ -144,17 +140,17 @@ def segment(
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Segment images into the given classes.
+    """Segment images, folders or whole collections into the given classes.
 
     Writes, per image, NAME_labels.png (palette PNG, value = class index), NAME_overlay.png (colours
     over the image, legend below), NAME.json (per-class pixel shares and every setting), and with
-    --save-probs NAME_probs.npz. Images that cannot be read are reported and skipped.
+    --save-probs NAME_probs.npz, mirroring the input folders under --out; then summary.csv/.json (and
+    coco.json with --export coco). A rerun resumes; torchrun --nproc-per-node K shards the images.
+    Images that cannot be read are listed in the summary and the exit code is non-zero.
     """
-    from tqdm import tqdm
-
-    from .images import load_image
+    from .batch import Options, segment_collection
+    from .collection import collect, shard_from_env
     from .protocols import resolve
-    from .visualize import atomic_paths, distinct_palette, label_image, overlay_with_legend
 
     overrides = _overrides(settings)
     if prob_thd is not None:
@@ -167,59 +163,35 @@ def segment(
     else:
         queries = _class_list(classes, class_file)
         preset = replace(preset, class_file=str(class_file) if class_file else None)
-    for p in images:
-        if not p.is_file():
-            raise GlaclipError(f"image not found: {p}" if not p.exists() else f"not a file: {p}")
+    if export not in (None, "coco"):
+        raise GlaclipError(f"--export takes coco, not {export!r}")
+    items = collect(images)
     _check_writable(out)
+    shard = shard_from_env()
+    device = _rank_device(shard, device)
+    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
+                compile=compile, text_cache=not no_cache)
+    opts = Options(save_probs=save_probs, alpha=alpha, export=export, batch_images=batch_images, workers=workers,
+                   overwrite=overwrite)
+    result = segment_collection(seg, items, queries, out, opts, shard=shard, progress=not quiet)
+    if shard.rank == 0 and not quiet:
+        _say(f"glaclip: {len(items) - result.get('failed', 0)} of {len(items)} images segmented into {out}"
+             + (f"; summary in {out / 'summary.csv'}" if "summary" in result else ""))
+    failed = result.get("failed", len(result["failures"]))
+    if failed:
+        first = result["failures"][0] if result["failures"] else "see summary.csv"
+        raise GlaclipError(f"{failed} of {len(items)} images failed (others were written): {first}")
 
-    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet, compile=compile,
-                text_cache=not no_cache)
-    palette = distinct_palette(len(queries))
-    failures = []
-    bar = tqdm(list(zip(images, _output_stems(images))), desc="segmenting", unit="img", disable=quiet,
-               file=sys.stderr)
-    for path, stem in bar:
-        bar.set_postfix_str(path.name)
-        start = time.perf_counter()
-        try:
-            rgb = load_image(path)
-            result = seg.predict(rgb, queries)
-        except GlaclipError as exc:
-            failures.append(f"{path}: {exc}")
-            bar.write(f"glaclip: skipped {exc}", file=sys.stderr)
-            continue
-        seconds = time.perf_counter() - start
-        shares = result.shares()
-        record = {
-            "image": str(path), "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
-            "classes": [
-                {"index": i, "name": n, "synonyms": list(queries.synonyms[i]), "share": shares[n],
-                 "pixels": int(round(shares[n] * result.labels.size)), "color": palette[i].tolist()}
-                for i, n in enumerate(result.classes)
-            ],
-            "settings": result.preset.settings(queries.queries),
-            "preset": result.preset.to_dict(), "preset_line": result.preset.describe(),
-            **seg.models(),
-            "seconds": round(seconds, 3),
-        }
-        targets = [out / f"{stem}_labels.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
-        if save_probs:
-            targets.append(out / f"{stem}_probs.npz")
-        with atomic_paths(targets) as tmp:
-            label_image(result.labels, palette).save(tmp[0], format="PNG")
-            overlay_with_legend(rgb, result.labels, result.classes, palette, alpha,
-                                [shares[n] for n in result.classes]).save(tmp[1], format="PNG")
-            tmp[2].write_text(json.dumps(record, indent=2))
-            if save_probs:
-                with open(tmp[3], "wb") as fh:
-                    np.savez_compressed(fh, probs=result.probs.astype(np.float16),
-                                        labels=result.labels.astype(np.int32), classes=np.array(result.classes))
-        if not quiet:
-            top = sorted(shares.items(), key=lambda kv: -kv[1])[:3]
-            bar.write(f"{path.name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in top) + f" -> {targets[1]}",
-                      file=sys.stderr)
-    if failures:
-        raise GlaclipError(f"{len(failures)} of {len(images)} images failed (others were written): {failures[0]}")
+
+def _rank_device(shard, device: str) -> str:
+    """Under torchrun with CUDA, one GPU per local rank."""
+    if shard.distributed and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
+            torch.cuda.set_device(device)
+    return device
 
 
 @app.command("eval")
@@ -254,8 +226,9 @@ def evaluate_cmd(
     progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun
     --nproc-per-node K the images are split across K processes.
     """
+    from .collection import shard_from_env
     from .datasets import open_dataset
-    from .evaluate import evaluate, shard_from_env, to_markdown
+    from .evaluate import evaluate, to_markdown
     from .protocols import resolve
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load

@@ -1,7 +1,9 @@
 """Benchmark data sets in the layouts the community's mmseg preparation produces, plus plain folders.
 
 Each data set is a `DatasetSpec` (layout and its default class file) and a list of `Sample`s; the
-settings a method runs with on it (and the class file its protocol uses) are in protocols.py.
+settings a method runs with on it (and the class file its protocol uses) are in protocols.py. Images
+are found as `glaclip segment` finds them (`collection.walk_files`: symlinked folders followed,
+hidden files and macOS `._*` companions skipped).
 Labels are read as mmseg reads them (palette PNGs give their indices) and, for
 `reduce_zero_label` data sets, mapped as mmseg maps them: 0 -> ignore, k -> k-1, 255 stays ignore.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .collection import walk_files
 from .errors import GlaclipError
 from .text import ClassQueries, parse_classes, read_class_file
 
@@ -177,20 +180,17 @@ def _list_split(root: Path, spec: DatasetSpec) -> list[Sample]:
 def _list_suffixed(root: Path, spec: DatasetSpec) -> list[Sample]:
     img_dir, ann_dir = _need_dir(root, spec.img_dir, spec), _need_dir(root, spec.ann_dir, spec)
     samples = []
-    for img in sorted(img_dir.rglob(f"*{spec.img_suffix}")):
+    for img in walk_files(img_dir, (spec.img_suffix,)):
         rel = img.relative_to(img_dir).as_posix()
         stem = rel[: -len(spec.img_suffix)]
         samples.append(Sample(stem, img, ann_dir / f"{stem}{spec.ann_suffix}"))
     return _check_labels(samples, spec)
 
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def _list_folder(root: Path, spec: DatasetSpec) -> list[Sample]:
     img_dir, ann_dir = _need_dir(root, spec.img_dir, spec), _need_dir(root, spec.ann_dir, spec)
     samples = []
-    for img in sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES):
+    for img in walk_files(img_dir):
         stem = img.relative_to(img_dir).with_suffix("").as_posix()
         samples.append(Sample(stem, img, ann_dir / f"{stem}{spec.ann_suffix}"))
     return _check_labels(samples, spec)

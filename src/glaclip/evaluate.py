@@ -9,17 +9,15 @@ it finished; integer counts make the final numbers identical to an uninterrupted
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
+from .collection import ProgressLog, Shard, all_reduce, barrier, check_manifest, read_logs, write_atomic
 from .datasets import SegDataset
 from .errors import GlaclipError
 from .images import load_image, resized_shape
@@ -27,16 +25,6 @@ from .metrics import boundary_counts, confusion, summarize, window_edges
 from .segmenter import Segmenter
 
 FORMAT = 1
-
-
-@dataclass
-class Shard:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
 
 
 def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -> dict:
@@ -53,43 +41,22 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -
     }))
 
 
-def _read_progress(folder: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    for path in sorted(folder.glob("rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # the line a killed run was writing
-                continue
-            done.setdefault(rec["name"], rec)
-    return done
-
-
 def _prepare(out: Path, identity: dict, resume: bool, shard: Shard) -> dict[str, dict]:
     progress = out / "progress"
-    run_file = out / "run.json"
     randomised = "random" in (identity["clip"]["weights"], (identity.get("vfm") or {}).get("weights"))
     if randomised and shard.distributed:
         raise GlaclipError("random weights differ in every process, so the shards would evaluate different models; "
                            "save the weights to files (or run one process)")
-    if randomised and resume and run_file.exists() and _read_progress(progress):
+    if randomised and resume and (out / "run.json").exists() and read_logs(progress):
         raise GlaclipError(f"{out} holds a run with random weights, which differ in every process: resuming would mix "
                            "two models in one result; use --no-resume (or weights files)")
     progress.mkdir(parents=True, exist_ok=True)
-    if run_file.exists() and resume:  # every rank checks, so every rank stops alike
-        old = json.loads(run_file.read_text())
-        if old != identity:
-            changed = sorted(k for k in identity if old.get(k) != identity[k])
-            raise GlaclipError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
-                               "use another --out, or --no-resume to start over")
-    _barrier(shard)
-    if shard.rank == 0:
-        if not resume:
-            for f in progress.glob("rank*.jsonl"):
-                f.unlink()
-        _write_atomic(run_file, json.dumps(identity, indent=2))
-    _barrier(shard)
-    return _read_progress(progress) if resume else {}
+    check_manifest(out / "run.json", identity, resume, shard)
+    if shard.rank == 0 and not resume:
+        for f in progress.glob("rank*.jsonl"):
+            f.unlink()
+    barrier(shard)
+    return read_logs(progress) if resume else {}
 
 
 def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: int | None = None,
@@ -116,7 +83,7 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
     started = time.perf_counter()
     bar = tqdm(todo, desc=f"{dataset.spec.name}", unit="img", disable=not progress or shard.rank != 0,
                file=sys.stderr, initial=len(mine) - len(todo), total=len(mine))
-    with open(out / "progress" / f"rank{shard.rank}.jsonl", "a") as log:
+    with ProgressLog(out / "progress", shard.rank) as log:
         for s in bar:
             rgb = load_image(s.image)
             label = dataset.load_label(s)
@@ -133,13 +100,11 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
                 odd = (label != dataset.ignore_index) & ((label < 0) | (label >= c))
                 rec["oor"] = np.unique(label[odd])[:50].tolist()
                 odd_values.update(rec["oor"])
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+            log.add(rec)
             _add_record(cm, ber, rec)
             if on_image is not None:
                 on_image(s.name)
-    cm, ber = _all_reduce(cm, shard), _all_reduce(ber, shard)
+    cm, ber = all_reduce(cm, shard), all_reduce(ber, shard)
     result = _results(cm, ber, dataset, segmenter, len(samples), time.perf_counter() - started)
     seen = sorted({v for s in mine for v in (done.get(s.name) or {}).get("oor", [])} | set(odd_values))
     odd = int(cm[c].sum())
@@ -151,9 +116,9 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
                       f"{', '.join(map(str, seen[:20]))}); as in mmseg they count in the predicted area only",
                       RuntimeWarning, stacklevel=2)
     if shard.rank == 0:
-        _write_atomic(out / "results.json", json.dumps(result, indent=2))
-        _write_atomic(out / "results.md", to_markdown(result))
-    _barrier(shard)
+        write_atomic(out / "results.json", json.dumps(result, indent=2))
+        write_atomic(out / "results.md", to_markdown(result))
+    barrier(shard)
     return result
 
 
@@ -161,24 +126,6 @@ def _add_record(cm: np.ndarray, ber: np.ndarray, rec: dict) -> None:
     idx, counts = rec["cm"]
     np.add.at(cm.reshape(-1), np.asarray(idx, dtype=np.int64), np.asarray(counts, dtype=np.int64))
     ber += np.asarray(rec["ber"], dtype=np.int64)
-
-
-def _all_reduce(arr: np.ndarray, shard: Shard) -> np.ndarray:
-    if not shard.distributed:
-        return arr
-    import torch.distributed as dist
-
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.from_numpy(arr).to(device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu().numpy()
-
-
-def _barrier(shard: Shard) -> None:
-    if shard.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _results(cm: np.ndarray, ber: np.ndarray, dataset: SegDataset, segmenter: Segmenter, images: int,
@@ -226,19 +173,3 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def shard_from_env() -> Shard:
-    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Shard()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return Shard(dist.get_rank(), dist.get_world_size())

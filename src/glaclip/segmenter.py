@@ -201,71 +201,115 @@ class Segmenter:
         return self._query_cache[key]
 
     @torch.no_grad()
-    def window_tokens(self, image: torch.Tensor, grid: WindowGrid
-                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """Normalised VFM keys (N x C), CLIP values on the VFM grid (N x D), and that grid."""
-        crops = crop_windows(image.to(self.device), grid)
-        keys, values = [], []
+    def window_features(self, crops: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+        """Per-window tensors of B windows (B x 3 x h x w, CLIP-normalised), `window_batch` at a time,
+        and the token grid: for VFM methods normalised VFM 'keys' and CLIP 'values' on the VFM grid;
+        for CLIP-only methods 'finals' (window-local) or 'key0'.., 'values', 'raw' (GLA)."""
+        method, a = self.method, self.preset.attention
+        parts: dict[str, list[torch.Tensor]] = {}
+
+        def add(name: str, t: torch.Tensor) -> None:
+            parts.setdefault(name, []).append(t)
+
         for start in range(0, crops.shape[0], self.window_batch):
             batch = crops[start : start + self.window_batch]
-            k = self._vfm_features(clip_to_imagenet(batch))
-            v = self._clip_values(batch)
-            v = F.interpolate(v, size=k.shape[-2:], mode="bilinear", align_corners=False)
-            keys.append(F.normalize(k.flatten(2).transpose(1, 2), dim=-1))
-            values.append(v.flatten(2).transpose(1, 2))
-        grid_hw = tuple(k.shape[-2:])
-        return torch.cat(keys).flatten(0, 1), torch.cat(values).flatten(0, 1), grid_hw
+            if method.needs_vfm:
+                k = self._vfm_features(clip_to_imagenet(batch))
+                v = F.interpolate(self._clip_values(batch), size=k.shape[-2:], mode="bilinear", align_corners=False)
+                add("keys", F.normalize(k.flatten(2).transpose(1, 2), dim=-1))
+                add("values", v.flatten(2).transpose(1, 2))
+                grid_hw = tuple(k.shape[-2:])
+            else:
+                tokens, grid_hw = self._clip_block_input(batch)
+                if method.is_global:
+                    keys, v, q = global_keys(method, self.clip, tokens)
+                    for i, key in enumerate(keys):
+                        add(f"key{i}", key)
+                    add("values", v)
+                    add("raw", q)
+                else:
+                    add("finals", local_tokens(method, self.clip, tokens, grid_hw, a))
+        return {name: torch.cat(ts) for name, ts in parts.items()}, grid_hw
+
+    def final_tokens(self, feats: dict[str, torch.Tensor], grid: WindowGrid, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """One image's window features -> its N x D final patch tokens (the attention of step 5)."""
+        method, a = self.method, self.preset.attention
+        if method.needs_vfm:
+            keys, values = feats["keys"], feats["values"]
+            if method.is_global:
+                out = gla_attention(keys.flatten(0, 1), values.flatten(0, 1), grid.count, a)
+            else:
+                out = proxyclip_attention(keys, values, a)
+            return self.clip.out_proj(out.flatten(0, -2))
+        if not method.is_global:
+            return feats["finals"].flatten(0, 1)
+        keys = [feats[f"key{i}"].flatten(0, 1) for i in range(sum(k.startswith("key") for k in feats))]
+        init = None
+        if method.smoothed_init:
+            index = token_index(grid, grid_hw, self.clip.patch_size).to(self.device)
+            init = smoothed_proxy(feats["raw"].flatten(0, 1), index, grid_hw)
+        return global_tokens(method, self.clip, keys, feats["values"].flatten(0, 1), grid.count, a, init)
+
+    @torch.no_grad()
+    def window_tokens(self, image: torch.Tensor, grid: WindowGrid
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """VFM methods: normalised VFM keys (N x C), CLIP values on the VFM grid (N x D), and that grid."""
+        feats, grid_hw = self.window_features(crop_windows(image.to(self.device), grid))
+        return feats["keys"].flatten(0, 1), feats["values"].flatten(0, 1), grid_hw
 
     @torch.no_grad()
     def clip_host_tokens(self, image: torch.Tensor, grid: WindowGrid) -> tuple[torch.Tensor, tuple[int, int]]:
         """CLIP-only methods: final patch tokens of all windows (N x D) and the CLIP grid."""
-        crops = crop_windows(image.to(self.device), grid)
-        method, a = self.method, self.preset.attention
-        finals, keys, values, raw = [], [], [], []
-        for start in range(0, crops.shape[0], self.window_batch):
-            tokens, grid_hw = self._clip_block_input(crops[start : start + self.window_batch])
-            if method.is_global:
-                k, v, q = global_keys(method, self.clip, tokens)
-                keys.append(k)
-                values.append(v)
-                raw.append(q)
-            else:
-                finals.append(local_tokens(method, self.clip, tokens, grid_hw, a))
-        if method.is_global:
-            merged = [torch.cat([k[i] for k in keys]).flatten(0, 1) for i in range(len(keys[0]))]
-            init = None
-            if method.smoothed_init:
-                index = token_index(grid, grid_hw, self.clip.patch_size).to(self.device)
-                init = smoothed_proxy(torch.cat(raw).flatten(0, 1), index, grid_hw)
-            final = global_tokens(method, self.clip, merged, torch.cat(values).flatten(0, 1), grid.count, a, init)
-            return final, grid_hw
-        return torch.cat(finals).flatten(0, 1), grid_hw
+        feats, grid_hw = self.window_features(crop_windows(image.to(self.device), grid))
+        return self.final_tokens(feats, grid, grid_hw), grid_hw
 
     @torch.no_grad()
     def image_canvas(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 1-7 up to the last resize: cosine logits Q x h x w on the resized image (windows
         stitched) or, for whole-image inference without padding, on the token grid; and the resized,
         CLIP-normalised image 1 x 3 x h' x w'. One bilinear resize takes the logits to the original size."""
-        w, a = self.preset.window, self.preset.attention
-        x = preprocess(rgb, w.short_side, w.max_long_side, accumulation_dtype(self.clip.dtype))
-        grid = self.grid_for(x.shape[2], x.shape[3])
-        if self.method.needs_vfm:
-            keys, values, (gh, gw) = self.window_tokens(x, grid)
-            if self.method.is_global:
-                out = gla_attention(keys, values, grid.count, a)
-            else:
-                n = gh * gw
-                out = proxyclip_attention(keys.view(grid.count, n, -1), values.view(grid.count, n, -1), a)
-            final = self.clip.out_proj(out.flatten(0, -2))
-        else:
-            final, (gh, gw) = self.clip_host_tokens(x, grid)
+        return self.image_canvases([rgb], queries)[0]
+
+    @torch.no_grad()
+    def image_canvases(self, rgbs: list[np.ndarray], queries: ClassQueries,
+                       max_windows: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`image_canvas` of several images, the windows of consecutive images of one window size
+        sharing backbone forwards (up to max_windows, default 4 x window_batch, at a time); the
+        attention stays per image."""
+        w = self.preset.window
         acc = accumulation_dtype(self.clip.dtype)
-        emb = F.normalize(self.clip.head(final).to(acc), dim=-1)
         text = self.query_embeddings(queries).to(acc)
+        prepared = []
+        for rgb in rgbs:
+            x = preprocess(rgb, w.short_side, w.max_long_side, acc)
+            prepared.append((x, self.grid_for(x.shape[2], x.shape[3])))
+        limit = max_windows or 4 * self.window_batch
+        out = []
+        i = 0
+        while i < len(prepared):
+            j, total = i + 1, prepared[i][1].count
+            while (j < len(prepared) and prepared[j][1].padded_size == prepared[i][1].padded_size
+                   and total + prepared[j][1].count <= limit):
+                total += prepared[j][1].count
+                j += 1
+            crops = torch.cat([crop_windows(x.to(self.device), grid) for x, grid in prepared[i:j]])
+            feats, grid_hw = self.window_features(crops)
+            offset = 0
+            for x, grid in prepared[i:j]:
+                mine = {k: v[offset : offset + grid.count] for k, v in feats.items()}
+                offset += grid.count
+                out.append((self._canvas(self.final_tokens(mine, grid, grid_hw), grid, grid_hw, text), x))
+            i = j
+        return out
+
+    def _canvas(self, final: torch.Tensor, grid: WindowGrid, grid_hw: tuple[int, int], text: torch.Tensor
+                ) -> torch.Tensor:
+        gh, gw = grid_hw
+        emb = F.normalize(self.clip.head(final).to(text.dtype), dim=-1)
         logits = (emb @ text.T).view(grid.count, gh, gw, -1).permute(0, 3, 1, 2)
-        if w.crop == 0 and not any(grid.pad):  # whole image: the token grid straight to the original size
-            return logits[0], x
-        return stitch(logits, grid), x
+        if self.preset.window.crop == 0 and not any(grid.pad):  # whole image: token grid straight to the original
+            return logits[0]
+        return stitch(logits, grid)
 
     @torch.no_grad()
     def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,6 +347,15 @@ class Segmenter:
         rgb = load_image(image)
         canvas, resized = self.image_canvas(rgb, queries)
         return self._decide_bands(canvas, resized, rgb.shape[:2], queries, preset)
+
+    def predict_many(self, images: list[ImageInput], classes: Iterable[ClassSpec] | str | ClassQueries,
+                     prob_thd: float | None = None, max_windows: int | None = None) -> list[Segmentation]:
+        """`predict` for several images, their windows sharing backbone forwards (same results)."""
+        queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
+        preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
+        rgbs = [load_image(im) for im in images]
+        return [self._decide_bands(canvas, resized, rgb.shape[:2], queries, preset)
+                for rgb, (canvas, resized) in zip(rgbs, self.image_canvases(rgbs, queries, max_windows))]
 
     @torch.no_grad()
     def _decide_bands(self, canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int],

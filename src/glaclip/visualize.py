@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -195,6 +196,18 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.part(\.[^.]+)?$")  # what atomic_paths names its files
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files `atomic_paths` left under folder when a process was killed (SIGKILL
+    gives it no chance to clean up). Call only while no writer is running. Returns how many."""
+    stale = [p for p in Path(folder).rglob(".*.part*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 @contextmanager

@@ -1,0 +1,179 @@
+"""Segmenting whole collections: `glaclip segment` over many images, resumable, sharded under
+torchrun, with background decoding, windows of consecutive images batched into one backbone forward,
+per-image outputs mirrored under --out, a COCO export and a run summary.
+
+Layout of --out: the per-image files (`export.output_paths`), `glaclip-run.json` (the manifest: every
+setting; a resume with other settings is refused), `.glaclip-progress/rank<R>.jsonl` (one fsynced
+line per finished image: status, seconds, shares, COCO annotations), and at the end `summary.csv`,
+`summary.json` and with --export coco `coco.json`, written by rank 0 from the logs in input order,
+so an interrupted-and-resumed or a sharded run ends with exactly the files of a plain run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .collection import Item, ProgressLog, Shard, barrier, check_manifest, read_logs, write_atomic
+from .errors import GlaclipError
+from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
+from .images import load_image
+from .text import ClassQueries
+from .visualize import distinct_palette, remove_stale_temporaries
+
+MANIFEST = "glaclip-run.json"
+PROGRESS = ".glaclip-progress"
+FORMAT = 1
+
+
+@dataclass
+class Options:
+    save_probs: bool = False
+    alpha: float = 0.5
+    export: str | None = None  # "coco"
+    batch_images: int = 4  # images whose windows may share a backbone forward
+    workers: int = 2  # background decoding threads
+    overwrite: bool = False
+
+
+def _identity(seg, queries: ClassQueries, opts: Options) -> dict:
+    return {"format": FORMAT, "classes": [list(s) for s in queries.synonyms], "settings": seg.preset.settings(),
+            "preset": seg.preset.to_dict(), **seg.models(), "dtype": str(seg.clip.dtype).replace("torch.", ""),
+            "outputs": {"save_probs": opts.save_probs, "alpha": opts.alpha, "export": opts.export}}
+
+
+def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, np.ndarray | Exception]]:
+    """Images decoded ahead in background threads (a bounded window), in order."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        ahead = max(2, 2 * workers)
+        futures = [pool.submit(load_image, it.path) for it in items[:ahead]]
+        for i, item in enumerate(items):
+            if i + ahead < len(items):
+                futures.append(pool.submit(load_image, items[i + ahead].path))
+            try:
+                yield item, futures[i].result()
+            except GlaclipError as exc:
+                yield item, exc
+            futures[i] = None  # drop the decoded image once handed out
+
+
+def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path, opts: Options,
+                       shard: Shard | None = None, progress: bool = True, echo=None) -> dict:
+    """Segment `items` into `out`; returns {"images", "done", "failed", "skipped", "failures": [...]}.
+
+    A finished image (its log line and all its files present) is skipped unless opts.overwrite."""
+    from tqdm import tqdm
+
+    shard = shard or Shard()
+    out = Path(out)
+    logs = out / PROGRESS
+    randomised = "random" in (seg.clip.weights, seg.vfm.weights if seg.vfm is not None else None)
+    if randomised and shard.distributed:
+        raise GlaclipError("random weights differ in every process; save them to files to shard a run")
+    if randomised and not opts.overwrite and (out / MANIFEST).exists() and read_logs(logs, "output"):
+        raise GlaclipError(f"{out} holds a run with random weights, which differ in every process: resuming would "
+                           "mix two models; use --overwrite (or weights files)")
+    check_manifest(out / MANIFEST, _identity(seg, queries, opts), not opts.overwrite, shard, what="segmentation run")
+    if shard.rank == 0:  # before any rank writes: no temporary file can be in use
+        if opts.overwrite:
+            for f in logs.glob("rank*.jsonl"):
+                f.unlink()
+        remove_stale_temporaries(out)
+    barrier(shard)
+    done = {} if opts.overwrite else read_logs(logs, "output")
+    mine = items[shard.rank :: shard.world]
+
+    def complete(it: Item) -> bool:
+        rec = done.get(it.rel)
+        return bool(rec) and rec["status"] == "ok" and all(p.exists() for p in output_paths(out, it.rel,
+                                                                                            opts.save_probs))
+
+    todo = [it for it in mine if not complete(it)]
+    palette = distinct_palette(len(queries))
+    settings = seg.preset.settings(queries.queries)
+    preset_dict, preset_line, models = seg.preset.to_dict(), seg.preset.describe(), seg.models()
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="segmenting", unit="img",
+               disable=not progress or shard.rank != 0, file=sys.stderr, smoothing=0.1)
+    failures = []
+    with ProgressLog(logs, shard.rank) as log:
+        batch: list[tuple[Item, np.ndarray]] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            start = time.perf_counter()
+            try:
+                results = seg.predict_many([rgb for _, rgb in batch], queries)
+            except GlaclipError:  # isolate the image at fault
+                results = []
+                for it, rgb in batch:
+                    try:
+                        results.append(seg.predict(rgb, queries))
+                    except GlaclipError as exc:
+                        results.append(exc)
+            seconds = (time.perf_counter() - start) / len(batch)
+            for (it, rgb), res in zip(batch, results):
+                if isinstance(res, Exception):
+                    fail(it, str(res))
+                    continue
+                paths = output_paths(out, it.rel, opts.save_probs)
+                record = image_record(str(it.path), res.labels, res.classes, queries.synonyms, palette, settings,
+                                      preset_dict, preset_line, models)
+                write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
+                                    res.probs if opts.save_probs else None)
+                entry = {"output": it.rel, "image": str(it.path), "status": "ok", "reason": "",
+                         "seconds": round(seconds, 3), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                         "shares": {c["name"]: c["share"] for c in record["classes"]}}
+                if opts.export == "coco":
+                    entry["annotations"] = coco_annotations(res.labels, len(queries))
+                log.add(entry)
+                bar.update(1)
+            batch.clear()
+
+        def fail(it: Item, reason: str) -> None:
+            failures.append(f"{it.path}: {reason}")
+            log.add({"output": it.rel, "image": str(it.path), "status": "failed", "reason": reason, "seconds": None})
+            bar.write(f"glaclip: skipped {reason}", file=sys.stderr)
+            bar.update(1)
+
+        for item, rgb in _decoded(todo, opts.workers):
+            if isinstance(rgb, Exception):
+                fail(item, str(rgb))
+                continue
+            batch.append((item, rgb))
+            if len(batch) >= max(1, opts.batch_images):
+                flush()
+        flush()
+    bar.close()
+    barrier(shard)
+    summary = {"images": len(items), "failures": failures}
+    if shard.rank == 0:
+        summary.update(_finish(out, items, queries, opts, settings))
+    barrier(shard)
+    return summary
+
+
+def _finish(out: Path, items: list[Item], queries: ClassQueries, opts: Options, settings: dict) -> dict:
+    """Summary (and COCO file) from every rank's log, in input order."""
+    records = read_logs(out / PROGRESS, "output")
+    rows, coco_images = [], []
+    for it in items:
+        rec = records.get(it.rel) or {"status": "missing", "reason": "not processed", "seconds": None}
+        rows.append({"image": str(it.path), "output": it.rel, "status": rec["status"], "reason": rec.get("reason", ""),
+                     "seconds": rec.get("seconds"), "shares": rec.get("shares", {})})
+        if opts.export == "coco" and rec["status"] == "ok":
+            coco_images.append({"file_name": it.rel + it.path.suffix, "width": rec["width"], "height": rec["height"],
+                                "annotations": rec["annotations"]})
+    csv_path, json_path = write_summary(out, rows, queries.names)
+    written = {"summary": [str(csv_path), str(json_path)], "failed": sum(r["status"] != "ok" for r in rows)}
+    if opts.export == "coco":
+        write_atomic(out / "coco.json", json.dumps(coco_document(coco_images, queries.names, settings)))
+        written["coco"] = str(out / "coco.json")
+    return written

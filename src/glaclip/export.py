@@ -1,0 +1,132 @@
+"""Writing segmentation outputs: per-image files, COCO-style RLE annotations and run summaries.
+
+Every file goes through `visualize.atomic_paths` (temporary name, rename, permissions from the
+umask), so an interrupted run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .visualize import atomic_paths, label_image, overlay_with_legend
+
+
+def output_paths(out: Path, rel: str, save_probs: bool) -> list[Path]:
+    """labels PNG, overlay PNG, JSON record (and probabilities) of the image with relative path `rel`."""
+    base = out / rel
+    paths = [base.with_name(base.name + "_labels.png"), base.with_name(base.name + "_overlay.png"),
+             base.with_name(base.name + ".json")]
+    if save_probs:
+        paths.append(base.with_name(base.name + "_probs.npz"))
+    return paths
+
+
+def image_record(image: str, labels: np.ndarray, classes: Sequence[str], synonyms: Sequence[Sequence[str]],
+                 palette: np.ndarray, settings: dict, preset: dict, preset_line: str, models: dict) -> dict:
+    """The per-image JSON: size, per-class shares and pixel counts, colours, every setting, models."""
+    counts = np.bincount(labels.ravel(), minlength=len(classes))
+    return {
+        "image": image, "height": int(labels.shape[0]), "width": int(labels.shape[1]),
+        "classes": [{"index": i, "name": n, "synonyms": list(synonyms[i]), "share": float(counts[i]) / labels.size,
+                     "pixels": int(counts[i]), "color": palette[i].tolist()} for i, n in enumerate(classes)],
+        "settings": settings, "preset": preset, "preset_line": preset_line, **models,
+    }
+
+
+def write_image_outputs(paths: list[Path], rgb: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                        palette: np.ndarray, alpha: float, record: dict, probs=None) -> None:
+    """All files of one image, atomically together (see `output_paths` for their order)."""
+    shares = [c["share"] for c in record["classes"]]
+    with atomic_paths(paths) as tmp:
+        label_image(labels, palette).save(tmp[0], format="PNG")
+        overlay_with_legend(rgb, labels, classes, palette, alpha, shares).save(tmp[1], format="PNG")
+        tmp[2].write_text(json.dumps(record, indent=2))
+        if len(paths) > 3:
+            with open(tmp[3], "wb") as fh:
+                np.savez_compressed(fh, probs=np.asarray(probs, dtype=np.float16), labels=labels.astype(np.int32),
+                                    classes=np.array(list(classes)))
+
+
+# ---------------------------------------------------------------------------------------- COCO
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """Run lengths of a binary H x W mask in column-major order, starting with a run of zeros."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+def rle_string(counts: list[int]) -> str:
+    """COCO's compressed RLE text: each count (from the third on, as the difference to the count two
+    before) in 5-bit groups, low first, 0x20 marking a following group, offset by 48."""
+    out = []
+    for i, value in enumerate(counts):
+        x = value - counts[i - 2] if i > 2 else value
+        while True:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr((c | 0x20 if more else c) + 48))
+            if not more:
+                break
+    return "".join(out)
+
+
+def coco_annotations(labels: np.ndarray, num_classes: int) -> list[dict]:
+    """One annotation per class present: compressed RLE, area and bbox [x, y, w, h] (no ids yet)."""
+    h, w = labels.shape
+    anns = []
+    for c in np.unique(labels).tolist():
+        if not 0 <= c < num_classes:
+            continue
+        mask = labels == c
+        ys = np.flatnonzero(mask.any(axis=1))
+        xs = np.flatnonzero(mask.any(axis=0))
+        anns.append({"class_index": c, "segmentation": {"size": [h, w], "counts": rle_string(rle_counts(mask))},
+                     "area": int(mask.sum()),
+                     "bbox": [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]})
+    return anns
+
+
+def coco_document(images: list[dict], classes: Sequence[str], settings: dict) -> dict:
+    """images: per image {"file_name", "width", "height", "annotations": [...]} in run order.
+    Category ids are class index + 1 (COCO's ids start at 1)."""
+    doc = {"info": {"description": "glaclip open-vocabulary segmentation", "settings": settings},
+           "categories": [{"id": i + 1, "name": n, "supercategory": "glaclip"} for i, n in enumerate(classes)],
+           "images": [], "annotations": []}
+    for image_id, img in enumerate(images, start=1):
+        doc["images"].append({"id": image_id, "file_name": img["file_name"], "width": img["width"],
+                              "height": img["height"]})
+        for ann in img["annotations"]:
+            doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
+                                       "category_id": ann["class_index"] + 1, "segmentation": ann["segmentation"],
+                                       "area": ann["area"], "bbox": ann["bbox"], "iscrowd": 0})
+    return doc
+
+
+# ------------------------------------------------------------------------------------ summaries
+
+
+def write_summary(out: Path, rows: list[dict], classes: Sequence[str]) -> tuple[Path, Path]:
+    """summary.csv (one row per image: status, reason, seconds, a share column per class) and
+    summary.json (the same rows)."""
+    columns = ["image", "output", "status", "reason", "seconds"] + [f"share:{c}" for c in classes]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, **{f"share:{c}": r.get("shares", {}).get(c, "") for c in classes}})
+    paths = [out / "summary.csv", out / "summary.json"]
+    with atomic_paths(paths) as tmp:
+        tmp[0].write_text(text.getvalue())
+        tmp[1].write_text(json.dumps({"images": rows}, indent=2))
+    return paths[0], paths[1]
