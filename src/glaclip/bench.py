@@ -301,11 +301,11 @@ def text_timing(weights: Path, classes: str, cache: Path, dtype: str = "fp32") -
 
     from .datasets import packaged_classes
     from .models import load_clip
-    from .text import TextEncoder, short_context_encoder
+    from .text import TextEncoder, read_class_file, short_context_encoder
     from .text_cache import EmbeddingCache, weights_fingerprint
 
     clip = load_clip("ViT-B-16-quickgelu", str(weights), device="cpu", dtype=dtype)
-    queries = list(packaged_classes(classes).queries)
+    queries = list((read_class_file(classes) if Path(classes).is_file() else packaged_classes(classes)).queries)
     tok = open_clip.get_tokenizer(clip.name)
     out = {}
     for mode in ("full", "short", "warm"):
