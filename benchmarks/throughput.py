@@ -47,7 +47,7 @@ def main() -> None:
     items = collect([str(tmp / "in")])
     rows = []
     labels = {}
-    for name, opts in (("one image at a time", Options(batch_images=1, workers=1)),
+    for name, opts in (("one image at a time, 1 decoding thread", Options(batch_images=1, workers=1)),
                        ("4 images per forward, 2 decoding threads", Options(batch_images=4, workers=2))):
         out = tmp / name.split()[0]
         start = time.perf_counter()

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
 from .collection import Item, ProgressLog, Shard, barrier, check_manifest, read_logs, write_atomic
+from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
 from .images import load_image
@@ -41,22 +41,43 @@ class Options:
     batch_images: int = 4  # images whose windows may share a backbone forward
     workers: int = 2  # background decoding threads
     overwrite: bool = False
+    save_encoding: bool = False  # also write NAME.encoding.safetensors (re-segment later without the backbones)
 
 
 def _identity(seg, queries: ClassQueries, opts: Options) -> dict:
     return {"format": FORMAT, "classes": [list(s) for s in queries.synonyms], "settings": seg.preset.settings(),
             "preset": seg.preset.to_dict(), **seg.models(), "dtype": str(seg.clip.dtype).replace("torch.", ""),
-            "outputs": {"save_probs": opts.save_probs, "alpha": opts.alpha, "export": opts.export}}
+            "outputs": {"save_probs": opts.save_probs, "alpha": opts.alpha, "export": opts.export,
+                        "save_encoding": opts.save_encoding}}
 
 
-def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, np.ndarray | Exception]]:
-    """Images decoded ahead in background threads (a bounded window), in order."""
+def _load_item(item: Item):
+    """An image as an array, or a saved encoding with its source image (None when that file is gone)."""
+    if not is_encoding_file(item.path):
+        return load_image(item.path)
+    enc = ImageEncoding.load(item.path)
+    rgb = None
+    if enc.image_path and Path(enc.image_path).is_file():
+        try:
+            rgb = load_image(enc.image_path)
+        except GlaclipError:
+            rgb = None
+    if rgb is not None and rgb.shape[:2] != tuple(enc.size):
+        rgb = None  # the file at that path is another image now
+    if rgb is None:
+        warnings.warn(f"the image of encoding {item.path} ({enc.image_path or 'unknown'}) is gone or changed; "
+                      "writing its outputs without the overlay", RuntimeWarning, stacklevel=2)
+    return enc, rgb
+
+
+def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, object]]:
+    """Images (or encodings) decoded ahead in background threads (a bounded window), in order."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         ahead = max(2, 2 * workers)
-        futures = [pool.submit(load_image, it.path) for it in items[:ahead]]
+        futures = [pool.submit(_load_item, it) for it in items[:ahead]]
         for i, item in enumerate(items):
             if i + ahead < len(items):
-                futures.append(pool.submit(load_image, items[i + ahead].path))
+                futures.append(pool.submit(_load_item, items[i + ahead]))
             try:
                 yield item, futures[i].result()
             except GlaclipError as exc:
@@ -92,8 +113,8 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
 
     def complete(it: Item) -> bool:
         rec = done.get(it.rel)
-        return bool(rec) and rec["status"] == "ok" and all(p.exists() for p in output_paths(out, it.rel,
-                                                                                            opts.save_probs))
+        return bool(rec) and rec["status"] == "ok" and all(
+            (out / f).exists() for f in rec.get("files", []))
 
     todo = [it for it in mine if not complete(it)]
     palette = distinct_palette(len(queries))
@@ -103,34 +124,51 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
                disable=not progress or shard.rank != 0, file=sys.stderr, smoothing=0.1)
     failures = []
     with ProgressLog(logs, shard.rank) as log:
-        batch: list[tuple[Item, np.ndarray]] = []
+        batch: list[tuple[Item, object]] = []
 
         def flush() -> None:
             if not batch:
                 return
             start = time.perf_counter()
+            images = [(k, rgb) for k, (_, rgb) in enumerate(batch) if not isinstance(rgb, tuple)]
+            encodings: dict[int, object] = {}
             try:
-                results = seg.predict_many([rgb for _, rgb in batch], queries)
+                for (k, _), enc in zip(images, seg.encode_images([rgb for _, rgb in images])):
+                    encodings[k] = enc
             except GlaclipError:  # isolate the image at fault
-                results = []
-                for it, rgb in batch:
+                for k, rgb in images:
                     try:
-                        results.append(seg.predict(rgb, queries))
+                        encodings[k] = seg.encode_images([rgb])[0]
                     except GlaclipError as exc:
-                        results.append(exc)
-            seconds = (time.perf_counter() - start) / len(batch)
-            for (it, rgb), res in zip(batch, results):
+                        encodings[k] = exc
+            per_image = (time.perf_counter() - start) / len(batch)  # the shared backbone work, split evenly
+            for k, (it, loaded) in enumerate(batch):
+                began = time.perf_counter()
+                if isinstance(loaded, tuple):
+                    encodings[k], rgb = loaded
+                else:
+                    rgb = loaded
+                    if not isinstance(encodings[k], Exception):
+                        encodings[k].image_path = str(it.path)
+                enc = encodings[k]
+                try:
+                    res = enc if isinstance(enc, Exception) else seg.predict(enc, queries)
+                except GlaclipError as exc:
+                    res = exc
                 if isinstance(res, Exception):
                     fail(it, str(res))
                     continue
-                paths = output_paths(out, it.rel, opts.save_probs)
+                paths = output_paths(out, it.rel, opts.save_probs, overlay=rgb is not None,
+                                     encoding=opts.save_encoding and not isinstance(loaded, tuple))
                 record = image_record(str(it.path), res.labels, res.classes, queries.synonyms, palette, settings,
                                       preset_dict, preset_line, models)
                 write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
-                                    res.probs if opts.save_probs else None)
+                                    res.probs if opts.save_probs else None, enc)
                 entry = {"output": it.rel, "image": str(it.path), "status": "ok", "reason": "",
-                         "seconds": round(seconds, 3), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-                         "shares": {c["name"]: c["share"] for c in record["classes"]}}
+                         "seconds": round(per_image + time.perf_counter() - began, 3),
+                         "width": int(res.labels.shape[1]), "height": int(res.labels.shape[0]),
+                         "shares": {c["name"]: c["share"] for c in record["classes"]},
+                         "files": [p.relative_to(out).as_posix() for p in paths.values()]}
                 if opts.export == "coco":
                     entry["annotations"] = coco_annotations(res.labels, len(queries))
                 log.add(entry)

@@ -20,6 +20,7 @@ import torch
 
 from .errors import GlaclipError
 
+ENCODING_SUFFIX = ".encoding.safetensors"  # encoding.SUFFIX: a saved image encoding counts as an image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2")
 
 
@@ -101,7 +102,8 @@ def collect(inputs: list[str | Path]) -> list[Item]:
             continue
         real_seen.add(real)
         rel = Path(os.path.relpath(os.path.abspath(path), base))
-        key = rel.with_suffix("").as_posix()
+        key = rel.as_posix()[: -len(ENCODING_SUFFIX)] if rel.name.endswith(ENCODING_SUFFIX) else \
+            rel.with_suffix("").as_posix()
         if key in seen:
             key = rel.as_posix().replace(".", "_")  # a.jpg and a.png side by side
         seen.add(key)

@@ -5,15 +5,18 @@ Needs the optional extra: ``pip install 'glaclip[demo]'``. Start it with ``glacl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from .errors import GlaclipError
+from .images import load_image
 from .presets import get_preset
 from .protocols import PRESETS
 from .text import parse_classes
@@ -31,11 +34,33 @@ def _import_gradio():
     return gr
 
 
+class EncodingCache:
+    """The last images' encodings (LRU, bounded in bytes), so a new class list skips the backbones."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, object] = OrderedDict()
+
+    def get_or_make(self, seg, rgb: np.ndarray):
+        """(encoding, reused?) of an image under this segmenter's settings."""
+        key = hashlib.sha1(rgb.tobytes() + str(rgb.shape).encode() +
+                           json.dumps(seg.encoding_identity(), sort_keys=True).encode()).hexdigest()
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key], True
+        enc = seg.encode_images([rgb])[0]
+        self._items[key] = enc
+        while len(self._items) > 1 and sum(e.nbytes for e in self._items.values()) > self.max_bytes:
+            self._items.popitem(last=False)
+        return enc, False
+
+
 def run_segmentation(seg, image: np.ndarray, classes_text: str, method: str, prob_thd: float, alpha: float,
-                     out_dir: Path, progress=None) -> dict:
+                     out_dir: Path, progress=None, encodings: EncodingCache | None = None) -> dict:
     """Everything the page shows for one request; also writes the downloadable files into out_dir.
 
-    progress: optional callable(fraction, desc) told about the text and image steps."""
+    progress: optional callable(fraction, desc) told about the text and image steps. encodings: kept
+    image encodings; an image seen before (same method and settings) skips the backbones."""
     def step(fraction: float, desc: str) -> None:
         if progress is not None:
             progress(fraction, desc=desc)
@@ -46,10 +71,16 @@ def run_segmentation(seg, image: np.ndarray, classes_text: str, method: str, pro
     chosen = seg.with_preset(get_preset(method, prob_thd=prob_thd))
     step(0.05, f"encoding {len(queries.queries)} class names (cached after the first time)")
     chosen.query_embeddings(queries)
-    step(0.35, "running CLIP and DINO over the image windows")
-    result = chosen.predict(image, queries)
+    rgb = load_image(image)
+    reused = False
+    if encodings is not None:
+        step(0.35, "encoding the image (CLIP and DINO over the windows), unless seen before")
+        enc, reused = encodings.get_or_make(chosen, rgb)
+    else:
+        step(0.35, "running CLIP and DINO over the image windows")
+        enc = chosen.encode_images([rgb])[0]
+    result = chosen.predict(enc, queries)
     step(0.9, "drawing the overlay and heat maps")
-    rgb = np.asarray(image)[..., :3].astype(np.uint8)
     palette = distinct_palette(len(queries))
     shares = result.shares()
     share_list = [shares[n] for n in result.classes]
@@ -76,6 +107,7 @@ def run_segmentation(seg, image: np.ndarray, classes_text: str, method: str, pro
         "heatmaps": [(heatmap(result.probs[i]), n) for i, n in enumerate(result.classes)],
         "files": [str(p) for p in files.values()],
         "preset_line": result.preset.describe(),
+        "reused": reused,
     }
 
 
@@ -84,6 +116,7 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
     gr = _import_gradio()
     work = Path(tempfile.mkdtemp(prefix="glaclip-demo-"))
     counter = {"n": 0}
+    encodings = EncodingCache()
 
     def on_submit(image, classes_text, method, prob_thd, alpha, progress=gr.Progress(track_tqdm=True)):
         if seg is None:
@@ -91,12 +124,14 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
         counter["n"] += 1
         try:
             r = run_segmentation(seg, image, classes_text, method, float(prob_thd), float(alpha),
-                                 work / f"request-{counter['n']}", progress=progress)
+                                 work / f"request-{counter['n']}", progress=progress, encodings=encodings)
         except GlaclipError as exc:
             print(f"glaclip: demo request {counter['n']}: {exc}", file=sys.stderr, flush=True)  # one line, no trace
             raise gr.Error(str(exc), print_exception=False) from None
+        note = ("Image encoding reused: only the class list was re-scored (the backbones did not run again). "
+                if r["reused"] else "")
         return (r["overlay"], r["legend"], r["labels"], r["table"], r["heatmaps"], r["files"],
-                f"`{r['preset_line']}`")
+                f"{note}`{r['preset_line']}`")
 
     with gr.Blocks(title="glaclip: GLA-CLIP open-vocabulary segmentation") as app:
         gr.Markdown("## glaclip: open-vocabulary segmentation with GLA-CLIP\n"

@@ -17,13 +17,21 @@ import numpy as np
 from .visualize import atomic_paths, label_image, overlay_with_legend
 
 
-def output_paths(out: Path, rel: str, save_probs: bool) -> list[Path]:
-    """labels PNG, overlay PNG, JSON record (and probabilities) of the image with relative path `rel`."""
+def output_paths(out: Path, rel: str, save_probs: bool = False, overlay: bool = True,
+                 encoding: bool = False) -> dict[str, Path]:
+    """The files of the image with relative path `rel`: labels PNG, overlay PNG, JSON record, and
+    optionally probabilities (.npz) and the image encoding (.encoding.safetensors)."""
+    from .encoding import SUFFIX
+
     base = out / rel
-    paths = [base.with_name(base.name + "_labels.png"), base.with_name(base.name + "_overlay.png"),
-             base.with_name(base.name + ".json")]
+    paths = {"labels": base.with_name(base.name + "_labels.png")}
+    if overlay:
+        paths["overlay"] = base.with_name(base.name + "_overlay.png")
+    paths["json"] = base.with_name(base.name + ".json")
     if save_probs:
-        paths.append(base.with_name(base.name + "_probs.npz"))
+        paths["probs"] = base.with_name(base.name + "_probs.npz")
+    if encoding:
+        paths["encoding"] = base.with_name(base.name + SUFFIX)
     return paths
 
 
@@ -39,18 +47,23 @@ def image_record(image: str, labels: np.ndarray, classes: Sequence[str], synonym
     }
 
 
-def write_image_outputs(paths: list[Path], rgb: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                        palette: np.ndarray, alpha: float, record: dict, probs=None) -> None:
-    """All files of one image, atomically together (see `output_paths` for their order)."""
+def write_image_outputs(paths: dict[str, Path], rgb: np.ndarray | None, labels: np.ndarray, classes: Sequence[str],
+                        palette: np.ndarray, alpha: float, record: dict, probs=None, encoding=None) -> None:
+    """All files of one image (see `output_paths`), atomically together."""
     shares = [c["share"] for c in record["classes"]]
-    with atomic_paths(paths) as tmp:
-        label_image(labels, palette).save(tmp[0], format="PNG")
-        overlay_with_legend(rgb, labels, classes, palette, alpha, shares).save(tmp[1], format="PNG")
-        tmp[2].write_text(json.dumps(record, indent=2))
-        if len(paths) > 3:
-            with open(tmp[3], "wb") as fh:
+    names = list(paths)
+    with atomic_paths(list(paths.values())) as tmp_list:
+        tmp = dict(zip(names, tmp_list))
+        label_image(labels, palette).save(tmp["labels"], format="PNG")
+        if "overlay" in tmp:
+            overlay_with_legend(rgb, labels, classes, palette, alpha, shares).save(tmp["overlay"], format="PNG")
+        tmp["json"].write_text(json.dumps(record, indent=2))
+        if "probs" in tmp:
+            with open(tmp["probs"], "wb") as fh:
                 np.savez_compressed(fh, probs=np.asarray(probs, dtype=np.float16), labels=labels.astype(np.int32),
                                     classes=np.array(list(classes)))
+        if "encoding" in tmp:
+            encoding.save_to(tmp["encoding"])
 
 
 # ---------------------------------------------------------------------------------------- COCO

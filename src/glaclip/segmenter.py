@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import uuid
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import accumulation_dtype, gla_attention, proxyclip_attention
+from .encoding import ImageEncoding
 from .errors import GlaclipError
 from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens, smoothed_proxy
 from .images import ImageInput, clip_to_imagenet, load_image, preprocess
@@ -98,6 +102,7 @@ class Segmenter:
         self.preset = preset or get_preset("gla-proxyclip")
         self.preset.validate()
         self.window_batch = window_batch
+        self._instance = uuid.uuid4().hex  # names this segmenter's random weights in encodings
         # The backbone forwards are the only fixed-shape, repeated work; everything else is cheap or global.
         wrap = torch.compile if compile else (lambda f: f)
         self._vfm_features = wrap(vfm.features) if vfm is not None else None
@@ -268,48 +273,85 @@ class Segmenter:
         """Steps 1-7 up to the last resize: cosine logits Q x h x w on the resized image (windows
         stitched) or, for whole-image inference without padding, on the token grid; and the resized,
         CLIP-normalised image 1 x 3 x h' x w'. One bilinear resize takes the logits to the original size."""
-        return self.image_canvases([rgb], queries)[0]
+        enc = self.encode_images([rgb])[0]
+        return self.canvas(enc, queries), enc.resized
+
+    def encoding_identity(self) -> dict:
+        """What an image encoding depends on: models (weights), precision, method, window and
+        attention settings (the decision settings apply after the text product and may differ)."""
+        models = self.models()
+        if "random" in (self.clip.weights, self.vfm.weights if self.vfm is not None else None):
+            models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
+        p = self.preset
+        return json.loads(json.dumps({"models": models, "dtype": str(self.clip.dtype).replace("torch.", ""),
+                                      "method": p.method, "window": dataclasses.asdict(p.window),
+                                      "attention": {k: v for k, v in dataclasses.asdict(p.attention).items()
+                                                    if k not in ("block_rows", "memory_mb")}}))
 
     @torch.no_grad()
-    def image_canvases(self, rgbs: list[np.ndarray], queries: ClassQueries,
-                       max_windows: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """`image_canvas` of several images, the windows of consecutive images of one window size
+    def encode_image(self, image: ImageInput) -> ImageEncoding:
+        """Everything before the text product (steps 1-5 and the projection), to be answered with
+        `predict(encoding, classes)` for any number of class lists."""
+        path = str(image) if isinstance(image, (str, os.PathLike)) else None
+        enc = self.encode_images([load_image(image)])[0]
+        enc.image_path = path
+        return enc
+
+    @torch.no_grad()
+    def encode_images(self, rgbs: list[np.ndarray], max_windows: int | None = None) -> list[ImageEncoding]:
+        """`encode_image` of several images, the windows of consecutive images of one window size
         sharing backbone forwards (up to max_windows, default 4 x window_batch, at a time); the
         attention stays per image."""
         w = self.preset.window
         acc = accumulation_dtype(self.clip.dtype)
-        text = self.query_embeddings(queries).to(acc)
         prepared = []
         for rgb in rgbs:
             x = preprocess(rgb, w.short_side, w.max_long_side, acc)
-            prepared.append((x, self.grid_for(x.shape[2], x.shape[3])))
+            prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3])))
         limit = max_windows or 4 * self.window_batch
+        identity = self.encoding_identity()
         out = []
         i = 0
         while i < len(prepared):
-            j, total = i + 1, prepared[i][1].count
-            while (j < len(prepared) and prepared[j][1].padded_size == prepared[i][1].padded_size
-                   and total + prepared[j][1].count <= limit):
-                total += prepared[j][1].count
+            j, total = i + 1, prepared[i][2].count
+            while (j < len(prepared) and prepared[j][2].padded_size == prepared[i][2].padded_size
+                   and total + prepared[j][2].count <= limit):
+                total += prepared[j][2].count
                 j += 1
-            crops = torch.cat([crop_windows(x.to(self.device), grid) for x, grid in prepared[i:j]])
-            feats, grid_hw = self.window_features(crops)
+            crops = torch.cat([crop_windows(x.to(self.device), grid) for _, x, grid in prepared[i:j]])
+            feats, (gh, gw) = self.window_features(crops)
             offset = 0
-            for x, grid in prepared[i:j]:
+            for size, x, grid in prepared[i:j]:
                 mine = {k: v[offset : offset + grid.count] for k, v in feats.items()}
                 offset += grid.count
-                out.append((self._canvas(self.final_tokens(mine, grid, grid_hw), grid, grid_hw, text), x))
+                final = self.final_tokens(mine, grid, (gh, gw))
+                emb = F.normalize(self.clip.head(final).to(acc), dim=-1).view(grid.count, gh, gw, -1)
+                out.append(ImageEncoding(emb, grid, tuple(size), x, identity))
             i = j
         return out
 
-    def _canvas(self, final: torch.Tensor, grid: WindowGrid, grid_hw: tuple[int, int], text: torch.Tensor
-                ) -> torch.Tensor:
-        gh, gw = grid_hw
-        emb = F.normalize(self.clip.head(final).to(text.dtype), dim=-1)
-        logits = (emb @ text.T).view(grid.count, gh, gw, -1).permute(0, 3, 1, 2)
-        if self.preset.window.crop == 0 and not any(grid.pad):  # whole image: token grid straight to the original
+    def check_encoding(self, enc: ImageEncoding) -> None:
+        """Refuse an encoding made with other models, method or settings."""
+        mine = self.encoding_identity()
+        if enc.identity != mine:
+            differ = sorted(k for k in set(mine) | set(enc.identity) if mine.get(k) != enc.identity.get(k))
+            raise GlaclipError(f"this image encoding was made with another {', '.join(differ)}; encode the image "
+                               "again with this segmenter")
+
+    def canvas(self, enc: ImageEncoding, queries: ClassQueries) -> torch.Tensor:
+        """The text product of an encoding: logits Q x h x w stitched on the resized image (or on the
+        token grid for whole-image inference), before the final resize."""
+        text = self.query_embeddings(queries).to(enc.embeddings.device, enc.embeddings.dtype)
+        logits = (enc.embeddings @ text.T).permute(0, 3, 1, 2)
+        if self.preset.window.crop == 0 and not any(enc.grid.pad):  # whole image: the grid straight to the original
             return logits[0]
-        return stitch(logits, grid)
+        return stitch(logits, enc.grid)
+
+    @torch.no_grad()
+    def image_canvases(self, rgbs: list[np.ndarray], queries: ClassQueries,
+                       max_windows: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`image_canvas` of several images (see `encode_images`)."""
+        return [(self.canvas(enc, queries), enc.resized) for enc in self.encode_images(rgbs, max_windows)]
 
     @torch.no_grad()
     def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,25 +379,28 @@ class Segmenter:
                 prob_thd: float | None = None) -> Segmentation:
         """Segment one image into the given classes.
 
-        image: path, PIL image, HxWx3 uint8 array, or tensor (floats in [0, 1]). classes: names,
+        image: path, PIL image, HxWx3 uint8 array, tensor (floats in [0, 1]), or an ImageEncoding
+        from `encode_image` (then only the text product and the decision run). classes: names,
         synonym lists, or one string in the class syntax ("sky, car; vehicle, road": commas or
         newlines separate classes, ';' synonyms). prob_thd (default: the preset's): pixels whose top
         class probability is below it get index 0, so put a background class first when using it.
         """
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
-        rgb = load_image(image)
-        canvas, resized = self.image_canvas(rgb, queries)
-        return self._decide_bands(canvas, resized, rgb.shape[:2], queries, preset)
+        if isinstance(image, ImageEncoding):
+            self.check_encoding(image)
+            enc = image
+        else:
+            enc = self.encode_images([load_image(image)])[0]
+        return self._decide_bands(self.canvas(enc, queries), enc.resized, enc.size, queries, preset)
 
     def predict_many(self, images: list[ImageInput], classes: Iterable[ClassSpec] | str | ClassQueries,
                      prob_thd: float | None = None, max_windows: int | None = None) -> list[Segmentation]:
         """`predict` for several images, their windows sharing backbone forwards (same results)."""
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
-        rgbs = [load_image(im) for im in images]
-        return [self._decide_bands(canvas, resized, rgb.shape[:2], queries, preset)
-                for rgb, (canvas, resized) in zip(rgbs, self.image_canvases(rgbs, queries, max_windows))]
+        encs = self.encode_images([load_image(im) for im in images], max_windows)
+        return [self._decide_bands(self.canvas(enc, queries), enc.resized, enc.size, queries, preset) for enc in encs]
 
     @torch.no_grad()
     def _decide_bands(self, canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int],
