@@ -53,3 +53,18 @@ def write_folder(root: Path, n: int = 4, size=(60, 120), classes=("sky", "road; 
     for i in range(n):
         Image.fromarray(structured_image(*size, seed=10 + i)).save(root / "images" / f"img{i}.png")
         Image.fromarray(label_map(*size, len(classes), seed=10 + i)).save(root / "labels" / f"img{i}.png")
+
+
+def kill_when_logged(cmd: list[str], log: Path, lines: int = 2, timeout: float = 120) -> int:
+    """Start cmd, SIGKILL it once its progress log holds `lines` lines; returns the lines logged."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < lines):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(log.read_text().splitlines())

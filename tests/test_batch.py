@@ -3,14 +3,13 @@ COCO export, failures listed, windows of several images batched."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from conftest import structured_image
+from datafixtures import kill_when_logged
 from PIL import Image
 
 from glaclip import GlaclipError
@@ -141,14 +140,8 @@ def test_killed_run_resumes_to_identical_outputs(tiny_files, tmp_path):
     cmd = [sys.executable, "-m", "glaclip", "segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
            tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
            "--device", "cpu", "--set", "short_side=112", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "o" / ".glaclip-progress" / "rank0.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = len(log.read_text().splitlines())
+    before = kill_when_logged(cmd, log)
     assert 2 <= before < 8 and not (tmp_path / "o" / "coco.json").exists()
     resumed = run(tiny_files, *args)
     assert resumed.returncode == 0, resumed.stderr

@@ -1,13 +1,11 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from datafixtures import write_folder, write_layout
+from datafixtures import kill_when_logged, write_folder, write_layout
 
 from glaclip import GlaclipError, get_preset
 from glaclip.datasets import open_dataset
@@ -103,14 +101,8 @@ def test_killed_process_resumes(tiny_files, tmp_path):
     cmd = [sys.executable, "-m", "glaclip", "eval", *args, "--clip", tiny_files["clip"], "--clip-weights",
            tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
            "--device", "cpu", "--set", "short_side=224"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "o" / "progress" / "rank0.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(log.read_text().splitlines())
+    done_before = kill_when_logged(cmd, log)
     assert 2 <= done_before < 6
     assert _cli(tiny_files, *args).returncode == 0
     fresh = _cli(tiny_files, *args[:4], "--out", str(tmp_path / "fresh"), "-q")
