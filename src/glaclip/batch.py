@@ -117,6 +117,8 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
             (out / f).exists() for f in rec.get("files", []))
 
     todo = [it for it in mine if not complete(it)]
+    if todo:
+        seg.query_embeddings(queries)  # once, with its own progress bar, before the images' bar starts
     palette = distinct_palette(len(queries))
     settings = seg.preset.settings(queries.queries)
     preset_dict, preset_line, models = seg.preset.to_dict(), seg.preset.describe(), seg.models()
