@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .collection import Item, ProgressLog, Shard, barrier, check_manifest, read_logs, write_atomic
+from .collection import Item, ProgressLog, Shard, barrier, check_manifest, check_random_weights, read_logs, write_atomic
 from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
@@ -95,12 +95,8 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     shard = shard or Shard()
     out = Path(out)
     logs = out / PROGRESS
-    randomised = "random" in (seg.clip.weights, seg.vfm.weights if seg.vfm is not None else None)
-    if randomised and shard.distributed:
-        raise GlaclipError("random weights differ in every process; save them to files to shard a run")
-    if randomised and not opts.overwrite and (out / MANIFEST).exists() and read_logs(logs, "output"):
-        raise GlaclipError(f"{out} holds a run with random weights, which differ in every process: resuming would "
-                           "mix two models; use --overwrite (or weights files)")
+    check_random_weights(seg.models(), shard, not opts.overwrite and (out / MANIFEST).exists()
+                         and bool(read_logs(logs, "output")), out, "--overwrite")
     check_manifest(out / MANIFEST, _identity(seg, queries, opts), not opts.overwrite, shard, what="segmentation run")
     if shard.rank == 0:  # before any rank writes: no temporary file can be in use
         if opts.overwrite:

@@ -302,18 +302,17 @@ def text_timing(weights: Path, classes: str, cache: Path, dtype: str = "fp32") -
     from .datasets import packaged_classes
     from .models import load_clip
     from .text import TextEncoder, read_class_file, short_context_encoder
-    from .text_cache import EmbeddingCache, weights_fingerprint
+    from .text_cache import clip_text_cache
 
     clip = load_clip("ViT-B-16-quickgelu", str(weights), device="cpu", dtype=dtype)
     queries = list((read_class_file(classes) if Path(classes).is_file() else packaged_classes(classes)).queries)
     tok = open_clip.get_tokenizer(clip.name)
     out = {}
     for mode in ("full", "short", "warm"):
-        disk = EmbeddingCache(cache, lambda: {"model": clip.name, "dtype": str(clip.dtype),
-                                              "text_weights": weights_fingerprint(clip.text_tensors())})
         enc = TextEncoder(clip.encode_text, tok, clip.visual.conv1.weight.device, progress=False,
-                          short_encode=None if mode == "full" else short_context_encoder(clip.model),
-                          cache=disk if mode != "full" else None)
+                          short_encode=None if mode == "full" else short_context_encoder(clip.model))
+        if mode != "full":
+            enc.disk = clip_text_cache(clip, enc.prompt_strings, cache)
         start = time.perf_counter()
         enc.embed(queries)
         out[mode] = time.perf_counter() - start

@@ -186,6 +186,19 @@ def check_manifest(path: Path, identity: dict, resume: bool, shard: Shard, what:
     barrier(shard)
 
 
+def check_random_weights(models: dict, shard: Shard, resuming_work: bool, out: Path, restart_flag: str) -> None:
+    """Random weights differ in every process: such a run can be neither sharded nor resumed.
+
+    models: `Segmenter.models()`; resuming_work: a resume would continue finished items in `out`."""
+    randomised = "random" in (models["clip"]["weights"], (models.get("vfm") or {}).get("weights"))
+    if randomised and shard.distributed:
+        raise GlaclipError("random weights differ in every process, so the shards would run different models; "
+                           "save the weights to files (or run one process)")
+    if randomised and resuming_work:
+        raise GlaclipError(f"{out} holds a run with random weights, which differ in every process: resuming would mix "
+                           f"two models in one result; use {restart_flag} (or weights files)")
+
+
 def read_logs(folder: Path, key: str = "name") -> dict[str, dict]:
     """Records of every rank's progress log (`rank*.jsonl`), first record per key; a torn last line
     (from a killed process) is ignored."""

@@ -17,7 +17,16 @@ from typing import Callable
 
 import numpy as np
 
-from .collection import ProgressLog, Shard, all_reduce, barrier, check_manifest, read_logs, write_atomic
+from .collection import (
+    ProgressLog,
+    Shard,
+    all_reduce,
+    barrier,
+    check_manifest,
+    check_random_weights,
+    read_logs,
+    write_atomic,
+)
 from .datasets import SegDataset
 from .errors import GlaclipError
 from .images import load_image, resized_shape
@@ -43,13 +52,8 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -
 
 def _prepare(out: Path, identity: dict, resume: bool, shard: Shard) -> dict[str, dict]:
     progress = out / "progress"
-    randomised = "random" in (identity["clip"]["weights"], (identity.get("vfm") or {}).get("weights"))
-    if randomised and shard.distributed:
-        raise GlaclipError("random weights differ in every process, so the shards would evaluate different models; "
-                           "save the weights to files (or run one process)")
-    if randomised and resume and (out / "run.json").exists() and read_logs(progress):
-        raise GlaclipError(f"{out} holds a run with random weights, which differ in every process: resuming would mix "
-                           "two models in one result; use --no-resume (or weights files)")
+    check_random_weights(identity, shard, resume and (out / "run.json").exists() and bool(read_logs(progress)), out,
+                         "--no-resume")
     progress.mkdir(parents=True, exist_ok=True)
     check_manifest(out / "run.json", identity, resume, shard)
     if shard.rank == 0 and not resume:

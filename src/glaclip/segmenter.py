@@ -21,8 +21,8 @@ from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, MissingWeights, VfmTow
 from .postprocess import area_keep, area_threshold, pamr
 from .presets import Preset, get_preset
 from .protocols import resolve
-from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder, templates
-from .text_cache import EmbeddingCache, cache_root, weights_fingerprint
+from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder
+from .text_cache import clip_text_cache
 from .windows import WindowGrid, crop_windows, resize_rows, stitch, token_index, window_grid
 
 _BAND_BYTES = 256 * 2**20  # full-resolution logits and probabilities held at once, per band of rows
@@ -109,14 +109,11 @@ class Segmenter:
         self._clip_values = wrap(clip.value_tokens)
         self._clip_block_input = wrap(clip.last_block_input)
         self.device = clip.visual.conv1.weight.device
-        cache = None
-        if text_cache and clip.weights != "random":
-            cache = EmbeddingCache(cache_root(), lambda: {
-                "model": clip.name, "dtype": str(clip.dtype), "templates": [t("{}") for t in templates()],
-                "text_weights": weights_fingerprint(clip.text_tensors())})
         self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device,
                                 short_encode=None if os.environ.get("GLACLIP_FULL_CONTEXT_TEXT") else
-                                short_context_encoder(clip.model), cache=cache, progress=progress)
+                                short_context_encoder(clip.model), progress=progress)
+        if text_cache and clip.weights != "random":
+            self.text.disk = clip_text_cache(clip, self.text.prompt_strings)
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._check_grids()
 

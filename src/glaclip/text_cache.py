@@ -115,6 +115,14 @@ class EmbeddingCache:
                           "embeddings are not kept for the next run", RuntimeWarning, stacklevel=2)
 
 
+def clip_text_cache(clip, prompt_strings: Callable[[], list[str]], root: Path | None = None) -> EmbeddingCache:
+    """The cache of a loaded CLIP tower (`models.ClipTower`), keyed by its text weights' content, its
+    architecture, precision and the rendered prompt templates."""
+    return EmbeddingCache(root or cache_root(), lambda: {
+        "model": clip.name, "dtype": str(clip.dtype), "templates": prompt_strings(),
+        "text_weights": weights_fingerprint(clip.text_tensors())})
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
