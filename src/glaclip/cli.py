@@ -36,8 +36,7 @@ def _class_list(classes: List[str], class_file: Optional[Path]):
         return read_class_file(class_file)
     if not classes:
         raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
-    items = [item for group in classes for item in group.split(",")]
-    return parse_classes([i for i in items if i.strip()])
+    return parse_classes("\n".join(classes))  # one class syntax: commas and newlines separate classes
 
 
 def _overrides(settings: List[str]) -> dict:

@@ -15,14 +15,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
-from .visualize import current_umask
+from .visualize import atomic_paths
 
 CACHE_ENV = "GLACLIP_CACHE_DIR"
 FORMAT = 1
@@ -105,11 +104,12 @@ class EmbeddingCache:
             folder.mkdir(parents=True, exist_ok=True)
             info = folder / "model.json"
             if not info.exists():
-                _atomic_write(info, lambda p: p.write_text(json.dumps(self._info, indent=2)))
+                with atomic_paths([info]) as (tmp,):
+                    tmp.write_text(json.dumps(self._info, indent=2))
             for q, vec in vectors.items():
                 tensor = vec.detach().to("cpu", torch.float32).contiguous()
-                _atomic_write(folder / self._name(q),
-                              lambda p, t=tensor, q=q: save_file({"embedding": t}, str(p), metadata={"query": q}))
+                with atomic_paths([folder / self._name(q)]) as (tmp,):
+                    save_file({"embedding": tensor}, str(tmp), metadata={"query": q})
         except OSError as exc:
             warnings.warn(f"cannot write the text cache in {folder} ({exc.strerror or exc}); "
                           "embeddings are not kept for the next run", RuntimeWarning, stacklevel=2)
@@ -121,18 +121,6 @@ def clip_text_cache(clip, prompt_strings: Callable[[], list[str]], root: Path | 
     return EmbeddingCache(root or cache_root(), lambda: {
         "model": clip.name, "dtype": str(clip.dtype), "templates": prompt_strings(),
         "text_weights": weights_fingerprint(clip.text_tensors())})
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cache_info(root: Path | None = None) -> dict:
