@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Union
@@ -17,6 +18,7 @@ from .errors import GlaclipError
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 MAX_PIXELS_ENV = "GLACLIP_MAX_PIXELS"
+_OPEN_LOCK = threading.Lock()
 DEFAULT_MAX_PIXELS = 50_000_000  # full-resolution logits and probabilities grow with the pixel count
 
 
@@ -75,15 +77,17 @@ def _open(path: Path) -> Image.Image:
     if path.is_dir():
         raise GlaclipError(f"expected an image file, got a directory: {path}")
     try:
-        with warnings.catch_warnings():  # our own pixel limit replaces Pillow's decompression-bomb guard
+        # our own pixel limit replaces Pillow's decompression-bomb guard, which Image.open applies from a
+        # process-wide setting: lift it only around the header read, one thread at a time
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 img = Image.open(path)
-                check_size(*img.size, what=f"image {path}")
-                img.load()
             finally:
                 Image.MAX_IMAGE_PIXELS = old
+        check_size(*img.size, what=f"image {path}")
+        img.load()
     except UnidentifiedImageError:
         raise GlaclipError(f"cannot read image {path}: not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
