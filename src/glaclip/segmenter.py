@@ -345,12 +345,6 @@ class Segmenter:
         return stitch(logits, enc.grid)
 
     @torch.no_grad()
-    def image_canvases(self, rgbs: list[np.ndarray], queries: ClassQueries,
-                       max_windows: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """`image_canvas` of several images (see `encode_images`)."""
-        return [(self.canvas(enc, queries), enc.resized) for enc in self.encode_images(rgbs, max_windows)]
-
-    @torch.no_grad()
     def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
         """Stitched cosine logits Q x H x W at the original image size (steps 1-7), and the resized,
         CLIP-normalised image 1 x 3 x h x w they came from."""

@@ -125,15 +125,14 @@ def short_context_encoder(model) -> Callable[[torch.Tensor], torch.Tensor] | Non
 class TextEncoder:
     """Embeds text queries with a CLIP text tower (METHOD.md step 6).
 
-    Each query is encoded once per encoder and, with a `cache` (text_cache.EmbeddingCache), once per
+    Each query is encoded once per encoder and, with `disk` set (a text_cache.EmbeddingCache), once per
     model on this machine. Prompts of all new queries are encoded together, in batches of similar
     length, each batch only up to its longest prompt where `short_encode` is given (exact).
     """
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], tokenizer: Callable, device: torch.device,
                  prompt_templates: Sequence[Callable[[str], str]] | None = None, batch_size: int = 256,
-                 short_encode: Callable[[torch.Tensor], torch.Tensor] | None = None, cache=None,
-                 progress: bool = True):
+                 short_encode: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True):
         self._encode = encode
         self._short = short_encode
         self._tokenizer = tokenizer
@@ -141,7 +140,7 @@ class TextEncoder:
         self._templates = list(prompt_templates or templates())
         self._batch = batch_size
         self._cache: dict[str, torch.Tensor] = {}
-        self.disk = cache
+        self.disk = None  # a text_cache.EmbeddingCache, set by the owner (its key needs prompt_strings())
         self.progress = progress
         self.context_length = getattr(tokenizer, "context_length", 77)
 
