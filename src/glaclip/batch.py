@@ -2,25 +2,52 @@
 torchrun, with background decoding, windows of consecutive images batched into one backbone forward,
 per-image outputs mirrored under --out, a COCO export and a run summary.
 
-Layout of --out: the per-image files (`export.output_paths`), `glaclip-run.json` (the manifest: every
-setting; a resume with other settings is refused), `.glaclip-progress/rank<R>.jsonl` (one fsynced
-line per finished image: status, seconds, shares, COCO annotations), and at the end `summary.csv`,
+Layout of --out: the per-image files (`export.output_paths`), `glaclip-run.json` (the manifest: the
+inputs and every setting that changes a file's content, which a resume must match, and the kinds of
+extra outputs asked for), `.glaclip-progress/rank<R>.jsonl` (one fsynced line per finished image:
+status, seconds, shares, its files by kind, COCO annotations), and at the end `summary.csv`,
 `summary.json` and with --export coco `coco.json`, written by rank 0 from the logs in input order,
 so an interrupted-and-resumed or a sharded run ends with exactly the files of a plain run.
+
+A rerun that asks for other extra outputs (--save-probs, --save-encoding, --export coco) continues
+the run: finished images that lack a newly asked-for kind are recomputed, and at the end rank 0
+removes every file the logs record that this run does not write (the kinds no longer asked for).
+--overwrite starts over: it lists the earlier run's recorded files in `.glaclip-progress/
+superseded.json` and the end of the new run removes those it did not rewrite. Only files the logs
+record, with the names this module gives, inside --out, are ever removed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from .collection import Item, ProgressLog, Shard, barrier, check_manifest, check_random_weights, read_logs, write_atomic
+from .collection import (
+    MANIFEST,
+    PROGRESS,
+    Item,
+    ProgressLog,
+    Shard,
+    barrier,
+    check_manifest,
+    check_random_weights,
+    input_identity,
+    input_root,
+    iter_logs,
+    output_suffixes,
+    read_logs,
+    read_manifest,
+    refuse_other_settings,
+    same_on_all_ranks,
+    write_atomic,
+)
 from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
@@ -28,9 +55,8 @@ from .images import load_image
 from .text import ClassQueries
 from .visualize import distinct_palette, remove_stale_temporaries
 
-MANIFEST = "glaclip-run.json"
-PROGRESS = ".glaclip-progress"
-FORMAT = 1
+FORMAT = 2
+SUPERSEDED = "superseded.json"  # in PROGRESS: files of an earlier run that the end of this one removes
 
 
 @dataclass
@@ -44,11 +70,118 @@ class Options:
     save_encoding: bool = False  # also write NAME.encoding.safetensors (re-segment later without the backbones)
 
 
-def _identity(seg, queries: ClassQueries, opts: Options) -> dict:
-    return {"format": FORMAT, "classes": [list(s) for s in queries.synonyms], "settings": seg.preset.settings(),
-            "preset": seg.preset.to_dict(), **seg.models(), "dtype": str(seg.clip.dtype).replace("torch.", ""),
-            "outputs": {"save_probs": opts.save_probs, "alpha": opts.alpha, "export": opts.export,
-                        "save_encoding": opts.save_encoding}}
+def _identity(seg, queries: ClassQueries, opts: Options, items: list[Item]) -> dict:
+    """What a resumed run must match: the inputs and everything that changes an output file's content."""
+    return {"format": FORMAT, "inputs": input_identity(items), "classes": [list(s) for s in queries.synonyms],
+            "settings": seg.preset.settings(), "preset": seg.preset.to_dict(), **seg.models(),
+            "dtype": str(seg.clip.dtype).replace("torch.", ""), "alpha": opts.alpha}
+
+
+def _outputs(opts: Options) -> dict:
+    """The kinds of extra outputs asked for (may change between the invocations of one run)."""
+    return {"save_probs": opts.save_probs, "save_encoding": opts.save_encoding, "export": opts.export}
+
+
+def _kept_kinds(opts: Options) -> set[str]:
+    """The kinds of per-image files this run writes (the overlay only where the image is at hand)."""
+    return {"labels", "overlay", "json"} | ({"probs"} if opts.save_probs else set()) | (
+        {"encoding"} if opts.save_encoding else set())
+
+
+def _files(rec: dict) -> dict[str, str]:
+    """A log record's files by kind (format 1 logs listed them without kinds)."""
+    files = rec.get("files") or {}
+    return files if isinstance(files, dict) else {str(i): f for i, f in enumerate(files)}
+
+
+def _refuse_other_run(old: dict, identity: dict, out: Path) -> None:
+    """A resume continues only the same run: same format, same inputs, same settings."""
+    again = "use another --out, or start over with --overwrite"
+    if not old:
+        raise GlaclipError(f"{out} holds an earlier run whose {MANIFEST} is missing or cannot be read; {again}")
+    if old.get("format") != FORMAT:
+        raise GlaclipError(f"{out} holds a segmentation run of another glaclip version (format "
+                           f"{old.get('format')}); {again}")
+    was, now = old.get("inputs") or {}, identity["inputs"]
+    if was != now:
+        same = "the same number under the same folder, but other files" if (
+            was.get("images"), was.get("root")) == (now["images"], now["root"]) else \
+            f"now {now['images']} under {now['root']}"
+        raise GlaclipError(f"{out} holds a segmentation run over other inputs ({was.get('images')} images under "
+                           f"{was.get('root')}; {same}); a different input set is a different run: {again}")
+    refuse_other_settings({k: v for k, v in old.items() if k != "outputs"}, identity, out, "segmentation run",
+                          "--overwrite")
+
+
+def _supersede(out: Path, old: dict | None, overwrite: bool) -> None:
+    """Rank 0, before any image: list the earlier run's files that the end of this run removes unless
+    it rewrote them; on --overwrite drop the earlier logs."""
+    logs = out / PROGRESS
+    listed = set(_superseded(out))
+    if overwrite:
+        for rec in iter_logs(logs):
+            listed |= set(_files(rec).values())
+    if old and (old.get("outputs") or {}).get("export") == "coco":
+        listed.add("coco.json")
+    if listed:
+        logs.mkdir(parents=True, exist_ok=True)
+        write_atomic(logs / SUPERSEDED, json.dumps(sorted(listed), indent=0))
+    if overwrite:
+        for f in logs.glob("rank*.jsonl"):
+            f.unlink()
+
+
+def _superseded(out: Path) -> list[str]:
+    try:
+        listed = json.loads((out / PROGRESS / SUPERSEDED).read_text())
+    except (OSError, ValueError):
+        return []
+    return [f for f in listed if isinstance(f, str)] if isinstance(listed, list) else []
+
+
+def _remove_recorded(out: Path, rels: set[str]) -> list[str]:
+    """Remove the files `rels` (relative to out) that carry this module's output names and lie inside
+    out (a folder replaced by a link to elsewhere is left alone); then their emptied folders."""
+    ours = output_suffixes() + ("coco.json",)
+    top = os.path.realpath(out)
+    removed = []
+    for rel in sorted(rels):
+        p = PurePosixPath(rel)
+        path = out / p
+        if p.is_absolute() or ".." in p.parts or not rel.endswith(ours) or \
+                os.path.commonpath([top, os.path.realpath(path.parent)]) != top:
+            continue
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            removed.append(rel)
+            for parent in path.parents:
+                if parent == out or not parent.is_relative_to(out):
+                    break
+                try:
+                    parent.rmdir()  # only an emptied folder
+                except OSError:
+                    break
+    return removed
+
+
+def _complete(rec: dict | None, it: Item, out: Path, opts: Options) -> bool:
+    """A finished image: logged ok, every kind of file this run writes for it recorded and present."""
+    if not rec or rec["status"] != "ok" or (opts.export == "coco" and "annotations" not in rec):
+        return False
+    files, kinds = _files(rec), _kept_kinds(opts)
+    if is_encoding_file(it.path):
+        kinds -= {"encoding", "overlay"}  # an encoding is not saved again; its overlay needs its image
+    return kinds <= files.keys() and all((out / f).exists() for k, f in files.items() if k in _kept_kinds(opts))
+
+
+def _file_name(it: Item, loaded, root: Path) -> str:
+    """COCO's file_name: the image's path relative to the input root (for a saved encoding, the path
+    of the image it was made from, relative to the root where it lies under it)."""
+    image = loaded[0].image_path if isinstance(loaded, tuple) else None
+    if not image:
+        return it.name
+    image = Path(os.path.abspath(image))
+    return image.relative_to(root).as_posix() if image.is_relative_to(root) else image.as_posix()
 
 
 def _load_item(item: Item):
@@ -89,30 +222,34 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
                        shard: Shard | None = None, progress: bool = True, echo=None) -> dict:
     """Segment `items` into `out`; returns {"images", "done", "failed", "skipped", "failures": [...]}.
 
-    A finished image (its log line and all its files present) is skipped unless opts.overwrite."""
+    A finished image (logged ok, with every kind of file this run writes) is skipped unless
+    opts.overwrite. A resume must name the same inputs and settings (refused otherwise)."""
     from tqdm import tqdm
 
     shard = shard or Shard()
     out = Path(out)
     logs = out / PROGRESS
-    check_random_weights(seg.models(), shard, not opts.overwrite and (out / MANIFEST).exists()
-                         and bool(read_logs(logs, "output")), out, "--overwrite")
-    check_manifest(out / MANIFEST, _identity(seg, queries, opts), not opts.overwrite, shard, what="segmentation run")
-    if shard.rank == 0:  # before any rank writes: no temporary file can be in use
-        if opts.overwrite:
-            for f in logs.glob("rank*.jsonl"):
-                f.unlink()
-        remove_stale_temporaries(out)
+    identity = _identity(seg, queries, opts, items)
+    if not same_on_all_ranks(json.dumps(identity["inputs"]), shard):
+        raise GlaclipError("the processes found different input files (did files change while the run started?); "
+                           "run it again")
+    old = read_manifest(out / MANIFEST)
+    resuming = not opts.overwrite and (old is not None or bool(read_logs(logs, "output")))
+    check_random_weights(seg.models(), shard, resuming and bool(read_logs(logs, "output")), out, "--overwrite")
+    if resuming:  # every rank checks, so every rank stops alike
+        _refuse_other_run(old or {}, identity, out)
     barrier(shard)
-    done = {} if opts.overwrite else read_logs(logs, "output")
+    if shard.rank == 0:  # before any rank writes: no temporary file can be in use
+        _supersede(out, old, opts.overwrite)
+        remove_stale_temporaries(out)
+    check_manifest(out / MANIFEST, identity, False, shard, extra={"outputs": _outputs(opts)})
+    done = read_logs(logs, "output", order="attempt")
+    attempt = 1 + max((r.get("attempt", 0) for r in iter_logs(logs)), default=0)
+    barrier(shard)  # every rank has read the logs before any rank appends to them
     mine = items[shard.rank :: shard.world]
+    root = input_root(items)
 
-    def complete(it: Item) -> bool:
-        rec = done.get(it.rel)
-        return bool(rec) and rec["status"] == "ok" and all(
-            (out / f).exists() for f in rec.get("files", []))
-
-    todo = [it for it in mine if not complete(it)]
+    todo = [it for it in mine if not _complete(done.get(it.rel), it, out, opts)]
     if todo:
         seg.query_embeddings(queries)  # once, with its own progress bar, before the images' bar starts
     palette = distinct_palette(len(queries))
@@ -162,11 +299,12 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
                                       preset_dict, preset_line, models)
                 write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
                                     res.probs if opts.save_probs else None, enc)
-                entry = {"output": it.rel, "image": str(it.path), "status": "ok", "reason": "",
+                entry = {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "ok", "reason": "",
                          "seconds": round(per_image + time.perf_counter() - began, 3),
+                         "file_name": _file_name(it, loaded, root),
                          "width": int(res.labels.shape[1]), "height": int(res.labels.shape[0]),
                          "shares": {c["name"]: c["share"] for c in record["classes"]},
-                         "files": [p.relative_to(out).as_posix() for p in paths.values()]}
+                         "files": {k: p.relative_to(out).as_posix() for k, p in paths.items()}}
                 if opts.export == "coco":
                     entry["annotations"] = coco_annotations(res.labels, len(queries))
                 log.add(entry)
@@ -175,7 +313,8 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
 
         def fail(it: Item, reason: str) -> None:
             failures.append(f"{it.path}: {reason}")
-            log.add({"output": it.rel, "image": str(it.path), "status": "failed", "reason": reason, "seconds": None})
+            log.add({"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "failed", "reason": reason,
+                     "seconds": None})
             bar.write(f"glaclip: skipped {reason}", file=sys.stderr)
             bar.update(1)
 
@@ -191,25 +330,39 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     barrier(shard)
     summary = {"images": len(items), "failures": failures}
     if shard.rank == 0:
-        summary.update(_finish(out, items, queries, opts, settings))
+        summary.update(_finish(out, items, queries, opts, settings, resuming))
     barrier(shard)
     return summary
 
 
-def _finish(out: Path, items: list[Item], queries: ClassQueries, opts: Options, settings: dict) -> dict:
-    """Summary (and COCO file) from every rank's log, in input order."""
-    records = read_logs(out / PROGRESS, "output")
+def _finish(out: Path, items: list[Item], queries: ClassQueries, opts: Options, settings: dict,
+            resumed: bool) -> dict:
+    """Summary (and COCO file) from every rank's log, in input order; then remove the files earlier
+    invocations recorded that this run does not write."""
+    records = read_logs(out / PROGRESS, "output", order="attempt")
     rows, coco_images = [], []
+    keep = {MANIFEST, "summary.csv", "summary.json"} | ({"coco.json"} if opts.export == "coco" else set())
     for it in items:
         rec = records.get(it.rel) or {"status": "missing", "reason": "not processed", "seconds": None}
         rows.append({"image": str(it.path), "output": it.rel, "status": rec["status"], "reason": rec.get("reason", ""),
                      "seconds": rec.get("seconds"), "shares": rec.get("shares", {})})
+        if rec["status"] == "ok":
+            keep |= {f for k, f in _files(rec).items() if k in _kept_kinds(opts)}
         if opts.export == "coco" and rec["status"] == "ok":
-            coco_images.append({"file_name": it.rel + it.path.suffix, "width": rec["width"], "height": rec["height"],
+            coco_images.append({"file_name": rec["file_name"], "width": rec["width"], "height": rec["height"],
                                 "annotations": rec["annotations"]})
     csv_path, json_path = write_summary(out, rows, queries.names)
     written = {"summary": [str(csv_path), str(json_path)], "failed": sum(r["status"] != "ok" for r in rows)}
     if opts.export == "coco":
         write_atomic(out / "coco.json", json.dumps(coco_document(coco_images, queries.names, settings)))
         written["coco"] = str(out / "coco.json")
+    recorded = set(_superseded(out))
+    for rec in iter_logs(out / PROGRESS):
+        recorded |= set(_files(rec).values())
+    written["removed"] = _remove_recorded(out, recorded - keep)
+    (out / PROGRESS / SUPERSEDED).unlink(missing_ok=True)
+    if written["removed"] and resumed:
+        n = len(written["removed"])
+        warnings.warn(f"removed {n} file{'s' * (n != 1)} of the earlier invocation that this one does not write "
+                      f"(e.g. {written['removed'][0]})", RuntimeWarning, stacklevel=2)
     return written

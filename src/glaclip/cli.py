@@ -131,6 +131,10 @@ def segment(
                                      "backbone forward (results do not change); 0: 4 on CUDA, 1 on CPU (measured no "
                                      "faster there)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Threads decoding images ahead."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Split the images across N processes on this "
+                                  "machine (one GPU each where there are GPUs), as `torchrun --standalone "
+                                  "--nproc-per-node N` does, but a failure ends in glaclip's one line per process "
+                                  "rather than torchrun's report."),
     save_encoding: bool = typer.Option(False, "--save-encoding", help="Also write NAME.encoding.safetensors: segment "
                                        "it later with other classes (glaclip segment NAME.encoding.safetensors -c ...) "
                                        "without running the backbones again."),
@@ -149,11 +153,11 @@ def segment(
     Writes, per image, NAME_labels.png (palette PNG, value = class index), NAME_overlay.png (colours
     over the image, legend below), NAME.json (per-class pixel shares and every setting), and with
     --save-probs NAME_probs.npz, mirroring the input folders under --out; then summary.csv/.json (and
-    coco.json with --export coco). A rerun resumes; torchrun --nproc-per-node K shards the images.
-    Images that cannot be read are listed in the summary and the exit code is non-zero.
+    coco.json with --export coco). A rerun resumes; --processes K (or torchrun --nproc-per-node K)
+    shards the images. Images that cannot be read are listed in the summary and the exit code is non-zero.
     """
     from .batch import Options, segment_collection
-    from .collection import collect, shard_from_env
+    from .collection import barrier, collect, leave, shard_from_env
     from .protocols import resolve
 
     overrides = _overrides(settings)
@@ -171,6 +175,9 @@ def segment(
         raise GlaclipError(f"--export takes coco, not {export!r}")
     items = collect(images)
     _check_writable(out)
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        _launch(processes)
+        return
     shard = shard_from_env()
     device = _rank_device(shard, device)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
@@ -182,9 +189,39 @@ def segment(
         _say(f"glaclip: {len(items) - result.get('failed', 0)} of {len(items)} images segmented into {out}"
              + (f"; summary in {out / 'summary.csv'}" if "summary" in result else ""))
     failed = result.get("failed", len(result["failures"]))
-    if failed:
-        first = result["failures"][0] if result["failures"] else "see summary.csv"
-        raise GlaclipError(f"{failed} of {len(items)} images failed (others were written): {first}")
+    first = result["failures"][0] if result["failures"] else "see summary.csv"
+    msg = None if not failed else f"{failed} of {len(items)} images failed (others were written): {first}" \
+        if shard.rank == 0 else f"process {shard.rank}: {failed} of its images failed: {first}"
+    if shard.distributed:  # every rank's line is out before any rank exits (the launcher stops the rest then)
+        if msg:
+            _say(f"glaclip: error: {msg}")
+        barrier(shard)
+        leave(shard)
+        if msg:
+            raise typer.Exit(2)
+    elif msg:
+        raise GlaclipError(msg)
+
+
+def _launch(processes: int) -> None:
+    """Run this very command in `processes` ranks through torch.distributed's launcher (what torchrun
+    does) and exit as they did: their own lines, no launcher report, the first failed rank's code."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # its banner and per-rank failure logs
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    try:
+        run(parse_args(["--standalone", "--nproc-per-node", str(processes), "-m", "glaclip", *sys.argv[1:]]))
+    except ChildFailedError as exc:
+        codes = {rank: f.exitcode for rank, f in sorted(exc.failures.items())}
+        ended = [c for c in codes.values() if c > 0]
+        for rank, code in codes.items():  # a rank stopped by a signal said nothing itself
+            if code < 0 and not (ended and code == -15):  # SIGTERM: the launcher stopping the others
+                _say(f"glaclip: error: process {rank} was stopped by signal {-code}")
+        sys.exit(ended[0] if ended else 1)
 
 
 def _rank_device(shard, device: str) -> str:

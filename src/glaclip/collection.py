@@ -3,17 +3,20 @@ progress logs and run manifests. `glaclip segment` (via `segment_collection`) an
 both build on these pieces; nothing here knows about models.
 
 Inputs are files, folders (recursive, following symlinked folders once, skipping hidden files and
-macOS `._*` companions), glob patterns and `@list.txt` files (one path per line). Each image gets a
-relative path that mirrors where it was found, so outputs never collide.
+macOS `._*` companions), glob patterns and `@list.txt` files (one path per line, relative to the
+list's folder, `#` lines are comments). Each image gets an output name that mirrors where it was
+found; names are unique by construction (see `collect`), so outputs never collide.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,12 +25,16 @@ from .errors import GlaclipError
 
 ENCODING_SUFFIX = ".encoding.safetensors"  # encoding.SUFFIX: a saved image encoding counts as an image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2")
+# the run's own files at the top of --out: no image's outputs may take these names
+MANIFEST, PROGRESS = "glaclip-run.json", ".glaclip-progress"
+RUN_FILES = (MANIFEST, PROGRESS, "summary.csv", "summary.json", "coco.json")
 
 
 @dataclass(frozen=True)
 class Item:
     path: Path  # the image file
-    rel: str  # where its outputs go under --out, without suffix ("sub/dir/name")
+    rel: str  # where its outputs go under --out, without suffix ("sub/dir/name"); unique in a collection
+    name: str = ""  # the image's path relative to the input root ("sub/dir/name.png"), as COCO's file_name
 
 
 def is_hidden(name: str) -> bool:
@@ -95,20 +102,87 @@ def collect(inputs: list[str | Path]) -> list[Item]:
         raise GlaclipError("no input images")
     roots = [os.path.abspath(r) for _, r in found]
     base = Path(os.path.commonpath(roots)) if len(set(roots)) > 1 else Path(roots[0])
-    items, seen, real_seen = [], set(), set()
+    names = _OutputNames()
+    items, real_seen = [], set()
     for path, _ in found:
         real = os.path.realpath(path)
         if real in real_seen:  # the same file named twice (or reached again through a link)
             continue
         real_seen.add(real)
-        rel = Path(os.path.relpath(os.path.abspath(path), base))
-        key = rel.as_posix()[: -len(ENCODING_SUFFIX)] if rel.name.endswith(ENCODING_SUFFIX) else \
-            rel.with_suffix("").as_posix()
-        if key in seen:
-            key = rel.as_posix().replace(".", "_")  # a.jpg and a.png side by side
-        seen.add(key)
-        items.append(Item(path, key))
+        rel = PurePosixPath(Path(os.path.relpath(os.path.abspath(path), base)).as_posix())
+        items.append(Item(path, names.take(rel), rel.as_posix()))
     return items
+
+
+def output_suffixes() -> tuple[str, ...]:
+    """What `export.output_paths` appends to an image's output name, for every kind of file."""
+    from .export import output_paths
+
+    return tuple(p.name[1:] for p in output_paths(Path("."), "n", True, True, True).values())
+
+
+class _OutputNames:
+    """Output names unique by construction. A name claims every file any kind of output could give it
+    (`output_suffixes`) and its folders; a candidate is taken only when none of its files is a file or
+    folder already claimed (compared case-insensitively, for case-insensitive file systems), nor one
+    of the run's own files. Candidates: the name without its suffix (`a/x`), then with the suffix
+    (`a/x_png`), then numbered (`a/x_png_2`, ...). An input folder whose name an output file already
+    holds moves, with everything in it, to the first free `FOLDER_2`, `FOLDER_3`, ..."""
+
+    def __init__(self):
+        self.suffixes = output_suffixes()
+        self.files = {f.casefold() for f in RUN_FILES}
+        self.dirs: set[str] = set()
+        self.moved: dict[str, str] = {}
+
+    def _claimed(self, path: str) -> bool:
+        return path in self.files or path in self.dirs
+
+    def _folder(self, parts: tuple[str, ...]) -> str:
+        out = ""
+        for part in parts:
+            cand = f"{out}/{part}" if out else part
+            key = cand.casefold()
+            if key in self.moved:
+                cand = self.moved[key]
+            elif key in self.files:
+                n = 2
+                while self._claimed(f"{cand}_{n}".casefold()):
+                    n += 1
+                self.moved[key] = cand = f"{cand}_{n}"
+            self.dirs.add(cand.casefold())
+            out = cand
+        return out
+
+    def take(self, rel: PurePosixPath) -> str:
+        folder = self._folder(rel.parts[:-1])
+        if rel.name.endswith(ENCODING_SUFFIX):
+            stem, ext = rel.name[: -len(ENCODING_SUFFIX)], "encoding"
+        else:
+            stem, ext = rel.stem, rel.suffix[1:]
+        prefix = f"{folder}/" if folder else ""
+        n = 1
+        while True:
+            name = prefix + stem + ("" if n == 1 else f"_{ext}" if n == 2 else f"_{ext}_{n - 1}")
+            claims = {(name + s).casefold() for s in self.suffixes}
+            if not any(self._claimed(c) for c in claims):
+                self.files |= claims
+                return name
+            n += 1
+
+
+def input_root(items: list[Item]) -> Path:
+    """The folder every item's `name` is relative to."""
+    it = items[0]
+    return Path(os.path.abspath(it.path)).parents[len(PurePosixPath(it.name).parts) - 1]
+
+
+def input_identity(items: list[Item]) -> dict:
+    """What names an input set: its root, its size and a digest of every image's name and output name."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.name}\t{it.rel}\n".encode())
+    return {"root": os.path.realpath(input_root(items)), "images": len(items), "sha256": h.hexdigest()}
 
 
 # ------------------------------------------------------------------ sharding under torch.distributed
@@ -134,6 +208,15 @@ def shard_from_env() -> Shard:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return Shard(dist.get_rank(), dist.get_world_size())
+
+
+def leave(shard: Shard) -> None:
+    """Leave the process group (before the process exits)."""
+    if shard.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def barrier(shard: Shard) -> None:
@@ -166,24 +249,54 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def check_manifest(path: Path, identity: dict, resume: bool, shard: Shard, what: str = "run") -> None:
+def read_manifest(path: Path) -> dict | None:
+    """A run manifest as written; None when there is none, {} when it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def refuse_other_settings(old: dict, identity: dict, folder: Path, what: str, restart: str) -> None:
+    """Raise when the manifest `old` records other settings than `identity` (JSON-like)."""
+    identity = json.loads(json.dumps(identity))
+    changed = sorted(k for k in set(identity) | set(old) if old.get(k) != identity.get(k))
+    if changed:
+        raise GlaclipError(f"{folder} holds a {what} with other settings ({', '.join(changed)} differ); "
+                           f"use another --out, or start over with {restart}")
+
+
+def check_manifest(path: Path, identity: dict, resume: bool, shard: Shard, what: str = "run",
+                   restart: str = "--no-resume", extra: dict | None = None) -> None:
     """Refuse to continue a run made with other settings; (re)write the manifest on rank 0.
 
-    identity must be JSON-like; it is compared as it reads back from JSON."""
+    identity must be JSON-like; it is compared as it reads back from JSON. `restart` is the option
+    that starts over (named in the refusal); `extra` is written beside identity but not compared."""
     identity = json.loads(json.dumps(identity))
-    if path.exists() and resume:  # every rank checks, so every rank stops alike
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        if old != identity:
-            changed = sorted(k for k in set(identity) | set(old) if old.get(k) != identity.get(k))
-            raise GlaclipError(f"{path.parent} holds a {what} with other settings ({', '.join(changed)} differ); "
-                               "use another --out, or start over (--overwrite / --no-resume)")
+    old = read_manifest(path)
+    if old is not None and resume:  # every rank checks, so every rank stops alike
+        refuse_other_settings({k: v for k, v in old.items() if k not in (extra or {})}, identity, path.parent,
+                              what, restart)
     barrier(shard)
     if shard.rank == 0:
-        write_atomic(path, json.dumps(identity, indent=2))
+        write_atomic(path, json.dumps({**identity, **(extra or {})}, indent=2))
     barrier(shard)
+
+
+def same_on_all_ranks(text: str, shard: Shard) -> bool:
+    """Whether every rank passed the same text (compared by digest)."""
+    if not shard.distributed:
+        return True
+    import torch.distributed as dist
+
+    d = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([d, -d], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t[0]) == -int(t[1])
 
 
 def check_random_weights(models: dict, shard: Shard, resuming_work: bool, out: Path, restart_flag: str) -> None:
@@ -199,17 +312,27 @@ def check_random_weights(models: dict, shard: Shard, resuming_work: bool, out: P
                            f"two models in one result; use {restart_flag} (or weights files)")
 
 
-def read_logs(folder: Path, key: str = "name") -> dict[str, dict]:
-    """Records of every rank's progress log (`rank*.jsonl`), first record per key; a torn last line
-    (from a killed process) is ignored."""
-    done: dict[str, dict] = {}
+def iter_logs(folder: Path) -> Iterator[dict]:
+    """Every record of every rank's progress log (`rank*.jsonl`); a torn last line (from a killed
+    process) is skipped."""
     for path in sorted(folder.glob("rank*.jsonl")):
         for line in path.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done.setdefault(rec[key], rec)
+            if isinstance(rec, dict):
+                yield rec
+
+
+def read_logs(folder: Path, key: str = "name", order: str | None = None) -> dict[str, dict]:
+    """One record per key from every rank's progress log: the first, or with `order` the one with the
+    highest value of that field (missing counts as 0; the first of equals)."""
+    done: dict[str, dict] = {}
+    for rec in iter_logs(folder):
+        prev = done.get(rec[key])
+        if prev is None or (order is not None and rec.get(order, 0) > prev.get(order, 0)):
+            done[rec[key]] = rec
     return done
 
 

@@ -55,7 +55,7 @@ def _prepare(out: Path, identity: dict, resume: bool, shard: Shard) -> dict[str,
     check_random_weights(identity, shard, resume and (out / "run.json").exists() and bool(read_logs(progress)), out,
                          "--no-resume")
     progress.mkdir(parents=True, exist_ok=True)
-    check_manifest(out / "run.json", identity, resume, shard)
+    check_manifest(out / "run.json", identity, resume, shard, restart="--no-resume")
     if shard.rank == 0 and not resume:
         for f in progress.glob("rank*.jsonl"):
             f.unlink()
