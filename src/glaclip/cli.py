@@ -125,8 +125,9 @@ def segment(
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Opacity of the colours in the overlay."),
     export: Optional[str] = typer.Option(None, "--export", help="coco: also write OUT/coco.json (one RLE mask per "
                                          "class present per image)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute images whose outputs exist (default: a rerun "
-                                   "resumes, skipping finished images)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: recompute every image, then remove the "
+                                   "earlier run's files not rewritten (default: a rerun resumes, skipping finished "
+                                   "images)."),
     batch_images: int = typer.Option(0, "--batch-images", min=0, help="Consecutive images whose windows share one "
                                      "backbone forward (results do not change); 0: 4 on CUDA, 1 on CPU (measured no "
                                      "faster there)."),
