@@ -16,7 +16,9 @@ import json
 import os
 import re
 import sys
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -48,6 +50,38 @@ def weights_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+_MEMO: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, dict]]" = weakref.WeakKeyDictionary()
+_MEMO_LOCK = threading.Lock()
+
+
+def _stamp(model: torch.nn.Module) -> tuple | None:
+    """What changes when the model does: its module types, and each parameter's and buffer's storage,
+    version (bumped by in-place changes), type and device. None when tensors track no version."""
+    try:
+        return (tuple(type(m) for m in model.modules()),
+                tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in model.parameters()),
+                tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in model.buffers()))
+    except RuntimeError:  # inference-mode tensors
+        return None
+
+
+def model_fingerprints(model: torch.nn.Module, parts: dict[str, Callable[[], str]]) -> dict[str, str]:
+    """{part: compute()} for fingerprints of parts of a loaded model (e.g. `weights_fingerprint` of its
+    text tensors), each computed once per loaded model: the values are kept on `model` until one of
+    its tensors changes in place, is replaced or moved, or a module is swapped; then computed again."""
+    stamp = _stamp(model)
+    if stamp is None:
+        return {part: compute() for part, compute in parts.items()}
+    with _MEMO_LOCK:
+        held = _MEMO.get(model)
+        if held is None or held[0] != stamp:
+            held = _MEMO[model] = (stamp, {})
+        for part, compute in parts.items():
+            if part not in held[1]:
+                held[1][part] = compute()
+        return {part: held[1][part] for part in parts}
 
 
 class EmbeddingCache:
@@ -122,7 +156,8 @@ def clip_text_cache(clip, prompt_strings: Callable[[], list[str]], root: Path | 
     architecture, precision and the rendered prompt templates."""
     return EmbeddingCache(root or cache_root(), lambda: {
         "model": clip.name, "dtype": str(clip.dtype), "templates": prompt_strings(),
-        "text_weights": weights_fingerprint(clip.text_tensors())})
+        "text_weights": model_fingerprints(clip.model, {
+            "text weights": lambda: weights_fingerprint(clip.text_tensors())})["text weights"]})
 
 
 _MODEL_DIR = re.compile(r"[0-9a-f]{32}")  # EmbeddingCache.folder
