@@ -156,6 +156,7 @@ def _checksum_of(tensors):
     ("resized", "resized image of shape"),
     ("no checksum", "its metadata does not parse"),
     ("boxes outside", "its window grid is inconsistent"),
+    ("box of 3", "its window grid is inconsistent"),
     ("format 1", None),
 ])
 def test_damaged_encoding_is_refused_with_one_line(saved, case, expected):
@@ -179,6 +180,10 @@ def test_damaged_encoding_is_refused_with_one_line(saved, case, expected):
         save_file(tensors, str(path), metadata=meta)
     elif case == "boxes outside":
         boxes = [[y1 + enc.grid.height, y2 + enc.grid.height, x1, x2] for y1, y2, x1, x2 in enc.grid.boxes]
+        _tamper(path, meta={"grid": json.dumps({"height": enc.grid.height, "width": enc.grid.width,
+                                                "pad": list(enc.grid.pad), "boxes": boxes})})
+    elif case == "box of 3":
+        boxes = [list(b)[:3] for b in enc.grid.boxes]
         _tamper(path, meta={"grid": json.dumps({"height": enc.grid.height, "width": enc.grid.width,
                                                 "pad": list(enc.grid.pad), "boxes": boxes})})
     elif case == "format 1":

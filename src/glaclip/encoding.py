@@ -48,7 +48,7 @@ class ImageEncoding:
     def model_identity(clip, vfm) -> dict:
         """The models an encoding depends on, by content: per tower its name, a hash of its module
         structure (sizes, activations) and a hash of the weights the image path uses (CLIP's image
-        tower, the whole VFM; `text_cache.model_fingerprint`, hashed once per loaded model). Where the
+        tower, the whole VFM; `text_cache.model_fingerprints`: hashed once per loaded model). Where the
         weights came from (a path, a tag) is not part of it; random weights are not hashed."""
         from .text_cache import model_fingerprints, weights_fingerprint
 
@@ -151,6 +151,8 @@ def _problem(tensors: dict[str, torch.Tensor], grid: WindowGrid, size: tuple, id
         return f"tensor types {emb.dtype}, {resized.dtype}"
     if not isinstance(identity, dict) or len(size) != 2 or min(size) < 1:
         return "its metadata is incomplete"
+    if any(len(b) != 4 for b in grid.boxes):
+        return "its window grid is inconsistent"
     boxes = {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in grid.boxes}
     if (not grid.boxes or len(boxes) != 1 or len(grid.pad) != 4 or min(grid.pad) < 0 or
             any(not (0 <= y1 < y2 <= grid.height and 0 <= x1 < x2 <= grid.width) for y1, y2, x1, x2 in grid.boxes)):
