@@ -161,9 +161,10 @@ def test_cache_cli(tiny_files, tmp_path):
     import subprocess
     import sys
 
+    from glaclip.text_cache import EmbeddingCache
+
     env = dict(os.environ, GLACLIP_CACHE_DIR=str(tmp_path / "c"))
-    (tmp_path / "c" / "text" / "m").mkdir(parents=True)
-    (tmp_path / "c" / "text" / "m" / "x.safetensors").write_bytes(b"0" * 2048)
+    EmbeddingCache(tmp_path / "c", lambda: {"model": "m", "text_weights": "0"}).put_many({"cat": torch.ones(4) / 2})
     r = subprocess.run([sys.executable, "-m", "glaclip", "cache", "info"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and str(tmp_path / "c") in r.stdout and "entries:  1 " in r.stdout
     r = subprocess.run([sys.executable, "-m", "glaclip", "cache", "clear"], capture_output=True, text=True, env=env)

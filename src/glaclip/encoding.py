@@ -10,6 +10,7 @@ it; another segmenter refuses it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,11 @@ import torch
 from .errors import GlaclipError
 from .windows import WindowGrid
 
-FORMAT = 1
+FORMAT = 2  # 2: weights identified by content, a checksum of the tensors in the metadata
 SUFFIX = ".encoding.safetensors"  # also collection.ENCODING_SUFFIX
 
 
-@dataclass
+@dataclass(repr=False)
 class ImageEncoding:
     """embeddings: windows x gh x gw x E unit vectors (float32, or float64 for fp64 models);
     grid: the windows on the resized image; size: the original (height, width); resized: the resized,
@@ -36,6 +37,34 @@ class ImageEncoding:
     resized: torch.Tensor
     identity: dict
     image_path: str | None = None
+
+    def __repr__(self) -> str:
+        n, gh, gw, e = self.embeddings.shape
+        return (f"ImageEncoding(size={self.size[0]}x{self.size[1]}, resized={self.grid.height}x{self.grid.width}, "
+                f"windows={n}, tokens={gh}x{gw}x{e}, dtype={str(self.embeddings.dtype).replace('torch.', '')}, "
+                f"method={self.identity.get('method')}, image_path={self.image_path!r})")
+
+    @staticmethod
+    def model_identity(clip, vfm) -> dict:
+        """The models an encoding depends on, by content: per tower its name, a hash of its module
+        structure (sizes, activations) and a hash of the weights the image path uses (CLIP's image
+        tower, the whole VFM; `text_cache.model_fingerprints`: hashed once per loaded model). Where the
+        weights came from (a path, a tag) is not part of it; random weights are not hashed."""
+        from .text_cache import model_fingerprints, weights_fingerprint
+
+        def image_tensors() -> list:
+            text = {k for k, _ in clip.text_tensors()}
+            return [(k, v) for k, v in clip.model.state_dict().items() if k not in text]
+
+        def tower(t, tensors) -> dict:
+            parts = {"structure": lambda: _digest(repr(t.model))}
+            if t.weights != "random":
+                parts["image weights"] = lambda: weights_fingerprint(tensors())
+            prints = model_fingerprints(t.model, parts)
+            return {"model": t.name, "structure": prints["structure"], "weights": prints.get("image weights", "random")}
+
+        return {"clip": tower(clip, image_tensors),
+                "vfm": tower(vfm, lambda: list(vfm.model.state_dict().items())) if vfm is not None else None}
 
     @property
     def nbytes(self) -> int:
@@ -52,19 +81,23 @@ class ImageEncoding:
         return path
 
     def save_to(self, path: Path) -> None:
-        """Write to exactly this path (no temporary file; `save` is the atomic form)."""
-        from safetensors.torch import save_file
+        """Write to exactly this path (no temporary file; `save` is the atomic form). An existing file
+        keeps its mode; a new one gets the umask's, as every output."""
+        from safetensors.torch import save
 
+        tensors = {"embeddings": self.embeddings.detach().cpu().contiguous(),
+                   "resized": self.resized.detach().cpu().contiguous()}
         meta = {"format": str(FORMAT), "identity": json.dumps(self.identity), "size": json.dumps(list(self.size)),
                 "grid": json.dumps({"height": self.grid.height, "width": self.grid.width,
                                     "boxes": [list(b) for b in self.grid.boxes], "pad": list(self.grid.pad)}),
-                "image_path": self.image_path or ""}
-        tensors = {"embeddings": self.embeddings.detach().cpu().contiguous(),
-                   "resized": self.resized.detach().cpu().contiguous()}
-        save_file(tensors, str(path), metadata=meta)
+                "image_path": self.image_path or "", "checksum": _checksum(tensors)}
+        with open(path, "wb") as f:  # safetensors' save_file would make the file 0600
+            f.write(save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageEncoding":
+        """Read an encoding written by `save`; a damaged one (checksum, non-finite values, shapes that
+        do not fit its window grid) is refused with one line naming the file."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -73,18 +106,66 @@ class ImageEncoding:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                emb, resized = f.get_tensor("embeddings"), f.get_tensor("resized")
-            if meta.get("format") != str(FORMAT):
-                raise ValueError(f"format {meta.get('format')!r}")
-            g = json.loads(meta["grid"])
-            grid = WindowGrid(g["height"], g["width"], tuple(tuple(b) for b in g["boxes"]), tuple(g["pad"]))
-            return cls(emb, grid, tuple(json.loads(meta["size"])), resized, json.loads(meta["identity"]),
-                       meta.get("image_path") or None)
-        except GlaclipError:
-            raise
+                names = set(f.keys())
+                tensors = {k: f.get_tensor(k) for k in ("embeddings", "resized") if k in names}
         except Exception:
+            meta = None
+        if meta is None or "format" not in meta or names != {"embeddings", "resized"}:
             raise GlaclipError(f"{path} is not a glaclip image encoding (written by --save-encoding / "
-                               "ImageEncoding.save)") from None
+                               "ImageEncoding.save)")
+        if meta["format"] != str(FORMAT):
+            raise GlaclipError(f"image encoding {path} has format {meta['format']!r}, this glaclip reads "
+                               f"format {FORMAT}; encode the image again")
+        try:
+            g = json.loads(meta["grid"])
+            grid = WindowGrid(int(g["height"]), int(g["width"]), tuple(tuple(int(v) for v in b) for b in g["boxes"]),
+                              tuple(int(v) for v in g["pad"]))
+            size = tuple(int(v) for v in json.loads(meta["size"]))
+            identity = json.loads(meta["identity"])
+            checksum = meta["checksum"]
+        except (KeyError, TypeError, ValueError):
+            raise GlaclipError(f"image encoding {path} is damaged (its metadata does not parse); "
+                               "encode the image again") from None
+        problem = _problem(tensors, grid, size, identity, checksum)
+        if problem:
+            raise GlaclipError(f"image encoding {path} is damaged ({problem}); encode the image again")
+        return cls(tensors["embeddings"], grid, size, tensors["resized"], identity, meta.get("image_path") or None)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    from .text_cache import weights_fingerprint
+
+    return weights_fingerprint(sorted(tensors.items()))
+
+
+def _problem(tensors: dict[str, torch.Tensor], grid: WindowGrid, size: tuple, identity, checksum: str) -> str:
+    """What is wrong with a loaded encoding, or ''."""
+    emb, resized = tensors["embeddings"], tensors["resized"]
+    if _checksum(tensors) != checksum:
+        return "its tensors do not match the checksum in its metadata"
+    if emb.dtype not in (torch.float32, torch.float64) or resized.dtype != emb.dtype:
+        return f"tensor types {emb.dtype}, {resized.dtype}"
+    if not isinstance(identity, dict) or len(size) != 2 or min(size) < 1:
+        return "its metadata is incomplete"
+    if any(len(b) != 4 for b in grid.boxes):
+        return "its window grid is inconsistent"
+    boxes = {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in grid.boxes}
+    if (not grid.boxes or len(boxes) != 1 or len(grid.pad) != 4 or min(grid.pad) < 0 or
+            any(not (0 <= y1 < y2 <= grid.height and 0 <= x1 < x2 <= grid.width) for y1, y2, x1, x2 in grid.boxes)):
+        return "its window grid is inconsistent"
+    ph, pw = grid.padded_size
+    if (emb.ndim != 4 or emb.shape[0] != grid.count or not (1 <= emb.shape[1] <= ph and 1 <= emb.shape[2] <= pw)
+            or emb.shape[3] < 1):
+        return f"embeddings of shape {tuple(emb.shape)} do not fit its {grid.count} windows of {ph}x{pw}"
+    if tuple(resized.shape) != (1, 3, grid.height, grid.width):
+        return f"resized image of shape {tuple(resized.shape)} does not fit its {grid.height}x{grid.width} grid"
+    if not (torch.isfinite(emb).all() and torch.isfinite(resized).all()):
+        return "non-finite values"
+    return ""
 
 
 def is_encoding_file(path: str | Path) -> bool:

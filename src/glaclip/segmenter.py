@@ -276,7 +276,7 @@ class Segmenter:
     def encoding_identity(self) -> dict:
         """What an image encoding depends on: models (weights), precision, method, window and
         attention settings (the decision settings apply after the text product and may differ)."""
-        models = self.models()
+        models = ImageEncoding.model_identity(self.clip, self.vfm)  # weights by content, not by path
         if "random" in (self.clip.weights, self.vfm.weights if self.vfm is not None else None):
             models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
         p = self.preset
@@ -332,8 +332,8 @@ class Segmenter:
         mine = self.encoding_identity()
         if enc.identity != mine:
             differ = sorted(k for k in set(mine) | set(enc.identity) if mine.get(k) != enc.identity.get(k))
-            raise GlaclipError(f"this image encoding was made with another {', '.join(differ)}; encode the image "
-                               "again with this segmenter")
+            raise GlaclipError(f"this image encoding differs from this segmenter in: {', '.join(differ)}; encode the "
+                               "image again with this segmenter")
 
     def canvas(self, enc: ImageEncoding, queries: ClassQueries) -> torch.Tensor:
         """The text product of an encoding: logits Q x h x w stitched on the resized image (or on the

@@ -10,12 +10,16 @@ and one warning, never a crash or a wrong vector.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import shutil
+import re
 import sys
+import threading
 import warnings
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -46,6 +50,38 @@ def weights_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+_MEMO: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, dict]]" = weakref.WeakKeyDictionary()
+_MEMO_LOCK = threading.Lock()
+
+
+def _stamp(model: torch.nn.Module) -> tuple | None:
+    """What changes when the model does: its module types, and each parameter's and buffer's storage,
+    version (bumped by in-place changes), type and device. None when tensors track no version."""
+    try:
+        return (tuple(type(m) for m in model.modules()),
+                tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in model.parameters()),
+                tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in model.buffers()))
+    except RuntimeError:  # inference-mode tensors
+        return None
+
+
+def model_fingerprints(model: torch.nn.Module, parts: dict[str, Callable[[], str]]) -> dict[str, str]:
+    """{part: compute()} for fingerprints of parts of a loaded model (e.g. `weights_fingerprint` of its
+    text tensors), each computed once per loaded model: the values are kept on `model` until one of
+    its tensors changes in place, is replaced or moved, or a module is swapped; then computed again."""
+    stamp = _stamp(model)
+    if stamp is None:
+        return {part: compute() for part, compute in parts.items()}
+    with _MEMO_LOCK:
+        held = _MEMO.get(model)
+        if held is None or held[0] != stamp:
+            held = _MEMO[model] = (stamp, {})
+        for part, compute in parts.items():
+            if part not in held[1]:
+                held[1][part] = compute()
+        return {part: held[1][part] for part in parts}
 
 
 class EmbeddingCache:
@@ -120,22 +156,120 @@ def clip_text_cache(clip, prompt_strings: Callable[[], list[str]], root: Path | 
     architecture, precision and the rendered prompt templates."""
     return EmbeddingCache(root or cache_root(), lambda: {
         "model": clip.name, "dtype": str(clip.dtype), "templates": prompt_strings(),
-        "text_weights": weights_fingerprint(clip.text_tensors())})
+        "text_weights": model_fingerprints(clip.model, {
+            "text weights": lambda: weights_fingerprint(clip.text_tensors())})["text weights"]})
+
+
+_MODEL_DIR = re.compile(r"[0-9a-f]{32}")  # EmbeddingCache.folder
+_ENTRY = re.compile(r"([0-9a-f]{40})\.safetensors")  # EmbeddingCache._name
+_PARTIAL = re.compile(r"\.(?:[0-9a-f]{40}\.safetensors|model\.json)\..+\.part\.(?:safetensors|json)")  # atomic_paths
+
+
+def _is_entry(path: Path) -> bool:
+    """A query vector as `put_many` writes it: its name is the hash of the query in its metadata."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            query, keys = (f.metadata() or {}).get("query"), list(f.keys())
+        return keys == ["embedding"] and query is not None and EmbeddingCache._name(query) == path.name
+    except Exception:
+        return False
+
+
+def _is_model_info(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(info, dict) and {"format", "model", "text_weights"} <= set(info)
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class CacheScan:
+    """What CACHE_DIR/text holds: the cache's own query vectors, its other files (model descriptions,
+    leftovers of interrupted writes), its model folders, and everything else (never touched)."""
+
+    entries: list[Path] = field(default_factory=list)
+    own: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    foreign: list[Path] = field(default_factory=list)
+
+
+def scan_cache(root: Path | None = None) -> CacheScan:
+    """Sort the files under CACHE_DIR/text by naming and format (symbolic links are never the cache's)."""
+    text = Path(root or cache_root()) / "text"
+    scan = CacheScan()
+    if not text.is_dir():
+        return scan
+    for folder in sorted(text.iterdir()):
+        if folder.is_symlink() or not folder.is_dir() or not _MODEL_DIR.fullmatch(folder.name):
+            scan.foreign.append(folder)
+            continue
+        scan.folders.append(folder)
+        for f in sorted(folder.iterdir()):
+            if f.is_symlink() or not f.is_file():
+                scan.foreign.append(f)
+            elif _ENTRY.fullmatch(f.name) and _is_entry(f):
+                scan.entries.append(f)
+            elif (f.name == "model.json" and _is_model_info(f)) or _PARTIAL.fullmatch(f.name):
+                scan.own.append(f)
+            else:
+                scan.foreign.append(f)
+    return scan
 
 
 def cache_info(root: Path | None = None) -> dict:
-    """Location, number of cached query vectors, models and bytes on disk."""
+    """Location, number of cached query vectors, models and bytes on disk (the cache's own files only)."""
     root = Path(root or cache_root())
+    scan = scan_cache(root)
+    size = sum(f.stat().st_size for f in scan.entries + scan.own)
+    return {"location": str(root), "entries": len(scan.entries), "models": len(scan.folders), "bytes": size,
+            "other_files": len(scan.foreign)}
+
+
+@dataclass
+class ClearReport:
+    """`clear_cache`'s outcome: query vectors removed, files that could not be removed (path, reason),
+    and paths kept because the cache did not write them."""
+
+    removed: int
+    failed: list[tuple[Path, str]]
+    kept: list[Path]
+
+
+def _rmdir(folder: Path, failed: list[tuple[Path, str]]) -> bool:
+    try:
+        folder.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # a file appeared meanwhile: it stays
+            return False
+        failed.append((folder, exc.strerror or type(exc).__name__))
+        return False
+    return True
+
+
+def clear_cache(root: Path | None = None) -> ClearReport:
+    """Remove the cache's own files (query vectors, model descriptions, leftovers of interrupted writes)
+    and the folders they leave empty; anything else under CACHE_DIR/text stays."""
+    root = Path(root or cache_root())
+    scan = scan_cache(root)
+    failed: list[tuple[Path, str]] = []
+    for f in scan.entries + scan.own:
+        try:
+            f.unlink()
+        except FileNotFoundError:  # another process removed it first
+            pass
+        except OSError as exc:
+            failed.append((f, exc.strerror or type(exc).__name__))
+    entries = set(scan.entries)
+    removed = len(entries) - sum(f in entries for f, _ in failed)
+    # the folders the cache made, once emptied; text/ itself only when it held nothing but those
+    left = {p.parent for p in scan.foreign} | {p.parent for p, _ in failed}
+    gone = [d for d in scan.folders if d not in left and _rmdir(d, failed)]
     text = root / "text"
-    files = list(text.glob("*/*.safetensors")) if text.is_dir() else []
-    models = [d for d in text.iterdir() if d.is_dir()] if text.is_dir() else []
-    size = sum(f.stat().st_size for f in text.rglob("*") if f.is_file()) if text.is_dir() else 0
-    return {"location": str(root), "entries": len(files), "models": len(models), "bytes": size}
-
-
-def clear_cache(root: Path | None = None) -> int:
-    """Remove every cached text embedding; returns how many entries were removed."""
-    root = Path(root or cache_root())
-    n = cache_info(root)["entries"]
-    shutil.rmtree(root / "text", ignore_errors=True)
-    return n
+    if scan.folders and len(gone) == len(scan.folders) and text not in left:
+        _rmdir(text, failed)
+    return ClearReport(removed, failed, scan.foreign)
