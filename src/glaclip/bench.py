@@ -8,6 +8,7 @@ scripts in the repository's `benchmarks/` folder, not part of the package.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -37,7 +38,8 @@ class PeakMemory:
     """Peak memory above the level at entry of a `with` block, in MiB (`.mb` after the block).
 
     CUDA: the allocator's own peak counter. CPU: the process's resident set, sampled every
-    millisecond by a thread (Linux /proc); elsewhere the growth of the process's high-water mark.
+    millisecond by a thread (Linux /proc); macOS: the growth of the process's high-water mark;
+    Windows: 0.
     """
 
     def __init__(self, device: torch.device):
@@ -50,10 +52,12 @@ class PeakMemory:
             with open("/proc/self/statm") as f:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         except OSError:
-            import resource
-
+            try:
+                import resource
+            except ImportError:  # Windows: no figure
+                return 0.0
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
+            return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
     def _sample(self) -> None:
         while not self._stop.wait(0.001):
