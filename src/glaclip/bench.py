@@ -19,7 +19,6 @@ from .errors import GlaclipError
 from .images import resized_shape
 from .text import parse_classes
 
-DEFAULT_SIZES = ("336x448", "560x1120")
 CLASSES = "sky, road, car, person, tree, building"
 
 
