@@ -21,19 +21,22 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--clip", default="ViT-B-16-quickgelu")
+    ap.add_argument("--vfm", default="vit_base_patch8_224.dino")
     a = ap.parse_args()
 
-    from glaclip import Segmenter, parse_classes
-    from glaclip.bench import machine_line
-    from glaclip.images import load_image
+    from common import machine_line
+    from PIL import Image
 
-    seg = Segmenter.from_pretrained(clip_weights="random", vfm_weights="random", device=a.device, dtype=a.dtype,
-                                    progress=False)
+    from glaclip import Segmenter, parse_classes
+
+    seg = Segmenter.from_pretrained(clip=a.clip, clip_weights="random", vfm=a.vfm, vfm_weights="random",
+                                    device=a.device, dtype=a.dtype, progress=False)
     first = parse_classes("sky, road, car, person, tree, building")
     second = parse_classes("grass, bicycle, wall, window, sidewalk, bus")
     seg.query_embeddings(first)
     seg.query_embeddings(second)
-    rgb = load_image(a.image)
+    rgb = np.asarray(Image.open(a.image).convert("RGB"))
     times = {"full predict (image)": [], "encode_image": [], "re-query (encoding, other classes)": []}
     for _ in range(a.repeat):
         t = time.perf_counter()

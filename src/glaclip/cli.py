@@ -315,67 +315,34 @@ def datasets() -> None:
 
 @app.command()
 def bench(
-    sizes: List[str] = typer.Option(["336x448", "560x1120", "1080x1920"], "--size", help="HEIGHTxWIDTH; sizes "
-                                    "other than short side 336/560 run at native resolution. Repeatable."),
-    methods: List[str] = typer.Option(["gla-proxyclip", "proxyclip"], "--method", "-m", help="Repeatable."),
-    pipeline: bool = typer.Option(True, "--pipeline/--attention-only", help="Also time the whole segmenter."),
-    dense: bool = typer.Option(True, "--dense/--no-dense", help="Run the naive dense attention beside it."),
-    dense_max_tokens: int = typer.Option(30_000, "--dense-max-tokens", help="Skip dense above this (it needs "
-                                         "N*N*4 bytes per matrix)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Skip sizes with more tokens."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the Markdown table here."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of time and memory vs tokens."),
+    sizes: List[str] = typer.Option(["336x448", "560x1120"], "--size", help="HEIGHTxWIDTH of a random test image "
+                                    "(resized by the preset as any image). Repeatable."),
+    method: MethodOpt = "gla-proxyclip",
+    dense: bool = typer.Option(True, "--dense/--no-dense", help="Also run the global attention as one naive dense "
+                               "N x N matrix."),
     clip: ClipOpt = DEFAULT_CLIP,
+    clip_weights: str = typer.Option("random", "--clip-weights", help="Pretrained tag, local file, or 'random' "
+                                     "(the default: speed does not depend on the values)."),
     vfm: VfmOpt = DEFAULT_VFM,
+    vfm_weights: str = typer.Option("random", "--vfm-weights", help="Local file or 'random' (the default)."),
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    latency: bool = typer.Option(False, "--latency", help="Instead: first-result latency of `glaclip segment` (process "
-                                 "start to files written) with full-context vs short-context text, cold vs warm "
-                                 "cache, fp32 vs bf16, on CPU."),
-    image: Path = typer.Option(Path("examples/street.png"), "--image", help="--latency: the image."),
-    latency_classes: List[str] = typer.Option(["examples/classes.txt", "voc21.txt"], "--latency-classes",
-                                              help="--latency: class files (paths or packaged names). Repeatable."),
-    baseline_src: Optional[Path] = typer.Option(None, "--baseline-src", help="--latency: also time the glaclip code "
-                                                "of this checkout (e.g. an earlier commit)."),
 ) -> None:
-    """Time and peak memory per image size and method, against a naive dense attention.
+    """How fast is this machine: time and peak memory of one image per size, beside naive dense attention.
 
-    With --latency instead: the time from process start to a first result. Uses the chosen
-    architectures with random weights (nothing to download); every case runs in its own process.
+    Text embeddings are made first and not timed. Maintainer benchmarks (sizes x methods, latency,
+    throughput, charts) are the scripts in the repository's benchmarks/ folder.
     """
-    from .bench import benchmark, latency_plot, parse_size, plot
-    from .bench import latency as run_latency
-    from .hosts import METHODS
-    from .models import resolve_device
-
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise GlaclipError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-
-    if latency:
-        if not image.is_file():
-            raise GlaclipError(f"image not found: {image}")
-        lines, rows = run_latency(str(image), tuple(latency_classes), baseline_src=str(baseline_src) if baseline_src
-                                  else None, echo=typer.echo)
-        typer.echo("\n".join(lines))
-        if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("\n".join(lines) + "\n")
-        if plot_path:
-            latency_plot(rows, plot_path)
-        return
+    from .bench import bench as run_bench
+    from .bench import parse_size
+    from .segmenter import Segmenter
 
     for size in sizes:
         parse_size(size)
-    dev = str(resolve_device(device))
-    lines, rows = benchmark(sizes, methods, dev, dtype, clip, vfm, dense, dense_max_tokens, max_tokens,
-                            pipeline=pipeline, echo=typer.echo)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n")
-    if plot_path:
-        plot(rows, plot_path)
-        _say(f"glaclip: wrote {plot_path}")
+    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+                                    method=method, device=device, dtype=dtype, progress=False)
+    typer.echo(f"{seg.models_line()} method={method}")
+    run_bench(seg, sizes, dense=dense, echo=typer.echo)
 
 
 @app.command()
