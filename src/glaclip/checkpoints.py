@@ -21,7 +21,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from .errors import GlaclipError
 
@@ -56,31 +55,43 @@ def cached_hub_file(repo: str, names: list[str]) -> str | None:
 @contextmanager
 def _meta_parameters():
     """Within (this thread only): every parameter a module registers is replaced by one of the same
-    shape on the meta device, so initialising it costs nothing; buffers stay real."""
+    shape on the meta device, so initialising it costs nothing. Buffers are made for real; should the
+    builder then move the model to the meta device, they are put back as they were made."""
     me = threading.get_ident()
+    buffers: dict[tuple[int, str], tuple[nn.Module, torch.Tensor]] = {}
 
-    def to_meta(module, name, param):
+    def param_to_meta(module, name, param):
         if param is not None and threading.get_ident() == me and not param.is_meta:
             return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         return None
 
-    handle = register_module_parameter_registration_hook(to_meta)
+    def keep_buffer(module, name, buffer):
+        if buffer is not None and threading.get_ident() == me and not buffer.is_meta:
+            buffers[id(module), name] = (module, buffer)
+
+    hooks = [nn.modules.module.register_module_parameter_registration_hook(param_to_meta),
+             nn.modules.module.register_module_buffer_registration_hook(keep_buffer)]
     try:
         yield
     finally:
-        handle.remove()
+        for h in hooks:
+            h.remove()
+    for (_, name), (module, buffer) in buffers.items():
+        now = module._buffers.get(name)
+        if now is not None and now.is_meta and now.shape == buffer.shape:
+            module._buffers[name] = buffer.to(now.dtype)
 
 
-def build(make: Callable[[], nn.Module], empty: bool) -> nn.Module:
-    """make() -> module. empty: parameters on the meta device (no memory, no random initialisation)
-    for weights that replace them all; a real build where that is not possible."""
+def build(make: Callable[[str], nn.Module], empty: bool) -> nn.Module:
+    """make(device) -> module. empty: parameters on the meta device (no memory, no random
+    initialisation) for weights that replace them all; a real build where that is not possible."""
     if empty:
         try:
             with _meta_parameters():
-                return make()
+                return make("meta")
         except Exception:  # an architecture that reads its own parameters' values while it is built
             pass
-    return make()
+    return make("cpu")
 
 
 def assign(model: nn.Module, sd: dict[str, torch.Tensor], rebuild: Callable[[], nn.Module],

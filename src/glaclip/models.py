@@ -184,8 +184,8 @@ def _create_clip(arch: str, empty: bool = False, **kwargs) -> nn.Module:
 
     try:
         with _quiet_open_clip():
-            return build(lambda: open_clip.create_model(arch, pretrained=None, load_weights=False,
-                                                        pretrained_text=False, **kwargs), empty)
+            return build(lambda dev: open_clip.create_model(arch, pretrained=None, load_weights=False,
+                                                            pretrained_text=False, device=dev, **kwargs), empty)
     except Exception as exc:
         raise GlaclipError(f"cannot build CLIP model {arch!r}: {one_line(exc)}") from None
 
@@ -297,7 +297,7 @@ def load_vfm(name: str = DEFAULT_VFM, weights: str | None = None, device: str | 
 
     def create(empty: bool = False, pretrained: bool = False) -> nn.Module:
         try:
-            return build(lambda: timm.create_model(arch, pretrained=pretrained, **kwargs), empty)
+            return build(lambda _: timm.create_model(arch, pretrained=pretrained, **kwargs), empty)
         except Exception as exc:
             raise GlaclipError(f"cannot build VFM {arch!r}: {one_line(exc)}") from None
 
