@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from glaclip import GlaclipError
+from glaclip import GlaclipError, models
 from glaclip.models import ClipTower, load_clip, load_vfm, resolve_device, resolve_dtype
 
 
@@ -55,9 +55,10 @@ def test_quickgelu_for_openai_weights(arch_dir, tiny_files, tmp_path, monkeypatc
         raise RuntimeError("no network in this test")
 
     monkeypatch.setattr(open_clip, "create_model", fake_create)
-    with pytest.raises(GlaclipError):
+    monkeypatch.setattr(models, "cached_hub_file", lambda repo, names: str(tmp_path / names[0]))  # "in the cache"
+    with pytest.raises(GlaclipError, match="cannot build CLIP model 'ViT-B-16'"):
         load_clip("ViT-B-16", "openai", device="cpu")  # plain name + openai tag
-    assert seen["pretrained"] == "openai" and seen["force_quick_gelu"] is True
+    assert seen["force_quick_gelu"] is True and seen["pretrained"] is None  # the tag's weights follow
 
 
 def test_offline_messages(tmp_path, monkeypatch):
@@ -139,18 +140,28 @@ def test_value_path_equals_attention_internals(segmenter):
     torch.testing.assert_close(values.flatten(2).transpose(1, 2), v)
 
 
-def test_paper_backbones_resolve_without_download(monkeypatch):
+def test_paper_backbones_resolve_without_download(monkeypatch, tmp_path):
     import timm
 
     from glaclip.models import CLIP_BACKBONES, VFM_BACKBONES
 
-    built = []
-    monkeypatch.setattr(open_clip, "create_model", lambda name, pretrained=None, **kw: built.append(
-        (name, pretrained, kw.get("force_quick_gelu"))) or (_ for _ in ()).throw(RuntimeError("offline")))
-    for name, tag in CLIP_BACKBONES.values():
-        with pytest.raises(GlaclipError, match="--clip-weights"):
+    looked = []
+    monkeypatch.setattr(models, "cached_hub_file", lambda repo, names: looked.append(repo))
+    for name, tag in CLIP_BACKBONES.values():  # not cached, hub off: the message names the weights to get
+        with pytest.raises(GlaclipError, match=f"CLIP {name}:{tag} .*--clip-weights"):
             load_clip(name, tag, device="cpu")
-    assert [b[:2] for b in built] == list(CLIP_BACKBONES.values())
-    assert [b[2] for b in built] == [True, True, False, False, True]  # QuickGELU exactly where the weights need it
+    assert len(looked) == len(CLIP_BACKBONES) and all(looked)  # each tag's weights live in a hub repo
+    built = []
+    monkeypatch.setattr(models, "cached_hub_file", lambda repo, names: str(tmp_path / names[0]))
+    monkeypatch.setattr(open_clip, "create_model", lambda name, pretrained=None, **kw: built.append(
+        (name, kw.get("force_quick_gelu"))) or (_ for _ in ()).throw(RuntimeError("offline")))
+    quick = []
+    for name, tag in CLIP_BACKBONES.values():
+        built.clear()
+        with pytest.raises(GlaclipError, match="cannot build"):
+            load_clip(name, tag, device="cpu")
+        assert {b[0] for b in built} == {name}
+        quick.append(built[0][1])
+    assert quick == [True, True, False, False, True]  # QuickGELU exactly where the weights need it
     for name in VFM_BACKBONES.values():
         assert timm.is_model(name) and timm.models.get_pretrained_cfg(name).hf_hub_id

@@ -11,10 +11,10 @@ from conftest import structured_image
 
 from glaclip import get_preset, resolve
 from glaclip.attention import proxyclip_attention
-from glaclip.models import resize_positions
 from glaclip.postprocess import area_threshold, pamr
 from glaclip.presets import AttentionConfig
 from glaclip.segmenter import decide
+from glaclip.towers import resize_positions
 
 CLASSES = [["sky", "heaven"], ["road"], ["car", "vehicle", "automobile"], ["tree"]]
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .attention import gla_attention
-from .models import ClipTower
 from .presets import AttentionConfig
+from .towers import ClipTower
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
-"""Loading the frozen CLIP (open_clip) and VFM (timm) and exposing the few pieces GLA-CLIP uses.
+"""Loading the frozen CLIP (open_clip) and VFM (timm) towers: files, hub tags, TorchScript, messages.
 
 Weights come from a pretrained tag / hub id (downloaded once into the usual caches), a local
 file (`.pt`/`.pth`/`.bin` state dict, `.safetensors`, or for CLIP OpenAI's TorchScript archive),
 or ``"random"`` (random initialisation, for trying things out and for tests). An architecture may
 also be given as a JSON file: an open_clip model config for CLIP, ``{"model": NAME, "kwargs": {...}}``
 for the VFM.
+
+Weights that replace every parameter skip the random initialisation (`checkpoints.assign`: built on
+the meta device, the checkpoint's tensors taken in, bit-identical to copying them). A hub file already
+in the local cache is used without asking the hub; one that is not is downloaded only when the hub's
+name resolves (else `MissingWeights` at once, naming the file to get).
+The towers themselves (`ClipTower`, `VfmTower`) live in `towers`.
 """
 
 from __future__ import annotations
@@ -13,18 +19,20 @@ import difflib
 import json
 import logging
 import os
-import socket
 import warnings
-import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .errors import GlaclipError
+from .checkpoints import assigning, build, cached_hub_file, hub_reachable, load_into, read_state_dict
+from .errors import GlaclipError, one_line
+from .towers import ClipTower, VfmTower, resize_positions
+
+__all__ = ["ClipTower", "VfmTower", "resize_positions", "MissingWeights", "load_clip", "load_vfm",
+           "read_state_dict", "resolve_device", "resolve_dtype", "CLIP_BACKBONES", "VFM_BACKBONES"]
 
 DEFAULT_CLIP = "ViT-B-16-quickgelu"
 DEFAULT_CLIP_TAG = "openai"
@@ -92,48 +100,28 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return table[dtype]
 
 
-def resize_positions(grid: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-    """1 x D x n0h x n0w patch position embeddings -> 1 x D x gh x gw, as the official CLIP-based
-    segmenters and DINO resize them: bicubic, align_corners False, with the scale factors
-    ((gh + 0.1) / n0h, (gw + 0.1) / n0w) (not the target size), which sets both the output size
-    (floor -> gh x gw) and the sampling positions (source = (out + 0.5) / scale - 0.5)."""
-    n0h, n0w = grid.shape[-2:]
-    work = grid.to(torch.promote_types(grid.dtype, torch.float32))
-    out = F.interpolate(work, scale_factor=((gh + 0.1) / n0h, (gw + 0.1) / n0w), mode="bicubic",
-                        align_corners=False)
-    if tuple(out.shape[-2:]) != (gh, gw):  # cannot happen for gh, gw >= 1; kept as a guard
-        raise RuntimeError(f"position grid {tuple(out.shape[-2:])} != {(gh, gw)}")
-    return out.to(grid.dtype)
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith(_WEIGHT_SUFFIXES) or Path(value).exists()
 
 
-@contextmanager
-def _offline_unless_hub_resolves(host: str = "huggingface.co"):
-    """Without a name server answer for the hub, use the local cache at once instead of retrying
-    connections for a minute (the same as HF_HUB_OFFLINE=1 for this call)."""
-    from huggingface_hub import constants
+class _OpenClipRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}open_clip{os.sep}" not in record.pathname
 
-    if constants.HF_HUB_OFFLINE:
-        yield
-        return
+
+@contextmanager
+def _quiet_open_clip():
+    """open_clip logs to the root logger (e.g. "No pretrained weights loaded ... initialized randomly"
+    while ours follow); drop its records and warnings only, failures are reported by the callers."""
+    quiet = _OpenClipRecords()
+    root = logging.getLogger()
+    root.addFilter(quiet)
     try:
-        socket.getaddrinfo(host, 443)
-        reachable = True
-    except OSError:
-        reachable = False
-    old, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, not reachable
-    try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
-        constants.HF_HUB_OFFLINE = old
+        root.removeFilter(quiet)
 
 
 def _freeze(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -142,176 +130,6 @@ def _freeze(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mo
 
 
 # ----------------------------------------------------------------------------------------- CLIP
-
-
-@dataclass
-class ClipTower:
-    """An open_clip CLIP model; gives the value path of the last block and the text encoder."""
-
-    model: nn.Module
-    name: str
-    weights: str
-
-    def __post_init__(self):
-        visual = self.model.visual
-        last = getattr(getattr(visual, "transformer", None), "resblocks", [None])[-1]
-        if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention) or getattr(visual, "attn_pool", None):
-            raise GlaclipError(f"CLIP model {self.name!r} is not a plain open_clip ViT; GLA-CLIP needs one")
-        self.visual = visual
-
-    @property
-    def patch_size(self) -> int:
-        return self.visual.conv1.kernel_size[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
-
-    def _positional(self, gh: int, gw: int) -> torch.Tensor:
-        pos = self.visual.positional_embedding
-        nh, nw = self.visual.grid_size
-        if (gh, gw) == (nh, nw):
-            return pos
-        patch_pos = pos[1:].reshape(1, nh, nw, -1).permute(0, 3, 1, 2)
-        patch_pos = resize_positions(patch_pos, gh, gw).permute(0, 2, 3, 1).reshape(gh * gw, -1)
-        return torch.cat([pos[:1], patch_pos])
-
-    @property
-    def last_block(self) -> nn.Module:
-        return self.visual.transformer.resblocks[-1]
-
-    @property
-    def heads(self) -> int:
-        return self.last_block.attn.num_heads
-
-    def last_block_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Bx3xHxW (CLIP-normalised) -> (B x (1+L) x D tokens entering the last block, CLS first; grid).
-
-        All blocks but the last run unchanged; the positional embedding is interpolated only when the
-        grid differs from the model's own (METHOD.md step 4)."""
-        v = self.visual
-        x = v.conv1(x.to(self.dtype))
-        b, d, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
-        x = torch.cat([cls, x], dim=1) + self._positional(gh, gw).to(x.dtype)
-        x = v.ln_pre(x)
-        batch_first = getattr(v.transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for blk in v.transformer.resblocks[:-1]:
-            x = blk(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        return x, (gh, gw)
-
-    def qkv(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """B x T x D tokens -> q, k, v of the last block from ln_1(tokens), each B x T x D (heads side by side)."""
-        attn = self.last_block.attn
-        return F.linear(self.last_block.ln_1(tokens), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-
-    def value_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW (CLIP-normalised) -> BxDxghxgw values of the last block's patch tokens (step 4)."""
-        tokens, (gh, gw) = self.last_block_input(x)
-        attn, d = self.last_block.attn, tokens.shape[-1]
-        values = F.linear(self.last_block.ln_1(tokens[:, 1:]), attn.in_proj_weight[2 * d :], attn.in_proj_bias[2 * d :])
-        return values.transpose(1, 2).reshape(tokens.shape[0], d, gh, gw)
-
-    def out_proj(self, attended: torch.Tensor) -> torch.Tensor:
-        return self.last_block.attn.out_proj(attended)
-
-    def head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """...xD final tokens -> ...xE embeddings: ln_post, visual projection."""
-        return self.visual.ln_post(tokens) @ self.visual.proj
-
-    def project(self, attended: torch.Tensor) -> torch.Tensor:
-        """...xD attention outputs (heads side by side) -> ...xE: out_proj, ln_post, visual projection."""
-        return self.head(self.out_proj(attended))
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens)
-
-    def text_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        """Every parameter and buffer outside the image tower (what text embeddings depend on)."""
-        return [(k, v) for k, v in self.model.state_dict().items() if not k.startswith("visual.")]
-
-
-def _resolve_clip_name(name: str) -> str:
-    import open_clip
-
-    if name.endswith(".json"):
-        path = Path(name)
-        if not path.is_file():
-            raise GlaclipError(f"CLIP architecture file not found: {path}")
-        try:
-            json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise GlaclipError(f"CLIP architecture file {path} is not valid JSON: {_one_line(exc)}") from None
-        open_clip.add_model_config(path)
-        return path.stem
-    if name.startswith(("hf-hub:", "local-dir:")) or name in open_clip.list_models():
-        return name
-    close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
-    raise GlaclipError(f"unknown CLIP model {name!r}{hint}")
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
-def read_state_dict(path: Path, what: str) -> tuple[dict[str, torch.Tensor], bool]:
-    """State dict from .safetensors, a torch pickle (optionally under 'state_dict'/'model'), or a
-    TorchScript archive. Returns (state_dict, was_torchscript)."""
-    if not path.is_file():
-        raise GlaclipError(f"{what} weights file not found: {path}")
-    scripted = False
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device="cpu")
-        elif _is_torchscript(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-            scripted = True
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:  # every reader raises its own types (and advice) for garbled files
-        raise GlaclipError(f"{path} is not a {what} weights file (not readable as safetensors, a PyTorch "
-                           "state dict or a TorchScript archive)") from None
-    for key in ("state_dict", "model", "teacher"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise GlaclipError(f"{what} weights {path} hold no state dict of tensors")
-    prefixes = ("module.", "backbone.")
-    for prefix in prefixes:
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return dict(sd), scripted
-
-
-def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
-        raise GlaclipError(f"{what} weights {path} do not fit the architecture: " + ", ".join(parts))
-    model.load_state_dict(sd, strict=True)
 
 
 def load_clip(name: str = DEFAULT_CLIP, weights: str | None = None, device: str | torch.device = "auto",
@@ -335,135 +153,131 @@ def load_clip(name: str = DEFAULT_CLIP, weights: str | None = None, device: str 
         weights = DEFAULT_CLIP_TAG if DEFAULT_CLIP_TAG in tags else tags[0]
 
     if schema:
-        model = _create_clip(arch, None, name=arch, weights=arch)
+        model = _schema_clip(arch)
     elif weights == RANDOM:
-        model = _create_clip(arch, None, load_weights=False)
+        model = _create_clip(arch)
     elif _looks_like_path(weights):
         path = Path(weights).expanduser()
         sd, scripted = read_state_dict(path, "CLIP")
         for extra in ("input_resolution", "context_length", "vocab_size"):
             sd.pop(extra, None)
         quick = scripted or "quickgelu" in path.name.lower()
-        model = _create_clip(arch, None, load_weights=False, force_quick_gelu=quick)
+        model = _create_clip(arch, empty=True, force_quick_gelu=quick)
         if "attn_mask" in sd and "attn_mask" not in model.state_dict():
             sd.pop("attn_mask")
         if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
             sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-        _load_into(model, sd, path, "CLIP")
+        load_into(model, sd, path, "CLIP", lambda: _create_clip(arch, force_quick_gelu=quick))
     else:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if weights not in tags:
             raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag {weights!r}; tags: "
                                f"{', '.join(tags) or 'none'}"
                                " (or pass a weights file)")
-        cfg = open_clip.get_pretrained_cfg(arch, weights)
-        model = _create_clip(arch, weights, name=arch, weights=weights, source=cfg,
-                             force_quick_gelu=bool(cfg.get("quick_gelu")))
+        model = _tagged_clip(arch, weights)
     return ClipTower(_freeze(model, dev, dt), name=arch, weights=str(weights))
 
 
-def _create_clip(arch: str, pretrained: str | None, name: str = "", weights: str = "", source: dict | None = None,
-                 **kwargs) -> nn.Module:
+def _create_clip(arch: str, empty: bool = False, **kwargs) -> nn.Module:
+    """The architecture alone: randomly initialised, or (empty) with its parameters on the meta device."""
     import open_clip
 
-    root = logging.getLogger()
-    level = root.level
     try:
-        root.setLevel(logging.CRITICAL)  # open_clip logs to the root logger; failures are reported below
-        with warnings.catch_warnings(), _offline_unless_hub_resolves():
-            warnings.simplefilter("ignore")
-            return open_clip.create_model(arch, pretrained=pretrained, pretrained_text=False, **kwargs)
-    except GlaclipError:
-        raise
+        with _quiet_open_clip():
+            return build(lambda dev: open_clip.create_model(arch, pretrained=None, load_weights=False,
+                                                            pretrained_text=False, device=dev, **kwargs), empty)
     except Exception as exc:
-        if pretrained is None and not arch.startswith(("hf-hub:", "local-dir:")):
-            raise GlaclipError(f"cannot build CLIP model {arch!r}: {_one_line(exc)}") from None
-        if source and source.get("hf_hub"):
-            where = f"open_clip_model.safetensors from hub repo {source['hf_hub'].rstrip('/')}"
-        elif source and source.get("url"):
-            where = source["url"]
-        else:
-            where = "its checkpoint"
-        raise MissingWeights(f"CLIP {name}:{weights} (get {where}; --clip-weights FILE or {CLIP_WEIGHTS_ENV})") \
-            from None
-    finally:
-        root.setLevel(level)
+        raise GlaclipError(f"cannot build CLIP model {arch!r}: {one_line(exc)}") from None
+
+
+def clip_checkpoint(model: nn.Module, path: str, rebuild: Callable[[], nn.Module]) -> nn.Module:
+    """Load an open_clip checkpoint file with open_clip's own loader (format conversions, position
+    embedding resizing), taking its tensors instead of copying them (`assign`)."""
+    import open_clip
+
+    with assigning(model, rebuild), _quiet_open_clip():
+        open_clip.load_checkpoint(model, path, strict=True)
+    return model
+
+
+def _tagged_clip(arch: str, tag: str) -> nn.Module:
+    """open_clip's weights of a pretrained tag: from the local cache, else downloaded if the hub answers."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    quick = bool(cfg.get("quick_gelu"))
+    hub = cfg.get("hf_hub", "")
+    repo, file = os.path.split(hub) if hub else ("", "")
+    if repo:
+        where = f"{file or 'open_clip_model.safetensors'} from hub repo {repo}"
+    else:
+        where = cfg.get("url") or "its checkpoint"
+    missing = MissingWeights(f"CLIP {arch}:{tag} (get {where}; --clip-weights FILE or {CLIP_WEIGHTS_ENV})")
+    names = [file] if file else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if file.endswith((".bin", ".pth")):
+        names.insert(0, file[:-4] + ".safetensors")
+    path = cached_hub_file(repo, names) if repo else None
+    if path is None:
+        if repo and not hub_reachable():
+            raise missing
+        try:
+            with _quiet_open_clip():
+                path = open_clip.download_pretrained(cfg)
+        except Exception:
+            raise missing from None
+        if not path:
+            raise missing
+    model = _create_clip(arch, empty=True, force_quick_gelu=quick)
+    try:
+        return clip_checkpoint(model, path, lambda: _create_clip(arch, force_quick_gelu=quick))
+    except Exception as exc:
+        raise GlaclipError(f"CLIP weights {path} for {arch}:{tag} do not load: {one_line(exc)}") from None
+
+
+def _schema_clip(arch: str) -> nn.Module:
+    """An 'hf-hub:' or 'local-dir:' model: config and weights from a hub repo (cached copy first) or a folder."""
+    import open_clip
+
+    missing = None
+    if arch.startswith("hf-hub:"):
+        repo = arch[len("hf-hub:"):]
+        missing = MissingWeights(f"CLIP {arch} (get it from hub repo {repo}; --clip-weights FILE or "
+                                 f"{CLIP_WEIGHTS_ENV})")
+        config = cached_hub_file(repo, ["open_clip_config.json"])
+        if config and cached_hub_file(repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+            arch = "local-dir:" + os.path.dirname(config)  # the cached snapshot: no request to the hub
+        elif not hub_reachable():
+            raise missing
+    try:
+        with _quiet_open_clip():
+            return open_clip.create_model(arch, pretrained_text=False)
+    except Exception as exc:
+        if missing is not None:
+            raise missing from None
+        raise GlaclipError(f"cannot load CLIP model {arch!r}: {one_line(exc)}") from None
+
+
+def _resolve_clip_name(name: str) -> str:
+    import open_clip
+
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise GlaclipError(f"CLIP architecture file not found: {path}")
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise GlaclipError(f"CLIP architecture file {path} is not valid JSON: {one_line(exc)}") from None
+        open_clip.add_model_config(path)
+        return path.stem
+    if name.startswith(("hf-hub:", "local-dir:")) or name in open_clip.list_models():
+        return name
+    close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
+    raise GlaclipError(f"unknown CLIP model {name!r}{hint}")
 
 
 # ------------------------------------------------------------------------------------------ VFM
-
-
-@dataclass
-class VfmTower:
-    """A timm ViT used as the VFM: the final-norm patch tokens of the last block."""
-
-    model: nn.Module
-    name: str
-    weights: str
-
-    def __post_init__(self):
-        if not hasattr(self.model, "patch_embed") or not hasattr(self.model, "forward_features"):
-            raise GlaclipError(f"VFM {self.name!r} is not a timm vision transformer")
-
-    @property
-    def patch_size(self) -> int:
-        return self.model.patch_embed.patch_size[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.patch_embed.proj.weight.dtype
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW (ImageNet-normalised) -> BxCxghxgw (METHOD.md step 3).
-
-        timm's forward with one change: at a grid other than the model's own, the position
-        embeddings are resized as the official DINO release resizes them (`resize_positions`)."""
-        m = self.model
-        b = x.shape[0]
-        x = m.patch_embed(x.to(self.dtype))  # B x gh x gw x C (dynamic_img_size)
-        gh, gw = x.shape[1:3]
-        x = x.reshape(b, gh * gw, -1)
-        prefix = [t.expand(b, -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
-        pos = self._positional(gh, gw)
-        if m.no_embed_class:
-            x = torch.cat(prefix + [x + pos], dim=1)
-        else:
-            x = torch.cat(prefix + [x], dim=1) + pos
-        x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
-        x = m.norm(m.blocks(x))[:, m.num_prefix_tokens :]
-        return x.transpose(1, 2).reshape(b, -1, gh, gw)
-
-    def _positional(self, gh: int, gw: int) -> torch.Tensor:
-        m = self.model
-        pos = m.pos_embed
-        n0h, n0w = m.patch_embed.grid_size
-        if (gh, gw) == (n0h, n0w):
-            return pos
-        k = 0 if m.no_embed_class else m.num_prefix_tokens
-        grid = pos[:, k:].reshape(1, n0h, n0w, -1).permute(0, 3, 1, 2)
-        grid = resize_positions(grid, gh, gw).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
-        return torch.cat([pos[:, :k], grid], dim=1)
-
-
-def _resolve_vfm_name(name: str) -> tuple[str, dict]:
-    import timm
-
-    kwargs: dict = {}
-    if name.endswith(".json"):
-        path = Path(name)
-        try:
-            spec = json.loads(path.read_text())
-            name, kwargs = spec["model"], dict(spec.get("kwargs", {}))
-        except FileNotFoundError:
-            raise GlaclipError(f"VFM architecture file not found: {path}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise GlaclipError(f"VFM architecture file {path} needs JSON {{\"model\": NAME, \"kwargs\": {{...}}}}: "
-                               f"{_one_line(exc)}") from None
-    if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(pretrained=True), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise GlaclipError(f"unknown VFM {name!r}{hint}")
-    return name, kwargs
 
 
 def load_vfm(name: str = DEFAULT_VFM, weights: str | None = None, device: str | torch.device = "auto",
@@ -480,30 +294,75 @@ def load_vfm(name: str = DEFAULT_VFM, weights: str | None = None, device: str | 
     arch, kwargs = _resolve_vfm_name(name)
     weights = weights or os.environ.get(VFM_WEIGHTS_ENV) or None
     kwargs.update(dynamic_img_size=True, num_classes=0)
-    try:
-        if weights == RANDOM:
-            model = timm.create_model(arch, pretrained=False, **kwargs)
-        elif weights is not None:
-            path = Path(weights).expanduser()
-            sd, _ = read_state_dict(path, "VFM")
-            model = timm.create_model(arch, pretrained=False, **kwargs)
-            sd = _timm_filter(model, sd)
-            _load_into(model, sd, path, "VFM")
-        else:
-            with _offline_unless_hub_resolves():
-                model = timm.create_model(arch, pretrained=True, **kwargs)
-    except GlaclipError:
-        raise
-    except Exception as exc:
-        if weights is not None:
-            raise GlaclipError(f"cannot build VFM {arch!r}: {_one_line(exc)}") from None
+
+    def create(empty: bool = False, pretrained: bool = False) -> nn.Module:
+        try:
+            return build(lambda _: timm.create_model(arch, pretrained=pretrained, **kwargs), empty)
+        except Exception as exc:
+            raise GlaclipError(f"cannot build VFM {arch!r}: {one_line(exc)}") from None
+
+    if weights == RANDOM:
+        model = create()
+    elif weights is not None:
+        path = Path(weights).expanduser()
+        sd, _ = read_state_dict(path, "VFM")
+        model = create(empty=True)
+        load_into(model, _timm_filter(model, sd), path, "VFM", create)
+    else:
         cfg = timm.models.get_pretrained_cfg(arch)
-        if getattr(cfg, "hf_hub_id", None):
-            where = f"model.safetensors from hub repo {cfg.hf_hub_id}"
-        else:
-            where = getattr(cfg, "url", None) or "its checkpoint"
-        raise MissingWeights(f"VFM {arch} (get {where}; --vfm-weights FILE or {VFM_WEIGHTS_ENV})") from None
+        repo = getattr(cfg, "hf_hub_id", None)
+        where = f"model.safetensors from hub repo {repo}" if repo else getattr(cfg, "url", None) or "its checkpoint"
+        missing = MissingWeights(f"VFM {arch} (get {where}; --vfm-weights FILE or {VFM_WEIGHTS_ENV})")
+        path = _hub_vfm_file(repo, missing) if repo else None
+        if path is not None:
+            sd, _ = read_state_dict(Path(path), "VFM")
+            model = create(empty=True)
+            load_into(model, _timm_filter(model, sd), Path(path), "VFM", create)
+        else:  # weights from a URL: timm's own download and loading
+            try:
+                model = create(pretrained=True)
+            except GlaclipError:
+                raise missing from None
     return VfmTower(_freeze(model, dev, dt), name=arch, weights=str(weights or "hub"))
+
+
+def _hub_vfm_file(repo: str, missing: MissingWeights) -> str:
+    """timm's weights file of a hub repo: the cached copy, else downloaded if the hub answers."""
+    names = ["model.safetensors", "pytorch_model.bin"]
+    path = cached_hub_file(repo, names)
+    if path is not None:
+        return path
+    if not hub_reachable():
+        raise missing
+    from huggingface_hub import hf_hub_download
+
+    for name in names:
+        try:
+            return hf_hub_download(repo, name)
+        except Exception:
+            continue
+    raise missing
+
+
+def _resolve_vfm_name(name: str) -> tuple[str, dict]:
+    import timm
+
+    kwargs: dict = {}
+    if name.endswith(".json"):
+        path = Path(name)
+        try:
+            spec = json.loads(path.read_text())
+            name, kwargs = spec["model"], dict(spec.get("kwargs", {}))
+        except FileNotFoundError:
+            raise GlaclipError(f"VFM architecture file not found: {path}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GlaclipError(f"VFM architecture file {path} needs JSON {{\"model\": NAME, \"kwargs\": {{...}}}}: "
+                               f"{one_line(exc)}") from None
+    if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(pretrained=True), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GlaclipError(f"unknown VFM {name!r}{hint}")
+    return name, kwargs
 
 
 def _timm_filter(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

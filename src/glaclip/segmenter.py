@@ -17,12 +17,13 @@ from .encoding import ImageEncoding
 from .errors import GlaclipError
 from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens, smoothed_proxy
 from .images import ImageInput, clip_to_imagenet, load_image, preprocess
-from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, MissingWeights, VfmTower, load_clip, load_vfm
+from .models import DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
 from .postprocess import area_keep, area_threshold, pamr
 from .presets import Preset, get_preset
 from .protocols import resolve
 from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder
 from .text_cache import clip_text_cache
+from .towers import ClipTower, VfmTower
 from .windows import WindowGrid, crop_windows, resize_rows, stitch, token_index, window_grid
 
 _BAND_BYTES = 256 * 2**20  # full-resolution logits and probabilities held at once, per band of rows
