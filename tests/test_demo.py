@@ -177,6 +177,43 @@ def test_browser_segments_an_uploaded_image(demo_server, tmp_path):
         shutil.copy(shot, os.environ["GLACLIP_DEMO_SCREENSHOT"])
 
 
+def test_browser_refuses_bad_uploads_with_one_line(demo_server, tmp_path):
+    """A non-image, a cut PNG and a 20000x20000 PNG: the page shows the reader's message, the server
+    log gets one line per refusal and no traceback; Segment on a refused upload is refused the same way."""
+    sync_api = _needed("playwright.sync_api")
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not installed")
+        pytest.skip("chromium not installed")
+    cases = _bad_uploads(tmp_path)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page(viewport={"width": 1280, "height": 1200})
+        page.goto(demo_server)
+        for path, message in cases.items():
+            page.locator("#glaclip-image input[type=file]").set_input_files(str(path))
+            sync_api.expect(page.get_by_text(message).first).to_be_visible(timeout=60_000)
+            page.locator("#glaclip-image button[aria-label='Clear']").first.click()
+        page.locator("#glaclip-image input[type=file]").set_input_files(str(tmp_path / "huge.png"))
+        sync_api.expect(page.get_by_text("image huge.png is 20000x20000").first).to_be_visible(timeout=60_000)
+        page.locator(".toast-close").first.wait_for(timeout=10_000)
+        for close in page.locator(".toast-close").all():
+            close.click()
+        sync_api.expect(page.get_by_text("image huge.png is 20000x20000")).to_have_count(0, timeout=10_000)
+        page.locator("#glaclip-run").click()
+        sync_api.expect(page.get_by_text("image huge.png is 20000x20000").first).to_be_visible(timeout=60_000)
+        assert page.locator("#glaclip-upload img").count() == 0  # nothing shown for a refused upload
+        browser.close()
+    log = (tmp_path / "server.log").read_text()
+    lines = [line for line in log.splitlines() if line.startswith(("glaclip: demo upload", "glaclip: demo request"))]
+    assert [line.split(":")[1] for line in lines] == [" demo upload"] * 4 + [" demo request 1"], log
+    for line, message in zip(lines, [*cases.values(), cases[tmp_path / "huge.png"], cases[tmp_path / "huge.png"]]):
+        assert message in line and str(tmp_path) not in line
+    assert "Traceback" not in log and "Could not preprocess" not in log, log
+
+
 def test_request_errors_and_progress_steps(segmenter, tmp_path):
     steps = []
     r = run_segmentation(segmenter, structured_image(40, 60), "sky, road", "gla-proxyclip", 0.0, 0.5, tmp_path,
