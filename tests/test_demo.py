@@ -10,15 +10,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import structured_image
-from PIL import Image
+from PIL import Image, ImageFile
 
 from glaclip import GlaclipError
-from glaclip.demo import run_segmentation
+from glaclip.demo import load_upload, preview, run_segmentation
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -42,6 +43,61 @@ def test_request_handler_outputs(segmenter, tmp_path):
         run_segmentation(segmenter, rgb, " , ", "gla-proxyclip", 0.0, 0.4, tmp_path)
     with pytest.raises(GlaclipError):
         run_segmentation(segmenter, None, "sky", "gla-proxyclip", 0.0, 0.4, tmp_path)
+
+
+def _huge_png(path: Path, side: int = 20000) -> Path:
+    """A valid side x side 1-bit grey PNG written row by row: a few dozen KB on disk, 1.2 GB as RGB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    z, row = zlib.compressobj(9), bytes(1 + (side + 7) // 8)  # filter byte 0 + packed bits
+    parts = [z.compress(row) for _ in range(side)] + [z.flush()]
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # bit depth 1, greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _bad_uploads(folder: Path) -> dict:
+    """Upload files -> the start of the message the demo must show for each."""
+    (folder / "notes.txt").write_text("not an image\n")
+    buf = io.BytesIO()
+    Image.fromarray(structured_image(60, 80, seed=6)).save(buf, format="PNG")
+    (folder / "cut.png").write_bytes(buf.getvalue()[:400])  # a real header, the pixel data cut short
+    return {folder / "notes.txt": "cannot read image notes.txt: not a recognised image format",
+            folder / "cut.png": "cannot read image cut.png: ",
+            _huge_png(folder / "huge.png"): "image huge.png is 20000x20000 = 400.0 megapixels, over the limit of 50"}
+
+
+def test_uploads_go_through_the_image_reader(segmenter, tmp_path, monkeypatch):
+    """Non-images and images over the pixel limit are refused by the CLI's reader with one line naming
+    the upload (not the server's temporary path); the limit is checked before any pixel is decoded."""
+    monkeypatch.delenv("GLACLIP_MAX_PIXELS", raising=False)
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size) or real_load(im))
+    good = tmp_path / "ok.png"
+    Image.fromarray(structured_image(60, 80, seed=5)).save(good)
+    assert load_upload(good).shape == (60, 80, 3) and (80, 60) in decoded
+    assert preview(np.zeros((3000, 1000, 3), np.uint8)).shape == (1000, 334, 3)
+    assert preview(load_upload(good)).shape == (60, 80, 3)
+    small = load_upload(_huge_png(tmp_path / "small.png", side=300))  # the writer makes a real PNG
+    assert small.shape == (300, 300, 3) and not small.any()
+    upload_dir = tmp_path / "gradio-tmp"  # where Gradio keeps an upload: the message names the file only
+    upload_dir.mkdir()
+    cases = _bad_uploads(upload_dir)
+    assert (upload_dir / "huge.png").stat().st_size < 200_000
+    for path, message in cases.items():
+        for call in (lambda: load_upload(str(path)), lambda: run_segmentation(
+                segmenter, str(path), "sky, road", "gla-proxyclip", 0.0, 0.5, tmp_path / "out")):
+            with pytest.raises(GlaclipError) as info:
+                call()
+            assert str(info.value).startswith(message) and str(upload_dir) not in str(info.value)
+            assert "\n" not in str(info.value)
+    assert (20000, 20000) not in decoded  # refused on the header
+    assert not (tmp_path / "out").exists()  # nothing written for a refused request
+    r = run_segmentation(segmenter, str(good), "sky, road", "gla-proxyclip", 0.0, 0.5, tmp_path / "out")
+    assert r["labels"].shape == (60, 80, 3)
 
 
 def _free_port():
@@ -95,7 +151,7 @@ def test_browser_segments_an_uploaded_image(demo_server, tmp_path):
         page.goto(demo_server)
         page.locator("#glaclip-image input[type=file]").set_input_files(str(image))
         page.locator("#glaclip-classes textarea").fill("sky, road; street, car; vehicle, tree")
-        page.locator("#glaclip-image img").first.wait_for(timeout=60_000)  # the upload is shown
+        page.locator("#glaclip-upload img").first.wait_for(timeout=60_000)  # the upload is shown
         page.locator("#glaclip-run").click()
         overlay = page.locator("#glaclip-overlay img").first
         overlay.wait_for(timeout=180_000)
@@ -119,6 +175,43 @@ def test_browser_segments_an_uploaded_image(demo_server, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("GLACLIP_DEMO_SCREENSHOT"):
         shutil.copy(shot, os.environ["GLACLIP_DEMO_SCREENSHOT"])
+
+
+def test_browser_refuses_bad_uploads_with_one_line(demo_server, tmp_path):
+    """A non-image, a cut PNG and a 20000x20000 PNG: the page shows the reader's message, the server
+    log gets one line per refusal and no traceback; Segment on a refused upload is refused the same way."""
+    sync_api = _needed("playwright.sync_api")
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not installed")
+        pytest.skip("chromium not installed")
+    cases = _bad_uploads(tmp_path)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page(viewport={"width": 1280, "height": 1200})
+        page.goto(demo_server)
+        for path, message in cases.items():
+            page.locator("#glaclip-image input[type=file]").set_input_files(str(path))
+            sync_api.expect(page.get_by_text(message).first).to_be_visible(timeout=60_000)
+            page.locator("#glaclip-image button[aria-label='Clear']").first.click()
+        page.locator("#glaclip-image input[type=file]").set_input_files(str(tmp_path / "huge.png"))
+        sync_api.expect(page.get_by_text("image huge.png is 20000x20000").first).to_be_visible(timeout=60_000)
+        page.locator(".toast-close").first.wait_for(timeout=10_000)
+        for close in page.locator(".toast-close").all():
+            close.click()
+        sync_api.expect(page.get_by_text("image huge.png is 20000x20000")).to_have_count(0, timeout=10_000)
+        page.locator("#glaclip-run").click()
+        sync_api.expect(page.get_by_text("image huge.png is 20000x20000").first).to_be_visible(timeout=60_000)
+        assert page.locator("#glaclip-upload img").count() == 0  # nothing shown for a refused upload
+        browser.close()
+    log = (tmp_path / "server.log").read_text()
+    lines = [line for line in log.splitlines() if line.startswith(("glaclip: demo upload", "glaclip: demo request"))]
+    assert [line.split(":")[1] for line in lines] == [" demo upload"] * 4 + [" demo request 1"], log
+    for line, message in zip(lines, [*cases.values(), cases[tmp_path / "huge.png"], cases[tmp_path / "huge.png"]]):
+        assert message in line and str(tmp_path) not in line
+    assert "Traceback" not in log and "Could not preprocess" not in log, log
 
 
 def test_request_errors_and_progress_steps(segmenter, tmp_path):

@@ -39,6 +39,19 @@ def test_pamr_tiles_equal_whole_image():
     assert pamr(image, logits, 0) is logits
 
 
+@pytest.mark.parametrize("strip_bytes, chunk_bytes", [(1, 1), (3 * 2**14, 2**17), (2**30, 2**30)])
+def test_pamr_bands_and_chunks_match_restatement(monkeypatch, strip_bytes, chunk_bytes):
+    """The update a band of rows at a time (1 row, a few rows, all rows) and by query chunks (1, 2, all)."""
+    from glaclip import postprocess
+
+    monkeypatch.setattr(postprocess, "_STRIP_BYTES", strip_bytes)
+    monkeypatch.setattr(postprocess, "_CHUNK_BYTES", chunk_bytes)
+    image, logits = _rand(3, 45, 38, seed=14), _rand(5, 45, 38, seed=15)
+    got = pamr(image, logits, 4, (3, 7))
+    torch.testing.assert_close(got, reference.pamr(image, logits, 4, (3, 7)), rtol=0, atol=1e-10)
+    assert (got - logits).abs().max() > 1e-3
+
+
 def test_area_threshold_matches_restatement():
     g = torch.Generator().manual_seed(5)
     probs = torch.rand(6, 20, 30, generator=g, dtype=torch.float64)

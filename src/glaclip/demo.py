@@ -23,6 +23,7 @@ from .text import parse_classes
 from .visualize import colorize, distinct_palette, heatmap, label_image, legend, overlay, overlay_with_legend
 
 EXAMPLE_CLASSES = "sky, road; street, car; vehicle, tree, building; house, grass"
+PREVIEW_SIDE = 1024  # longest side of the upload's preview in the page
 
 
 def _import_gradio():
@@ -55,11 +56,30 @@ class EncodingCache:
         return enc, False
 
 
-def run_segmentation(seg, image: np.ndarray, classes_text: str, method: str, prob_thd: float, alpha: float,
-                     out_dir: Path, progress=None, encodings: EncodingCache | None = None) -> dict:
+def load_upload(path: str | os.PathLike | None) -> np.ndarray:
+    """An uploaded file through the CLI's image reader (formats, pixel limit checked on the header,
+    before any decoding). Errors name the upload, not the server's temporary path."""
+    if path is None:
+        raise GlaclipError("upload an image first")
+    try:
+        return load_image(Path(path))
+    except GlaclipError as exc:
+        raise GlaclipError(str(exc).replace(str(path), Path(path).name)) from None
+
+
+def preview(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """The image shrunk (by whole-pixel striding) to at most `side` pixels on its longest side."""
+    step = max(1, -(-max(rgb.shape[:2]) // side))
+    return np.ascontiguousarray(rgb[::step, ::step])
+
+
+def run_segmentation(seg, image: np.ndarray | str | os.PathLike | None, classes_text: str, method: str,
+                     prob_thd: float, alpha: float, out_dir: Path, progress=None,
+                     encodings: EncodingCache | None = None) -> dict:
     """Everything the page shows for one request; also writes the downloadable files into out_dir.
 
-    progress: optional callable(fraction, desc) told about the text and image steps. encodings: kept
+    image: an RGB array or an uploaded file's path (read by `load_upload`). progress: optional
+    callable(fraction, desc) told about the text and image steps. encodings: kept
     image encodings; an image seen before (same method and settings) skips the backbones."""
     def step(fraction: float, desc: str) -> None:
         if progress is not None:
@@ -67,11 +87,11 @@ def run_segmentation(seg, image: np.ndarray, classes_text: str, method: str, pro
 
     if image is None:
         raise GlaclipError("upload an image first")
+    rgb = load_upload(image) if isinstance(image, (str, os.PathLike)) else load_image(image)
     queries = parse_classes(classes_text or "")
     chosen = seg.with_preset(get_preset(method, prob_thd=prob_thd))
     step(0.05, f"encoding {len(queries.queries)} class names (cached after the first time)")
     chosen.query_embeddings(queries)
-    rgb = load_image(image)
     reused = False
     if encodings is not None:
         step(0.35, "encoding the image (CLIP and DINO over the windows), unless seen before")
@@ -118,6 +138,18 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
     counter = {"n": 0}
     encodings = EncodingCache()
 
+    def refuse(what: str, exc: GlaclipError):
+        print(f"glaclip: demo {what}: {exc}", file=sys.stderr, flush=True)  # one line, no trace
+        return gr.Error(str(exc), print_exception=False)
+
+    def on_upload(path):
+        if path is None:
+            return None
+        try:
+            return preview(load_upload(path))
+        except GlaclipError as exc:
+            raise refuse("upload", exc) from None
+
     def on_submit(image, classes_text, method, prob_thd, alpha, progress=gr.Progress(track_tqdm=True)):
         if seg is None:
             raise gr.Error(problem or "no model loaded", print_exception=False)
@@ -126,8 +158,7 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
             r = run_segmentation(seg, image, classes_text, method, float(prob_thd), float(alpha),
                                  work / f"request-{counter['n']}", progress=progress, encodings=encodings)
         except GlaclipError as exc:
-            print(f"glaclip: demo request {counter['n']}: {exc}", file=sys.stderr, flush=True)  # one line, no trace
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise refuse(f"request {counter['n']}", exc) from None
         note = ("Image encoding reused: only the class list was re-scored (the backbones did not run again). "
                 if r["reused"] else "")
         return (r["overlay"], r["legend"], r["labels"], r["table"], r["heatmaps"], r["files"],
@@ -144,8 +175,11 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
                         elem_id="glaclip-random")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="numpy", image_mode="RGB", label="Image", sources=["upload"],
-                                 elem_id="glaclip-image")
+                # a file, not gr.Image: Gradio would decode the upload itself, before our checks
+                image = gr.File(label="Image (PNG, JPEG, WebP, TIFF, BMP, ...)", type="filepath",
+                                elem_id="glaclip-image")
+                shown = gr.Image(label="Uploaded image", type="numpy", interactive=False, format="png",
+                                 elem_id="glaclip-upload")
                 classes = gr.Textbox(value=EXAMPLE_CLASSES, label="Classes", elem_id="glaclip-classes")
                 with gr.Row():
                     method = gr.Dropdown(list(PRESETS), value=default_method, label="Method / preset",
@@ -165,6 +199,7 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
         out_files = gr.File(label="Downloads (label PNG, overlay PNG, probabilities .npz, JSON)", file_count="multiple",
                             elem_id="glaclip-files")
         out_preset = gr.Markdown(elem_id="glaclip-preset")
+        image.change(on_upload, [image], [shown])
         run.click(on_submit, [image, classes, method, prob_thd, alpha],
                   [out_overlay, out_legend, out_labels, out_table, out_heat, out_files, out_preset])
     return app

@@ -10,58 +10,93 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_TILE = 1024  # PAMR core tile side (pixels); each tile carries a halo of steps * max(dilation)
-_CHUNK_BYTES = 256 * 2**20  # logits held per query chunk during PAMR
+_TILE = 1728  # PAMR core tile side (pixels); with the default halo (10 steps x 16) a tile spans 2048 pixels
+_CHUNK_BYTES = 256 * 2**20  # padded logits held per query chunk during PAMR (two buffers)
+_STRIP_BYTES = 8 * 2**20  # working set of one band of rows in PAMR's inner loops, meant to stay in cache
 
 
 def _offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
-def _shifted(padded: torch.Tensor, pad: int, dy: int, dx: int, h: int, w: int) -> torch.Tensor:
-    return padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+def _replicate_border(buf: torch.Tensor, pad: int) -> None:
+    """Fill the `pad`-wide border of ... x (h + 2 pad) x (w + 2 pad) from its interior, as replicate padding."""
+    h, w = buf.shape[-2] - 2 * pad, buf.shape[-1] - 2 * pad
+    buf[..., :pad, pad : pad + w] = buf[..., pad : pad + 1, pad : pad + w]
+    buf[..., pad + h :, pad : pad + w] = buf[..., pad + h - 1 : pad + h, pad : pad + w]
+    buf[..., :pad] = buf[..., pad : pad + 1]
+    buf[..., pad + w :] = buf[..., pad + w - 1 : pad + w]
+
+
+def _strip_rows(channels: int, width: int, element_size: int) -> int:
+    """Rows per band in the inner loops: `channels` planes of `width` pixels stay within _STRIP_BYTES."""
+    return max(1, _STRIP_BYTES // (channels * width * element_size))
 
 
 def _affinity(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
-    """3 x H x W image -> K x H x W softmax affinities to the K = 8 * len(dilations) neighbours."""
+    """3 x H x W image -> K x H x W softmax affinities to the K = 8 * len(dilations) neighbours.
+
+    Computed a band of rows at a time (the same operations per pixel as on the whole image)."""
     _, h, w = image.shape
     pad = max(dilations)
     padded = F.pad(image[None], [pad] * 4, mode="replicate")[0]
     offsets = _offsets(dilations)
-    # per channel std (unbiased) over the centre and its 8 neighbours of every dilation (the centre
-    # once per dilation), two passes so that it is as accurate as torch.std
     n = 9 * len(dilations)
-    mean = len(dilations) * image
-    for dy, dx in offsets:
-        mean = mean + _shifted(padded, pad, dy, dx, h, w)
-    mean = mean / n
-    var = len(dilations) * (image - mean) ** 2
-    for dy, dx in offsets:
-        var = var + (_shifted(padded, pad, dy, dx, h, w) - mean) ** 2
-    scale = 1e-8 + 0.1 * (var / (n - 1)).sqrt()
-    del mean, var
-    aff = torch.stack([((image - _shifted(padded, pad, dy, dx, h, w)).abs() / scale).mean(dim=0)
-                       for dy, dx in offsets])
-    return (-aff).softmax(dim=0)
+    out = image.new_empty(len(offsets), h, w)
+    rows = _strip_rows(4 * len(offsets) + 12, w + 2 * pad, image.element_size())
+    for r0 in range(0, h, rows):
+        r1 = min(r0 + rows, h)
+
+        def shifted(dy: int, dx: int) -> torch.Tensor:
+            return padded[:, pad + r0 + dy : pad + r1 + dy, pad + dx : pad + dx + w]
+
+        centre = image[:, r0:r1]
+        # per channel std (unbiased) over the centre and its 8 neighbours of every dilation (the centre
+        # once per dilation), two passes so that it is as accurate as torch.std
+        mean = len(dilations) * centre
+        for dy, dx in offsets:
+            mean = mean + shifted(dy, dx)
+        mean = mean / n
+        var = len(dilations) * (centre - mean) ** 2
+        for dy, dx in offsets:
+            var = var + (shifted(dy, dx) - mean) ** 2
+        scale = 1e-8 + 0.1 * (var / (n - 1)).sqrt()
+        aff = torch.stack([((centre - shifted(dy, dx)).abs() / scale).mean(dim=0) for dy, dx in offsets])
+        out[:, r0:r1] = (-aff).softmax(dim=0)
+    return out
 
 
 def _pamr_region(image: torch.Tensor, logits: torch.Tensor, steps: int, dilations: tuple[int, ...]) -> torch.Tensor:
+    """PAMR on one region held whole: per step, every band of output rows takes its K weighted
+    neighbours while they are in cache, from one replicate-padded buffer into another (no copies)."""
     _, h, w = image.shape
     aff = _affinity(image, dilations)
     pad = max(dilations)
     offsets = _offsets(dilations)
     q = logits.shape[0]
-    chunk = max(1, _CHUNK_BYTES // (3 * logits.element_size() * (h + 2 * pad) * (w + 2 * pad)))
+    chunk = min(q, max(1, _CHUNK_BYTES // (2 * logits.element_size() * (h + 2 * pad) * (w + 2 * pad))))
+    src = logits.new_empty(chunk, h + 2 * pad, w + 2 * pad)
+    dst = torch.empty_like(src)
     out = torch.empty_like(logits)
     for start in range(0, q, chunk):
-        x = logits[start : start + chunk]
+        c = min(chunk, q - start)
+        a, b = src[:c], dst[:c]
+        a[:, pad : pad + h, pad : pad + w] = logits[start : start + c]
+        _replicate_border(a, pad)
+        rows = _strip_rows(2 * c + 2 * len(offsets), w + 2 * pad, logits.element_size())
         for _ in range(steps):
-            padded = F.pad(x[None], [pad] * 4, mode="replicate")[0]
-            new = torch.zeros_like(x)
-            for k, (dy, dx) in enumerate(offsets):
-                new.addcmul_(aff[k][None], _shifted(padded, pad, dy, dx, h, w))
-            x = new
-        out[start : start + chunk] = x
+            for r0 in range(0, h, rows):
+                r1 = min(r0 + rows, h)
+                target = b[:, pad + r0 : pad + r1, pad : pad + w]
+                for k, (dy, dx) in enumerate(offsets):
+                    neighbour = a[:, pad + r0 + dy : pad + r1 + dy, pad + dx : pad + dx + w]
+                    if k == 0:
+                        torch.mul(aff[k, r0:r1], neighbour, out=target)
+                    else:
+                        target.addcmul_(aff[k, r0:r1], neighbour)
+            _replicate_border(b, pad)
+            a, b = b, a
+        out[start : start + c] = a[:, pad : pad + h, pad : pad + w]
     return out
 
 
@@ -70,16 +105,16 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int = 10, dilations: 
          tile: int = _TILE) -> torch.Tensor:
     """Refine Q x H x W logits with PAMR guided by a 3 x H x W image (same size), `steps` iterations.
 
-    Large images are processed in tiles of `tile` pixels with a halo of steps * max(dilations)
-    pixels, which is exactly the reach of the refinement, so the result equals the untiled one while
-    memory stays bounded; query channels are processed in chunks.
+    An image of more than (tile + 2 halo)^2 pixels, halo = steps * max(dilations) (exactly the reach
+    of the refinement), is processed in tiles of `tile` pixels widened by the halo, so the result
+    equals the untiled one while memory stays bounded; query channels are processed in chunks.
     """
     if steps <= 0:
         return logits
     image = image.to(logits.dtype)
     _, h, w = logits.shape
     halo = steps * max(dilations)
-    if h <= tile + 2 * halo and w <= tile + 2 * halo:
+    if h * w <= (tile + 2 * halo) ** 2:
         return _pamr_region(image, logits, steps, dilations)
     out = torch.empty_like(logits)
     for y0 in range(0, h, tile):
