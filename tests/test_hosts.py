@@ -11,7 +11,8 @@ from conftest import TINY_CLIP, structured_image
 
 from glaclip import Segmenter, get_preset
 from glaclip.attention import gla_attention, proxyclip_attention
-from glaclip.hosts import METHODS, local_tokens, neighbourhood
+from glaclip.hosts import local_tokens, neighbourhood
+from glaclip.methods import METHODS
 from glaclip.presets import AttentionConfig
 
 CLASSES = ["sky", "road", "car", "tree"]

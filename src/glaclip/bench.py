@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .methods import DEFAULT_METHOD
+
 DEFAULT_SIZES = ("336x448", "560x1120", "1080x1920", "2160x3840")
 # Sizes whose short side is not a preset's are run at native resolution (no resize).
 PRESET_SHORT_SIDES = (336, 560)
@@ -25,7 +27,7 @@ class Case:
     kind: str  # "pipeline", "block" or "dense"
     height: int
     width: int
-    method: str = "gla-proxyclip"
+    method: str = DEFAULT_METHOD
     device: str = "cpu"
     dtype: str = "auto"
     clip: str = "ViT-B-16-quickgelu"

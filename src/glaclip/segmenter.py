@@ -12,18 +12,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import accumulation_dtype, gla_attention, proxyclip_attention
+from .attention import accumulation_dtype
 from .encoding import ImageEncoding
 from .errors import GlaclipError
-from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens, smoothed_proxy
-from .images import ImageInput, clip_to_imagenet, load_image, preprocess
+from .families import Backbones, family_for
+from .images import ImageInput, load_image, preprocess
+from .methods import DEFAULT_METHOD, METHODS, Method
 from .models import DEFAULT_CLIP, DEFAULT_VFM, ClipTower, MissingWeights, VfmTower, load_clip, load_vfm
 from .postprocess import area_keep, area_threshold, pamr
-from .presets import Preset, get_preset
+from .presets import Preset
 from .protocols import resolve
 from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder
 from .text_cache import clip_text_cache
-from .windows import WindowGrid, crop_windows, resize_rows, stitch, token_index, window_grid
+from .windows import WindowGrid, crop_windows, resize_rows, stitch, window_grid
 
 _BAND_BYTES = 256 * 2**20  # full-resolution logits and probabilities held at once, per band of rows
 
@@ -86,8 +87,8 @@ def _labels(class_probs: torch.Tensor, prob_thd: float) -> torch.Tensor:
 
 
 class Segmenter:
-    """GLA-CLIP, its hosts and baselines (see hosts.METHODS) over a frozen CLIP and, for the
-    ProxyCLIP family, a frozen VFM."""
+    """GLA-CLIP, its hosts and baselines (`methods.METHODS`, run by their `families.py` strategy) over a
+    frozen CLIP and, for methods with VFM attention, a frozen VFM."""
 
     def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16,
                  compile: bool = False, text_cache: bool = True, progress: bool = True):
@@ -99,15 +100,14 @@ class Segmenter:
 
         self.clip = clip
         self.vfm = vfm
-        self.preset = preset or get_preset("gla-proxyclip")
+        self.preset = preset or resolve(DEFAULT_METHOD)
         self.preset.validate()
         self.window_batch = window_batch
         self._instance = uuid.uuid4().hex  # names this segmenter's random weights in encodings
         # The backbone forwards are the only fixed-shape, repeated work; everything else is cheap or global.
         wrap = torch.compile if compile else (lambda f: f)
-        self._vfm_features = wrap(vfm.features) if vfm is not None else None
-        self._clip_values = wrap(clip.value_tokens)
-        self._clip_block_input = wrap(clip.last_block_input)
+        self.backbones = Backbones(clip, vfm, wrap(vfm.features) if vfm is not None else None,
+                                   wrap(clip.value_tokens), wrap(clip.last_block_input))
         self.device = clip.visual.conv1.weight.device
         self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device,
                                 short_encode=None if os.environ.get("GLACLIP_FULL_CONTEXT_TEXT") else
@@ -119,7 +119,7 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
-                        vfm_weights: str | None = None, method: str = "gla-proxyclip", device: str = "auto",
+                        vfm_weights: str | None = None, method: str = DEFAULT_METHOD, device: str = "auto",
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
                         dataset: str | None = None, protocol: str | None = None, text_cache: bool = True,
                         progress: bool = True, **overrides: Any) -> "Segmenter":
@@ -181,6 +181,7 @@ class Segmenter:
     def _check_grids(self) -> None:
         if self.method.needs_vfm and self.vfm is None:
             raise GlaclipError(f"method {self.preset.method} needs a VFM; build the segmenter with one")
+        self.family = family_for(self.method, self.backbones, self.preset.attention)
         # Full windows must tile into patches; a padded small window that does not is floored by the
         # patch convolution (as in the released code) and its logits are resized to the padded size.
         w, p = self.preset.window, self.token_patch
@@ -205,52 +206,17 @@ class Segmenter:
     @torch.no_grad()
     def window_features(self, crops: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Per-window tensors of B windows (B x 3 x h x w, CLIP-normalised), `window_batch` at a time,
-        and the token grid: for VFM methods normalised VFM 'keys' and CLIP 'values' on the VFM grid;
-        for CLIP-only methods 'finals' (window-local) or 'key0'.., 'values', 'raw' (GLA)."""
-        method, a = self.method, self.preset.attention
+        and the token grid; what the tensors are is the method family's own (`families.py`)."""
         parts: dict[str, list[torch.Tensor]] = {}
-
-        def add(name: str, t: torch.Tensor) -> None:
-            parts.setdefault(name, []).append(t)
-
         for start in range(0, crops.shape[0], self.window_batch):
-            batch = crops[start : start + self.window_batch]
-            if method.needs_vfm:
-                k = self._vfm_features(clip_to_imagenet(batch))
-                v = F.interpolate(self._clip_values(batch), size=k.shape[-2:], mode="bilinear", align_corners=False)
-                add("keys", F.normalize(k.flatten(2).transpose(1, 2), dim=-1))
-                add("values", v.flatten(2).transpose(1, 2))
-                grid_hw = tuple(k.shape[-2:])
-            else:
-                tokens, grid_hw = self._clip_block_input(batch)
-                if method.is_global:
-                    keys, v, q = global_keys(method, self.clip, tokens)
-                    for i, key in enumerate(keys):
-                        add(f"key{i}", key)
-                    add("values", v)
-                    add("raw", q)
-                else:
-                    add("finals", local_tokens(method, self.clip, tokens, grid_hw, a))
+            feats, grid_hw = self.family.features(crops[start : start + self.window_batch])
+            for name, t in feats.items():
+                parts.setdefault(name, []).append(t)
         return {name: torch.cat(ts) for name, ts in parts.items()}, grid_hw
 
     def final_tokens(self, feats: dict[str, torch.Tensor], grid: WindowGrid, grid_hw: tuple[int, int]) -> torch.Tensor:
         """One image's window features -> its N x D final patch tokens (the attention of step 5)."""
-        method, a = self.method, self.preset.attention
-        if method.needs_vfm:
-            keys, values = feats["keys"], feats["values"]
-            if method.is_global:
-                out = gla_attention(keys.flatten(0, 1), values.flatten(0, 1), grid.count, a)
-            else:
-                out = proxyclip_attention(keys, values, a)
-            return self.clip.out_proj(out.flatten(0, -2))
-        if not method.is_global:
-            return feats["finals"].flatten(0, 1)
-        keys = [feats[f"key{i}"].flatten(0, 1) for i in range(sum(k.startswith("key") for k in feats))]
-        init = None
-        if method.smoothed_init:
-            index = token_index(grid, grid_hw, self.clip.patch_size).to(self.device)
-            init = smoothed_proxy(feats["raw"].flatten(0, 1), index, grid_hw)
-        return global_tokens(method, self.clip, keys, feats["values"].flatten(0, 1), grid.count, a, init)
+        return self.family.final_tokens(feats, grid, grid_hw)
 
     @torch.no_grad()
     def window_tokens(self, image: torch.Tensor, grid: WindowGrid
