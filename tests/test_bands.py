@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import structured_image
+from probes import image_logits, whole_decision
 
-import glaclip.segmenter as segmenter_module
+import glaclip.decision as decision_module
 from glaclip import parse_classes, resolve
-from glaclip.segmenter import decide
 from glaclip.windows import resize_rows
 
 CLASSES = [["sky", "heaven"], ["road"], ["car", "vehicle", "automobile"], ["tree"]]
@@ -34,21 +34,21 @@ def test_bands_equal_the_whole_image(segmenter64, monkeypatch, method, dataset):
     seg = segmenter64.with_preset(resolve(method, dataset, short_side=200))
     whole = seg.predict(rgb, CLASSES)
     assert whole._probs is not None  # small: probabilities computed with the labels
-    monkeypatch.setattr(segmenter_module, "_BAND_BYTES", 4 * 20 * 170 * 9)  # about 9 rows a band
+    monkeypatch.setattr(decision_module, "_BAND_BYTES", 4 * 20 * 170 * 9)  # about 9 rows a band
     banded = seg.predict(rgb, CLASSES)
     assert banded._probs is None  # large (here: forced): probabilities only when read
     np.testing.assert_array_equal(banded.labels, whole.labels)
     np.testing.assert_allclose(banded.probs, whole.probs, atol=1e-12, rtol=0)
     # and both equal the plain formula on the whole logits at once
     queries = parse_classes(CLASSES)
-    logits, resized = seg.image_logits(rgb, queries)
+    logits, resized = image_logits(seg, rgb, queries)
     d = seg.preset.decision
     if d.pamr_steps:
         from glaclip.postprocess import pamr
 
         guide = F.interpolate(resized, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
         logits = pamr(guide, logits, d.pamr_steps, d.pamr_dilations)
-    labels, probs = decide(logits, torch.tensor(queries.query_class), 4, d.logit_scale, d.prob_thd, d.area_thd)
+    labels, probs = whole_decision(logits, torch.tensor(queries.query_class), 4, d.logit_scale, d.prob_thd, d.area_thd)
     np.testing.assert_allclose(whole.probs, probs.numpy(), atol=1e-10, rtol=0)
     np.testing.assert_array_equal(whole.labels, labels.numpy())
 

@@ -8,10 +8,12 @@ import reference
 import torch
 import torch.nn.functional as F
 from conftest import TINY_CLIP, structured_image
+from probes import clip_host_tokens
 
 from glaclip import Segmenter, get_preset
 from glaclip.attention import gla_attention, proxyclip_attention
-from glaclip.hosts import METHODS, local_tokens, neighbourhood
+from glaclip.hosts import local_tokens, neighbourhood
+from glaclip.methods import METHODS
 from glaclip.presets import AttentionConfig
 
 CLASSES = ["sky", "road", "car", "tree"]
@@ -95,7 +97,7 @@ def test_gla_on_clip_hosts_equals_formula(segmenter64, name, key):
 
     x = preprocess(rgb, 336, 2048, torch.float64)
     grid = seg.grid_for(x.shape[2], x.shape[3])
-    got, _ = seg.clip_host_tokens(x, grid)
+    got, _ = clip_host_tokens(seg, x, grid)
     crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in grid.boxes])
     tokens, _ = seg.clip.last_block_input(crops)
     q, k, v = seg.clip.qkv(tokens)
@@ -134,7 +136,7 @@ def test_gla_clearclip_release_equals_formula(segmenter64, size, short):
     rgb = structured_image(*size, seed=4)
     x = preprocess(rgb, short, 2048, torch.float64)
     grid = seg.grid_for(x.shape[2], x.shape[3])
-    got, _ = seg.clip_host_tokens(x, grid)
+    got, _ = clip_host_tokens(seg, x, grid)
     crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in grid.boxes])
     if any(grid.pad):
         crops = F.pad(crops, grid.pad)
@@ -164,7 +166,7 @@ def test_gla_clearclip_release_equals_formula(segmenter64, size, short):
     expected = seg.clip.out_proj(o.transpose(1, 2).reshape(values.shape[1], -1).T)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
     plain = segmenter64.with_preset(get_preset("gla-clearclip", block_rows=61, short_side=short))
-    assert (plain.clip_host_tokens(x, grid)[0] - got).abs().max() > 1e-6  # the variant differs
+    assert (clip_host_tokens(plain, x, grid)[0] - got).abs().max() > 1e-6  # the variant differs
 
 
 def test_single_window_gla_reduces_to_window_local_proxyclip():

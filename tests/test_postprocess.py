@@ -8,12 +8,12 @@ import reference
 import torch
 import torch.nn.functional as F
 from conftest import structured_image
+from probes import whole_decision
 
 from glaclip import get_preset, resolve
 from glaclip.attention import proxyclip_attention
 from glaclip.postprocess import area_threshold, pamr
 from glaclip.presets import AttentionConfig
-from glaclip.segmenter import decide
 from glaclip.towers import resize_positions
 
 CLASSES = [["sky", "heaven"], ["road"], ["car", "vehicle", "automobile"], ["tree"]]
@@ -61,7 +61,7 @@ def test_area_threshold_matches_restatement():
         torch.testing.assert_close(area_threshold(probs, thd), reference.area_threshold(probs, thd), rtol=0, atol=0)
     assert (area_threshold(probs, 0.1)[5] == 0).all() and (area_threshold(probs, 0.1)[0] == probs[0]).all()
     logits = _rand(6, 20, 30, seed=6)
-    labels, class_probs = decide(logits, torch.arange(6), 6, 65.0, 0.1, area_thd=0.1)
+    labels, class_probs = whole_decision(logits, torch.arange(6), 6, 65.0, 0.1, area_thd=0.1)
     expected = reference.area_threshold(torch.softmax(65 * logits, 0), 0.1)
     torch.testing.assert_close(class_probs, expected)
     top, lab = expected.max(0)

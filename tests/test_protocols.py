@@ -8,7 +8,7 @@ import pytest
 
 from glaclip import GlaclipError, get_preset, resolve
 from glaclip.datasets import packaged_classes
-from glaclip.presets import METHODS
+from glaclip.methods import METHODS
 
 DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
 # BASELINES.md section 2, column by column: (short side, crop, stride, logit scale, prob_thd); crop 0 = whole.
@@ -45,7 +45,7 @@ def _expected(protocol, dataset):
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("protocol", [None, "host", "gla"])
 def test_every_method_and_dataset_reports_its_protocol(method, dataset, protocol):
     expected_protocol = {None: OWN.get(method, "gla"), "gla": "gla"}.get(protocol)

@@ -5,9 +5,9 @@ import reference
 import torch
 from conftest import structured_image
 from PIL import Image
+from probes import whole_decision
 
 from glaclip import GlaclipError, get_preset
-from glaclip.segmenter import decide
 
 CLASSES = [["sky", "heaven"], ["road"], ["car", "vehicle", "automobile"], ["tree"]]
 
@@ -74,13 +74,13 @@ def test_gla_differs_from_window_local(segmenter, image_300x400):
 def test_decide_synonym_max_and_background():
     logits = torch.tensor([[[0.30, 0.10]], [[0.20, 0.11]], [[0.25, 0.12]], [[0.0, 0.105]]])  # 4 queries, 1x2 px
     owner = torch.tensor([0, 1, 1, 2])
-    labels, probs = decide(logits, owner, 3, 40.0, 0.0)
+    labels, probs = whole_decision(logits, owner, 3, 40.0, 0.0)
     p = torch.softmax(40 * logits, dim=0)
     expected = torch.stack([p[0], torch.maximum(p[1], p[2]), p[3]])
     torch.testing.assert_close(probs, expected)
     assert labels.tolist() == [[0, 1]]
     # prob_thd: pixels whose top class probability is below it fall back to index 0
-    labels_thd, _ = decide(logits, owner, 3, 40.0, 0.4)
+    labels_thd, _ = whole_decision(logits, owner, 3, 40.0, 0.4)
     top = expected.max(0).values
     assert top[0, 1] < 0.4 <= top[0, 0]
     assert labels_thd.tolist() == [[0, 0]]

@@ -7,8 +7,8 @@
 """
 
 from .errors import GlaclipError
-from .presets import AttentionConfig, DecisionConfig, Preset, WindowConfig, get_preset
-from .protocols import PRESETS, resolve
+from .presets import AttentionConfig, DecisionConfig, Preset, WindowConfig
+from .protocols import PRESETS, effective, get_preset, resolve
 from .segmenter import Segmentation, Segmenter
 from .text import parse_classes, read_class_file
 
@@ -16,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Segmenter", "Segmentation", "Preset", "PRESETS", "get_preset", "WindowConfig", "AttentionConfig",
-    "DecisionConfig", "GlaclipError", "resolve", "parse_classes", "read_class_file", "__version__",
+    "DecisionConfig", "GlaclipError", "resolve", "effective", "parse_classes", "read_class_file", "__version__",
 ]

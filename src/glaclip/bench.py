@@ -17,6 +17,7 @@ import torch
 
 from .errors import GlaclipError
 from .images import resized_shape
+from .methods import GLOBAL
 from .text import parse_classes
 
 CLASSES = "sky, road, car, person, tree, building"
@@ -126,7 +127,7 @@ def bench(seg, sizes: list[str], dense: bool = True, echo=print) -> list[dict]:
         image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
         seconds, peak, labels = _timed(seg, image)
         row = {"size": f"{h}x{w}", "windows": windows, "tokens": n, "seconds": seconds, "peak_mb": peak}
-        if not seg.method.is_global:
+        if seg.method.family != GLOBAL:
             cells = ["n/a (window-local attention)", "", ""]
         elif not dense:
             cells = ["not run", "", ""]

@@ -12,6 +12,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from .errors import GlaclipError
+from .methods import DEFAULT_METHOD, METHODS, preset_names
 from .models import DEFAULT_CLIP, DEFAULT_VFM
 
 app = typer.Typer(
@@ -71,9 +72,27 @@ VfmWeightsOpt = Annotated[Optional[str], typer.Option(
     "--vfm-weights", help="Local file or 'random' (env GLACLIP_VFM_WEIGHTS; default: the timm hub).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Method / preset (see `glaclip methods`): "
-                                        "gla-proxyclip, proxyclip, clip, maskclip, sclip, clearclip, naclip, "
-                                        "gla-clearclip, gla-sclip, gla-naclip, gla-proxyclip-paper.")]
+
+
+class _MethodOption(typer.models.OptionInfo):
+    """`--method`, whose help lists the registry's methods and named presets when the help is built."""
+
+    @property
+    def help(self) -> str:
+        return f"Method / preset (see `glaclip methods`): {', '.join(preset_names())}."
+
+    @help.setter
+    def help(self, value) -> None:  # set by OptionInfo.__init__; the listing above wins
+        pass
+
+
+def _method_option(*names: str) -> typer.models.OptionInfo:
+    option = typer.Option(*names)
+    option.__class__ = _MethodOption
+    return option
+
+
+MethodOpt = Annotated[str, _method_option("--method", "-m")]
 SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset value, e.g. --set rho=0.6 "
                                            "--set short_side=560. Repeatable.")]
 ProtocolOpt = Annotated[Optional[str], typer.Option(
@@ -114,7 +133,7 @@ def segment(
     class_file: Optional[Path] = typer.Option(None, "--class-file", "-f", help="One class per line, synonyms "
                                               "separated by '; '."),
     out: Path = typer.Option(Path("glaclip_out"), "--out", "-o", help="Output folder (mirrors the inputs' folders)."),
-    method: MethodOpt = "gla-proxyclip",
+    method: MethodOpt = DEFAULT_METHOD,
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Use this benchmark's protocol row (and its "
                                           "class file when no classes are given), e.g. voc21."),
     protocol: ProtocolOpt = None,
@@ -249,7 +268,7 @@ def evaluate_cmd(
     label_suffix: str = typer.Option(".png", "--label-suffix", help="folder: label file = image stem + this."),
     reduce_zero_label: bool = typer.Option(False, "--reduce-zero-label", help="folder: label 0 is ignored, k -> k-1."),
     ignore_index: int = typer.Option(255, "--ignore-index", help="Label value left out of the metrics."),
-    method: MethodOpt = "gla-proxyclip",
+    method: MethodOpt = DEFAULT_METHOD,
     protocol: ProtocolOpt = None,
     settings: SetOpt = [],
     clip: ClipOpt = DEFAULT_CLIP,
@@ -317,7 +336,7 @@ def datasets() -> None:
 def bench(
     sizes: List[str] = typer.Option(["336x448", "560x1120"], "--size", help="HEIGHTxWIDTH of a random test image "
                                     "(resized by the preset as any image). Repeatable."),
-    method: MethodOpt = "gla-proxyclip",
+    method: MethodOpt = DEFAULT_METHOD,
     dense: bool = typer.Option(True, "--dense/--no-dense", help="Also run the global attention as one naive dense "
                                "N x N matrix."),
     clip: ClipOpt = DEFAULT_CLIP,
@@ -351,7 +370,7 @@ def demo(
     port: int = typer.Option(7860, "--port", help="Port to serve on."),
     random_weights: bool = typer.Option(False, "--random-weights", help="Randomly initialised models: try the page "
                                         "without any download (labels are meaningless)."),
-    method: MethodOpt = "gla-proxyclip",
+    method: MethodOpt = DEFAULT_METHOD,
     clip: ClipOpt = DEFAULT_CLIP,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
@@ -384,7 +403,6 @@ def demo(
 @app.command()
 def methods() -> None:
     """List the segmentation methods, the paper each follows, and the preset values each uses."""
-    from .hosts import METHODS
     from .models import CLIP_BACKBONES, VFM_BACKBONES
     from .protocols import PRESETS, protocol_name
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from .errors import GlaclipError
 from .images import load_image
-from .presets import get_preset
-from .protocols import PRESETS
+from .methods import DEFAULT_METHOD, preset_names
+from .protocols import get_preset
 from .text import parse_classes
 from .visualize import colorize, distinct_palette, heatmap, label_image, legend, overlay, overlay_with_legend
 
@@ -131,7 +131,12 @@ def run_segmentation(seg, image: np.ndarray | str | os.PathLike | None, classes_
     }
 
 
-def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyclip"):
+def method_choices() -> list[str]:
+    """The methods and named presets the page offers (`methods.preset_names`)."""
+    return preset_names()
+
+
+def build_app(seg, problem: str | None = None, default_method: str = DEFAULT_METHOD):
     """The Gradio Blocks app. `seg` is a loaded Segmenter, or None with `problem` saying why."""
     gr = _import_gradio()
     work = Path(tempfile.mkdtemp(prefix="glaclip-demo-"))
@@ -182,7 +187,7 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
                                  elem_id="glaclip-upload")
                 classes = gr.Textbox(value=EXAMPLE_CLASSES, label="Classes", elem_id="glaclip-classes")
                 with gr.Row():
-                    method = gr.Dropdown(list(PRESETS), value=default_method, label="Method / preset",
+                    method = gr.Dropdown(method_choices(), value=default_method, label="Method / preset",
                                          elem_id="glaclip-method")
                     prob_thd = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Background threshold (prob_thd)",
                                          elem_id="glaclip-thd")
@@ -205,7 +210,7 @@ def build_app(seg, problem: str | None = None, default_method: str = "gla-proxyc
     return app
 
 
-def launch(seg, problem: str | None, host: str = "127.0.0.1", port: int = 7860, method: str = "gla-proxyclip",
+def launch(seg, problem: str | None, host: str = "127.0.0.1", port: int = 7860, method: str = DEFAULT_METHOD,
            block: bool = True):
     app = build_app(seg, problem, method)
     app.queue().launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,

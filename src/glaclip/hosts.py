@@ -1,63 +1,21 @@
-"""Host methods: what replaces CLIP's last block, window-local or global (GLA).
+"""CLIP host recipes: what replaces CLIP's last block, window-local or global (GLA), on CLIP's own q/k.
 
-Every method turns the tokens entering CLIP's last block into final patch tokens (before ln_post and
-the projection). Window-local hosts attend within a window; GLA hosts extend the host's keys to the
-tokens of all windows and use the proxy anchor and dynamic normalisation of METHOD.md step 5
-(`attention.gla_attention`), with one weight matrix shared by all heads.
+Every recipe turns the tokens entering CLIP's last block into final patch tokens (before ln_post and
+the projection), as a method's registry entry (`methods.Method`: attention, residual, neighbourhood,
+smoothed_init) describes it. Window-local recipes attend within a window; global ones extend the
+host's keys to the tokens of all windows and use the proxy anchor and dynamic normalisation of
+METHOD.md step 5 (`attention.gla_attention`), with one weight matrix shared by all heads. The
+families in `families.py` call these.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from .attention import gla_attention
+from .methods import Method
 from .presets import AttentionConfig
 from .towers import ClipTower
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    host: str
-    is_global: bool
-    needs_vfm: bool
-    recipe: str
-    smoothed_init: bool = False  # GLA release's ClearCLIP path: the proxy starts from a smoothed key
-
-
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("clip", "clip", False, False,
-           "CLIP (Radford et al., ICML 2021): the unmodified last block, q-k attention with residual and FFN"),
-    Method("clip-vanilla", "vanilla", False, False,
-           "Vanilla CLIP as ClearCLIP and the GLA release define it: the last block's q-k attention only; "
-           "no residual, no FFN"),
-    Method("maskclip", "maskclip", False, False,
-           "MaskCLIP (Zhou et al., ECCV 2022): value path of the last block, out_proj only; no residual, no FFN"),
-    Method("sclip", "sclip", False, False,
-           "SCLIP (Wang et al., ECCV 2024): correlative self-attention softmax(qq^T)+softmax(kk^T); "
-           "residual and FFN kept"),
-    Method("clearclip", "clearclip", False, False,
-           "ClearCLIP (Lan et al., ECCV 2024): q-q attention; no residual, no FFN"),
-    Method("naclip", "naclip", False, False,
-           "NACLIP (Hajimiri et al., WACV 2025): k-k attention plus a Gaussian neighbourhood (std 5 patches) on "
-           "the logits; no residual, no FFN"),
-    Method("proxyclip", "proxyclip", False, True,
-           "ProxyCLIP (Lan et al., ECCV 2024): VFM affinities as attention over CLIP values, per window"),
-    Method("gla-proxyclip", "proxyclip", True, True,
-           "GLA-CLIP (CVPR 2026) on ProxyCLIP: VFM keys of all windows, proxy anchor, dynamic normalisation"),
-    Method("gla-clearclip", "clearclip", True, False,
-           "GLA on ClearCLIP: CLIP q of all windows as keys; no residual, no FFN"),
-    Method("gla-clearclip-release", "clearclip", True, False,
-           "GLA on ClearCLIP as released: the proxy starts from each token's q averaged with its 8 neighbours "
-           "and the tokens at the same image position in other windows; beta fixed at 1.2", smoothed_init=True),
-    Method("gla-sclip", "sclip", True, False,
-           "GLA on SCLIP: GLA weights from q plus GLA weights from k (all windows); no residual, no FFN"),
-    Method("gla-naclip", "naclip", True, False,
-           "GLA on NACLIP: CLIP k of all windows as keys; no residual, no FFN"),
-]}
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -82,41 +40,53 @@ def neighbourhood(gh: int, gw: int, std: float, dtype: torch.dtype, device) -> t
 
 def local_tokens(method: Method, clip: ClipTower, tokens: torch.Tensor, grid: tuple[int, int],
                  cfg: AttentionConfig) -> torch.Tensor:
-    """Window-local CLIP host: B x (1+L) x D tokens entering the last block -> B x L x D final patch tokens."""
+    """Window-local CLIP recipe: B x (1+L) x D tokens entering the last block -> B x L x D final patch tokens.
+
+    'block': the unmodified block; 'value': the value path; otherwise the sum of one softmax per
+    affinity ('q.q', 'k.k', 'q.k'), NACLIP's Gaussian added to the logits when `method.neighbourhood`,
+    and the block's residual and FFN when `method.residual`."""
     blk = clip.last_block
-    if method.host == "clip":
+    if method.attention == "block":
         batch_first = getattr(clip.visual.transformer, "batch_first", True)
         out = blk(tokens) if batch_first else blk(tokens.transpose(0, 1)).transpose(0, 1)
         return out[:, 1:]
     q, k, v = clip.qkv(tokens)
-    if method.host == "maskclip":
+    if method.attention == "value":
         return clip.out_proj(v[:, 1:])
     h = clip.heads
-    q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
-    scale = q.shape[-1] ** -0.5
-    if method.host == "clearclip":
-        weights = (q @ q.transpose(-1, -2) * scale).softmax(-1)
-    elif method.host == "sclip":
-        weights = (q @ q.transpose(-1, -2) * scale).softmax(-1) + (k @ k.transpose(-1, -2) * scale).softmax(-1)
-    elif method.host == "vanilla":
-        weights = (q @ k.transpose(-1, -2) * scale).softmax(-1)
-    elif method.host == "naclip":
-        omega = neighbourhood(*grid, cfg.gaussian_std, k.dtype, k.device)
-        weights = (k @ k.transpose(-1, -2) * scale + omega).softmax(-1)
-    else:
-        raise ValueError(f"{method.name} is not a window-local CLIP host")
+    parts = {"q": _heads(q, h), "k": _heads(k, h)}
+    v = _heads(v, h)
+    scale = parts["q"].shape[-1] ** -0.5
+    omega = neighbourhood(*grid, cfg.gaussian_std, v.dtype, v.device) if method.neighbourhood else None
+    weights = None
+    for pair in _affinities(method):
+        a, b = parts[pair[0]], parts[pair[1]]
+        logits = a @ b.transpose(-1, -2) * scale
+        if omega is not None:
+            logits = logits + omega
+        w = logits.softmax(-1)
+        weights = w if weights is None else weights + w
     attended = clip.out_proj(_merge(weights @ v))
-    if method.host == "sclip":  # SCLIP keeps the block's residual and FFN
+    if method.residual:  # SCLIP keeps the block's residual and FFN
         x = tokens + blk.ls_1(attended)
         return (x + blk.ls_2(blk.mlp(blk.ln_2(x))))[:, 1:]
     return attended[:, 1:]
+
+
+def _affinities(method: Method) -> list[tuple[str, str]]:
+    """'q.q+k.k' -> [('q', 'q'), ('k', 'k')]."""
+    pairs = [tuple(p.split(".")) for p in method.attention.split("+")]
+    if not pairs or any(len(p) != 2 or not set(p) <= {"q", "k"} for p in pairs):
+        raise ValueError(f"{method.name}: attention {method.attention!r} is not a CLIP affinity recipe")
+    return pairs
 
 
 def global_keys(method: Method, clip: ClipTower, tokens: torch.Tensor
                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """GLA CLIP host, per window batch: ([keys per attention], values, raw q), patch tokens only, B x L x D each."""
     q, k, v = clip.qkv(tokens)
-    keys = {"clearclip": [q], "naclip": [k], "sclip": [q, k]}[method.host]
+    parts = {"q": q, "k": k}
+    keys = [parts[a] for a, b in _affinities(method) if a == b]  # symmetric affinities: the keys are their side
     return [F.normalize(x[:, 1:], dim=-1) for x in keys], v[:, 1:], q[:, 1:]
 
 
@@ -149,10 +119,3 @@ def smoothed_proxy(raw: torch.Tensor, index: torch.Tensor, grid_hw: tuple[int, i
             t[:, yd, xd] += x[:, ys, xs] * extra[..., None]
             c[:, yd, xd] += extra
     return F.normalize(total / count[:, None], dim=-1)
-
-
-def global_tokens(method: Method, clip: ClipTower, keys: list[torch.Tensor], values: torch.Tensor, num_windows: int,
-                  cfg: AttentionConfig, init_proxy: torch.Tensor | None = None) -> torch.Tensor:
-    """N x C keys (one per attention) and N x D values of all windows -> N x D final patch tokens."""
-    attended = sum(gla_attention(k, values, num_windows, cfg, init_proxy) for k in keys)
-    return clip.out_proj(attended)

@@ -1,7 +1,9 @@
-"""Named hyperparameter presets.
+"""Presets: every setting a method runs with.
 
 A preset is three small groups of settings (windows, attention, decision) plus the method name.
-Every value defaults to METHOD.md; `Preset.describe()` is printed next to every result.
+Every value defaults to METHOD.md; `Preset.describe()` is printed next to every result. The named
+presets and the settings of each method on each data set are resolved in `protocols.py`; the
+methods themselves are listed in `methods.py`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence
 
 from .errors import GlaclipError
+from .methods import DEFAULT_METHOD, METHODS, VFM_LOCAL
 
-METHODS = ("gla-proxyclip", "proxyclip", "clip", "clip-vanilla", "maskclip", "sclip", "clearclip", "naclip",
-           "gla-clearclip", "gla-clearclip-release", "gla-sclip", "gla-naclip")  # recipes in hosts.py
 ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
 
 
@@ -85,7 +86,7 @@ class Preset:
     """
 
     name: str
-    method: str = "gla-proxyclip"
+    method: str = DEFAULT_METHOD
     window: WindowConfig = field(default_factory=WindowConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
@@ -154,8 +155,10 @@ class Preset:
             problems.append("memory_mb must be positive")
         if a.gaussian_std <= 0:
             problems.append("gaussian_std must be positive")
-        if not a.token_norm and self.method != "proxyclip":
-            problems.append("token_norm=false (one scalar mean per window) applies to the window-local proxyclip only")
+        if not a.token_norm and self.method in METHODS and METHODS[self.method].family != VFM_LOCAL:
+            local = ", ".join(m.name for m in METHODS.values() if m.family == VFM_LOCAL)
+            problems.append(f"token_norm=false (one scalar mean per window) applies to the window-local VFM "
+                            f"methods only ({local})")
         if d.logit_scale <= 0:
             problems.append(f"logit_scale must be positive, got {d.logit_scale}")
         if not 0.0 <= d.prob_thd <= 1.0:
@@ -214,12 +217,3 @@ def setting_names() -> list[str]:
     for cls in (WindowConfig, AttentionConfig, DecisionConfig):
         names += [f.name for f in fields(cls)]
     return names
-
-
-def get_preset(name: str, **overrides: Any) -> Preset:
-    """A named preset (a method name, see `glaclip methods`) with optional flat overrides."""
-    from .protocols import PRESETS
-
-    if name not in PRESETS:
-        raise GlaclipError(f"unknown preset or method {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name].with_overrides(**overrides)

@@ -6,18 +6,28 @@ crop/stride (crop 0 = the whole image), logit scale, background threshold, the e
 PAMR, window padding) and the class file. Row None is a plain image (no data set): the protocol's
 settings for data sets without a background class.
 
-A method runs its authors' protocol by default: the four hosts their own, every other method
-(GLA plug-ins, CLIP baselines) GLA's. `protocol="gla"` puts any method on GLA's protocol;
-`protocol="host"` puts a method on its host's (`HOST_OF`).
+A method runs its registry entry's protocol by default (`methods.Method.protocol`: the four hosts their
+own, every other method GLA's). `protocol="gla"` puts any method on GLA's protocol; `protocol="host"`
+puts a method on its host's (`Method.host`).
+
+This module also resolves presets: `resolve` gives the preset of a method (or named preset) on a data
+set under a protocol, `effective` that preset with its class list, and `PRESETS` every named preset
+on a plain image, as the registry lists them at the time.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable, Iterator, Mapping, Union
 
+from .datasets import dataset_names, packaged_classes
 from .errors import GlaclipError
-from .presets import METHODS, AttentionConfig, DecisionConfig, Preset, WindowConfig
+from .methods import METHODS, VARIANTS, get_method, preset_names
+from .presets import AttentionConfig, DecisionConfig, Preset, WindowConfig
+from .text import ClassQueries, ClassSpec, parse_classes, read_class_file
+
+Classes = Union[ClassQueries, str, "os.PathLike[str]", Iterable[ClassSpec], None]
 
 DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 PROTOCOLS = ("gla", "proxyclip", "sclip", "clearclip", "naclip")
@@ -51,38 +61,24 @@ EXTRAS: dict[str, dict[str, Any]] = {
 AREA_THD = {("sclip", "voc21"): 0.1}
 # Data sets whose class file differs per protocol (BASELINES.md section 3); others share one file.
 CLASS_VARIANTS = {"proxyclip": ("voc21", "voc20", "coco_object"), "clearclip": ("voc21", "voc20", "coco_object")}
-# Settings that belong to a method's formula, whatever the protocol.
-METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "proxyclip": {"token_norm": False},  # official ProxyCLIP: one scalar mean per window
-    "gla-clearclip-release": {"dynamic_beta": False},  # the release's dynamic-beta path fails; beta 1.2
-}
-HOST_OF = {
-    "proxyclip": "proxyclip", "gla-proxyclip": "proxyclip", "sclip": "sclip", "gla-sclip": "sclip",
-    "clearclip": "clearclip", "gla-clearclip": "clearclip", "gla-clearclip-release": "clearclip",
-    "naclip": "naclip", "gla-naclip": "naclip",
-    "clip": "sclip",  # the unmodified CLIP baseline as SCLIP and NACLIP report it
-    "clip-vanilla": "clearclip",  # ClearCLIP's (and the GLA release's) "vanilla" CLIP
-    "maskclip": "gla",
-}
-OWN_PROTOCOL = ("proxyclip", "sclip", "clearclip", "naclip")
 ALIASES = {"voc": "voc21", "pc60": "context60", "pc59": "context59", "object": "coco_object",
            "stuff": "coco_stuff", "city": "cityscapes", "ade": "ade20k"}
-# Named presets beyond the method names: (method, overrides).
-EXTRA_PRESETS = {"gla-proxyclip-paper": ("gla-proxyclip", {"rho": 0.6})}  # rho as the paper's text states
 
 
 def protocol_name(method: str, protocol: str | None = None) -> str:
     """The concrete protocol: None/'default' -> the method's own, 'host' -> its host's, or a name."""
-    if method not in HOST_OF:
-        raise GlaclipError(f"unknown preset or method {method!r}; choose from "
-                           f"{', '.join(list(METHODS) + list(EXTRA_PRESETS))}")
+    entry = get_method(method)
     if protocol in (None, "", "default"):
-        return method if method in OWN_PROTOCOL else "gla"
-    if protocol == "host":
-        return HOST_OF[method]
-    if protocol not in PROTOCOLS:
+        proto = entry.protocol
+    elif protocol == "host":
+        proto = entry.host
+    elif protocol not in PROTOCOLS:
         raise GlaclipError(f"unknown protocol {protocol!r}; choose from default, host, {', '.join(PROTOCOLS)}")
-    return protocol
+    else:
+        proto = protocol
+    if proto not in TABLE:
+        raise GlaclipError(f"method {method!r} names protocol {proto!r}, which has no rows in protocols.TABLE")
+    return proto
 
 
 def dataset_key(dataset: str | None) -> str | None:
@@ -91,6 +87,14 @@ def dataset_key(dataset: str | None) -> str | None:
         return None
     name = ALIASES.get(dataset.lower(), dataset.lower())
     return name if name in DATASETS else None
+
+
+def benchmark_key(dataset: str | None) -> str | None:
+    """`dataset_key`, refusing names that are neither a benchmark nor 'folder' (a user's own data set)."""
+    key = dataset_key(dataset)
+    if dataset is not None and key is None and dataset.lower() != "folder":
+        raise GlaclipError(f"unknown dataset {dataset!r}; choose from {', '.join(dataset_names())}")
+    return key
 
 
 def class_file(protocol: str, dataset: str | None) -> str | None:
@@ -103,29 +107,68 @@ def class_file(protocol: str, dataset: str | None) -> str | None:
 def resolve(method: str, dataset: str | None = None, protocol: str | None = None, **overrides: Any) -> Preset:
     """The preset `method` runs with on `dataset` (None: a plain image) under `protocol`, then overrides.
 
-    `method` may also be a named preset such as 'gla-proxyclip-paper'.
+    `method` may also be a named preset such as 'gla-proxyclip-paper' (`methods.VARIANTS`).
     """
-    base_overrides: dict[str, Any] = {}
-    if method in EXTRA_PRESETS:
-        name = method
-        method, base_overrides = EXTRA_PRESETS[method]
-    else:
-        name = method
+    name = method
+    if method in VARIANTS:
+        method, overrides = VARIANTS[name].method, {**VARIANTS[name].overrides, **overrides}
     proto = protocol_name(method, protocol)
-    ds = dataset_key(dataset)
+    ds = benchmark_key(dataset)
     short, crop, stride, scale, thd = TABLE[proto][ds]
     extras = dict(EXTRAS[proto])
     window = WindowConfig(short_side=short, crop=crop, stride=stride, pad_multiple=extras.pop("pad_multiple"))
     decision = DecisionConfig(logit_scale=scale, prob_thd=thd, area_thd=AREA_THD.get((proto, ds)), **extras)
-    attention = replace(AttentionConfig(), **METHOD_SETTINGS.get(method, {}))
+    attention = replace(AttentionConfig(), **METHODS[method].settings)
     if ds is not None or proto != protocol_name(method):
         name = f"{name}@{ds or 'image'}:{proto}"
     preset = Preset(name, method, window, attention, decision, protocol=proto, dataset=ds,
                     class_file=class_file(proto, ds))
-    preset = preset.with_overrides(**base_overrides, **overrides)
+    preset = preset.with_overrides(**overrides)
     preset.validate()
     return preset
 
 
-PRESETS: dict[str, Preset] = {m: resolve(m) for m in METHODS}
-PRESETS.update({name: resolve(name) for name in EXTRA_PRESETS})
+def effective(method: str, dataset: str | None = None, protocol: str | None = None,
+              overrides: Mapping[str, Any] | None = None, classes: Classes = None
+              ) -> tuple[Preset, ClassQueries | None]:
+    """What a run uses: the preset (`resolve`) and the class list, with `preset.class_file` saying where
+    the classes came from.
+
+    classes: None -> the packaged class file of the protocol's row for `dataset` (None when there is
+    no data set); a path (os.PathLike) -> that class file; a string -> the class syntax
+    ("sky, car; vehicle": commas or newlines separate classes, ';' synonyms); names, synonym lists
+    or ClassQueries -> those. dataset: a benchmark name or alias, 'folder' (no protocol row) or None.
+    """
+    preset = resolve(method, dataset, protocol, **dict(overrides or {}))
+    if classes is None:
+        return preset, packaged_classes(preset.class_file) if preset.class_file else None
+    if isinstance(classes, os.PathLike):
+        return replace(preset, class_file=os.fspath(classes)), read_class_file(classes)
+    queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
+    return replace(preset, class_file=None), queries
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """A named preset (a method name or a named variant, see `glaclip presets`) with optional flat overrides."""
+    return resolve(name).with_overrides(**overrides)
+
+
+class _Presets(Mapping[str, Preset]):
+    """Every named preset on a plain image, read from the registry when asked (so registered methods appear)."""
+
+    def __getitem__(self, name: str) -> Preset:
+        if name not in METHODS and name not in VARIANTS:
+            raise KeyError(name)
+        return resolve(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(preset_names())
+
+    def __len__(self) -> int:
+        return len(preset_names())
+
+    def __repr__(self) -> str:
+        return f"PRESETS({', '.join(self)})"
+
+
+PRESETS: Mapping[str, Preset] = _Presets()

@@ -1,4 +1,10 @@
-"""The segmenter: image + class names -> per-pixel labels and class probabilities (METHOD.md 1-8)."""
+"""The segmenter: image + class names -> per-pixel labels and class probabilities (METHOD.md 1-8).
+
+`Segmenter` orchestrates: resize and windows (`images.py`, `windows.py`), the backbones' window
+forwards and the method's family (`families.py`: per-window features -> final patch tokens), the
+projection into an `ImageEncoding`, the text product with the class queries (`text.py`), stitching,
+and the decision (`decision.py`: full resolution, post-processing, probabilities, labels).
+"""
 
 from __future__ import annotations
 
@@ -6,89 +12,31 @@ import dataclasses
 import json
 import os
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import accumulation_dtype, gla_attention, proxyclip_attention
+from .attention import accumulation_dtype
+from .decision import Segmentation, decide
 from .encoding import ImageEncoding
 from .errors import GlaclipError
-from .hosts import METHODS, Method, global_keys, global_tokens, local_tokens, smoothed_proxy
-from .images import ImageInput, clip_to_imagenet, load_image, preprocess
+from .families import Backbones, family_for
+from .images import ImageInput, load_image, preprocess
+from .methods import DEFAULT_METHOD, METHODS, Method
 from .models import DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
-from .postprocess import area_keep, area_threshold, pamr
-from .presets import Preset, get_preset
+from .presets import Preset
 from .protocols import resolve
 from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder
 from .text_cache import clip_text_cache
 from .towers import ClipTower, VfmTower
-from .windows import WindowGrid, crop_windows, resize_rows, stitch, token_index, window_grid
-
-_BAND_BYTES = 256 * 2**20  # full-resolution logits and probabilities held at once, per band of rows
-
-
-class Segmentation:
-    """Result for one image, at its original size.
-
-    labels: HxW int64 class indices; probs: CxHxW float32 per-class probabilities (max over each
-    class's synonyms); classes: display names in index order; preset: the settings used.
-    For large images the labels are computed a band of rows at a time and `probs` only when first
-    read (it is the one array whose size grows with classes x pixels).
-    """
-
-    def __init__(self, labels: np.ndarray, probs: np.ndarray | None, classes: list[str], preset: Preset,
-                 probs_fn: Callable[[], np.ndarray] | None = None):
-        self.labels = labels
-        self._probs = probs
-        self._probs_fn = probs_fn
-        self.classes = classes
-        self.preset = preset
-
-    @property
-    def probs(self) -> np.ndarray:
-        if self._probs is None:
-            self._probs = self._probs_fn()
-        return self._probs
-
-    def shares(self) -> dict[str, float]:
-        """Fraction of the image's pixels given to each class."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
-        return {name: float(c) / self.labels.size for name, c in zip(self.classes, counts)}
-
-    def __repr__(self) -> str:
-        return f"Segmentation({self.labels.shape[1]}x{self.labels.shape[0]}, classes={self.classes})"
-
-
-def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int,
-                        logit_scale: float) -> torch.Tensor:
-    """softmax(logit_scale * logits) over all Q queries, then each class's max over its synonyms: C x ..."""
-    probs = (logit_scale * logits).softmax(dim=0)
-    owner = query_class.to(probs.device)
-    return torch.stack([probs[owner == c].amax(dim=0) for c in range(num_classes)])
-
-
-def decide(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, logit_scale: float,
-           prob_thd: float, area_thd: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """METHOD.md step 8: QxHxW logits -> (labels HxW, class probs CxHxW); SCLIP's area threshold
-    (`postprocess.area_threshold`) between the synonym max and the argmax when area_thd is set."""
-    class_probs = class_probabilities(logits, query_class, num_classes, logit_scale)
-    if area_thd is not None:
-        class_probs = area_threshold(class_probs, area_thd)
-    return _labels(class_probs, prob_thd), class_probs
-
-
-def _labels(class_probs: torch.Tensor, prob_thd: float) -> torch.Tensor:
-    top, labels = class_probs.max(dim=0)
-    if prob_thd > 0:
-        labels[top < prob_thd] = 0
-    return labels
+from .windows import WindowGrid, crop_windows, stitch, window_grid
 
 
 class Segmenter:
-    """GLA-CLIP, its hosts and baselines (see hosts.METHODS) over a frozen CLIP and, for the
-    ProxyCLIP family, a frozen VFM."""
+    """GLA-CLIP, its hosts and baselines (`methods.METHODS`, run by their `families.py` strategy) over a
+    frozen CLIP and, for methods with VFM attention, a frozen VFM."""
 
     def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16,
                  compile: bool = False, text_cache: bool = True, progress: bool = True):
@@ -100,15 +48,14 @@ class Segmenter:
 
         self.clip = clip
         self.vfm = vfm
-        self.preset = preset or get_preset("gla-proxyclip")
+        self.preset = preset or resolve(DEFAULT_METHOD)
         self.preset.validate()
         self.window_batch = window_batch
         self._instance = uuid.uuid4().hex  # names this segmenter's random weights in encodings
         # The backbone forwards are the only fixed-shape, repeated work; everything else is cheap or global.
         wrap = torch.compile if compile else (lambda f: f)
-        self._vfm_features = wrap(vfm.features) if vfm is not None else None
-        self._clip_values = wrap(clip.value_tokens)
-        self._clip_block_input = wrap(clip.last_block_input)
+        self.backbones = Backbones(clip, vfm, wrap(vfm.features) if vfm is not None else None,
+                                   wrap(clip.value_tokens), wrap(clip.last_block_input))
         self.device = clip.visual.conv1.weight.device
         self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device,
                                 short_encode=None if os.environ.get("GLACLIP_FULL_CONTEXT_TEXT") else
@@ -120,7 +67,7 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
-                        vfm_weights: str | None = None, method: str = "gla-proxyclip", device: str = "auto",
+                        vfm_weights: str | None = None, method: str = DEFAULT_METHOD, device: str = "auto",
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
                         dataset: str | None = None, protocol: str | None = None, text_cache: bool = True,
                         progress: bool = True, **overrides: Any) -> "Segmenter":
@@ -182,6 +129,7 @@ class Segmenter:
     def _check_grids(self) -> None:
         if self.method.needs_vfm and self.vfm is None:
             raise GlaclipError(f"method {self.preset.method} needs a VFM; build the segmenter with one")
+        self.family = family_for(self.method, self.backbones, self.preset.attention)
         # Full windows must tile into patches; a padded small window that does not is floored by the
         # patch convolution (as in the released code) and its logits are resized to the padded size.
         w, p = self.preset.window, self.token_patch
@@ -206,73 +154,17 @@ class Segmenter:
     @torch.no_grad()
     def window_features(self, crops: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Per-window tensors of B windows (B x 3 x h x w, CLIP-normalised), `window_batch` at a time,
-        and the token grid: for VFM methods normalised VFM 'keys' and CLIP 'values' on the VFM grid;
-        for CLIP-only methods 'finals' (window-local) or 'key0'.., 'values', 'raw' (GLA)."""
-        method, a = self.method, self.preset.attention
+        and the token grid; what the tensors are is the method family's own (`families.py`)."""
         parts: dict[str, list[torch.Tensor]] = {}
-
-        def add(name: str, t: torch.Tensor) -> None:
-            parts.setdefault(name, []).append(t)
-
         for start in range(0, crops.shape[0], self.window_batch):
-            batch = crops[start : start + self.window_batch]
-            if method.needs_vfm:
-                k = self._vfm_features(clip_to_imagenet(batch))
-                v = F.interpolate(self._clip_values(batch), size=k.shape[-2:], mode="bilinear", align_corners=False)
-                add("keys", F.normalize(k.flatten(2).transpose(1, 2), dim=-1))
-                add("values", v.flatten(2).transpose(1, 2))
-                grid_hw = tuple(k.shape[-2:])
-            else:
-                tokens, grid_hw = self._clip_block_input(batch)
-                if method.is_global:
-                    keys, v, q = global_keys(method, self.clip, tokens)
-                    for i, key in enumerate(keys):
-                        add(f"key{i}", key)
-                    add("values", v)
-                    add("raw", q)
-                else:
-                    add("finals", local_tokens(method, self.clip, tokens, grid_hw, a))
+            feats, grid_hw = self.family.features(crops[start : start + self.window_batch])
+            for name, t in feats.items():
+                parts.setdefault(name, []).append(t)
         return {name: torch.cat(ts) for name, ts in parts.items()}, grid_hw
 
     def final_tokens(self, feats: dict[str, torch.Tensor], grid: WindowGrid, grid_hw: tuple[int, int]) -> torch.Tensor:
         """One image's window features -> its N x D final patch tokens (the attention of step 5)."""
-        method, a = self.method, self.preset.attention
-        if method.needs_vfm:
-            keys, values = feats["keys"], feats["values"]
-            if method.is_global:
-                out = gla_attention(keys.flatten(0, 1), values.flatten(0, 1), grid.count, a)
-            else:
-                out = proxyclip_attention(keys, values, a)
-            return self.clip.out_proj(out.flatten(0, -2))
-        if not method.is_global:
-            return feats["finals"].flatten(0, 1)
-        keys = [feats[f"key{i}"].flatten(0, 1) for i in range(sum(k.startswith("key") for k in feats))]
-        init = None
-        if method.smoothed_init:
-            index = token_index(grid, grid_hw, self.clip.patch_size).to(self.device)
-            init = smoothed_proxy(feats["raw"].flatten(0, 1), index, grid_hw)
-        return global_tokens(method, self.clip, keys, feats["values"].flatten(0, 1), grid.count, a, init)
-
-    @torch.no_grad()
-    def window_tokens(self, image: torch.Tensor, grid: WindowGrid
-                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """VFM methods: normalised VFM keys (N x C), CLIP values on the VFM grid (N x D), and that grid."""
-        feats, grid_hw = self.window_features(crop_windows(image.to(self.device), grid))
-        return feats["keys"].flatten(0, 1), feats["values"].flatten(0, 1), grid_hw
-
-    @torch.no_grad()
-    def clip_host_tokens(self, image: torch.Tensor, grid: WindowGrid) -> tuple[torch.Tensor, tuple[int, int]]:
-        """CLIP-only methods: final patch tokens of all windows (N x D) and the CLIP grid."""
-        feats, grid_hw = self.window_features(crop_windows(image.to(self.device), grid))
-        return self.final_tokens(feats, grid, grid_hw), grid_hw
-
-    @torch.no_grad()
-    def image_canvas(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steps 1-7 up to the last resize: cosine logits Q x h x w on the resized image (windows
-        stitched) or, for whole-image inference without padding, on the token grid; and the resized,
-        CLIP-normalised image 1 x 3 x h' x w'. One bilinear resize takes the logits to the original size."""
-        enc = self.encode_images([rgb])[0]
-        return self.canvas(enc, queries), enc.resized
+        return self.family.final_tokens(feats, grid, grid_hw)
 
     def encoding_identity(self) -> dict:
         """What an image encoding depends on: models (weights), precision, method, window and
@@ -345,28 +237,6 @@ class Segmenter:
             return logits[0]
         return stitch(logits, enc.grid)
 
-    @torch.no_grad()
-    def image_logits(self, rgb: np.ndarray, queries: ClassQueries) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stitched cosine logits Q x H x W at the original image size (steps 1-7), and the resized,
-        CLIP-normalised image 1 x 3 x h x w they came from."""
-        canvas, x = self.image_canvas(rgb, queries)
-        return F.interpolate(canvas[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0], x
-
-    def band_logits(self, canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int], start: int, stop: int,
-                    preset: Preset | None = None) -> torch.Tensor:
-        """Rows start..stop-1 of the refined full-resolution logits (Q x rows x W): the canvas resized
-        bilinearly to `size`, then PAMR when the preset switches it on, computed on the band widened by
-        PAMR's reach (steps x largest dilation) so that the rows equal those of the whole image."""
-        d = (preset or self.preset).decision
-        h, w = size
-        if d.pamr_steps <= 0:
-            return resize_rows(canvas, h, w, start, stop)
-        halo = d.pamr_steps * max(d.pamr_dilations)
-        a, b = max(start - halo, 0), min(stop + halo, h)
-        guide = resize_rows(resized[0].to(self.device, canvas.dtype), h, w, a, b)
-        refined = pamr(guide, resize_rows(canvas, h, w, a, b), d.pamr_steps, tuple(d.pamr_dilations))
-        return refined[:, start - a : stop - a]
-
     def predict(self, image: ImageInput, classes: Iterable[ClassSpec] | str | ClassQueries,
                 prob_thd: float | None = None) -> Segmentation:
         """Segment one image into the given classes.
@@ -384,7 +254,7 @@ class Segmenter:
             enc = image
         else:
             enc = self.encode_images([load_image(image)])[0]
-        return self._decide_bands(self.canvas(enc, queries), enc.resized, enc.size, queries, preset)
+        return decide(self.canvas(enc, queries), enc.resized, enc.size, queries, preset)
 
     def predict_many(self, images: list[ImageInput], classes: Iterable[ClassSpec] | str | ClassQueries,
                      prob_thd: float | None = None, max_windows: int | None = None) -> list[Segmentation]:
@@ -392,48 +262,4 @@ class Segmenter:
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
         encs = self.encode_images([load_image(im) for im in images], max_windows)
-        return [self._decide_bands(self.canvas(enc, queries), enc.resized, enc.size, queries, preset) for enc in encs]
-
-    @torch.no_grad()
-    def _decide_bands(self, canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int],
-                      queries: ClassQueries, preset: Preset) -> Segmentation:
-        """Post-processing and decision a band of rows at a time: memory stays bounded whatever the
-        number of classes and pixels (the area threshold, a global rule, takes a first pass)."""
-        d = preset.decision
-        h, w = size
-        owner = torch.tensor(queries.query_class)
-        c = len(queries)
-        rows = max(1, _BAND_BYTES // (4 * (2 * canvas.shape[0] + c) * w))
-        bands = [(y, min(y + rows, h)) for y in range(0, h, rows)]
-
-        def band_probs(y0: int, y1: int) -> torch.Tensor:
-            logits = self.band_logits(canvas, resized, size, y0, y1, preset)
-            return class_probabilities(logits, owner, c, d.logit_scale)
-
-        keep = None
-        if d.area_thd is not None:
-            areas = torch.zeros(c, dtype=torch.int64)
-            for y0, y1 in bands:
-                areas += torch.bincount(band_probs(y0, y1).argmax(dim=0).flatten().cpu(), minlength=c)
-            keep = area_keep(areas, d.area_thd)
-
-        def finish(p: torch.Tensor) -> torch.Tensor:
-            return p if keep is None else p * keep.to(p.device, p.dtype)[:, None, None]
-
-        labels = np.empty((h, w), dtype=np.int64)
-        eager = len(bands) == 1 or c * h * w * 4 <= _BAND_BYTES
-        out_dtype = np.float64 if canvas.dtype == torch.float64 else np.float32  # fp64 only for verification
-        probs = np.empty((c, h, w), dtype=out_dtype) if eager else None
-        for y0, y1 in bands:
-            p = finish(band_probs(y0, y1))
-            labels[y0:y1] = _labels(p, d.prob_thd).cpu().numpy()
-            if eager:
-                probs[:, y0:y1] = p.cpu().numpy()
-
-        def all_probs() -> np.ndarray:
-            out = np.empty((c, h, w), dtype=out_dtype)
-            for y0, y1 in bands:
-                out[:, y0:y1] = finish(band_probs(y0, y1)).cpu().numpy()
-            return out
-
-        return Segmentation(labels, probs, list(queries.names), preset, probs_fn=None if eager else all_probs)
+        return [decide(self.canvas(enc, queries), enc.resized, enc.size, queries, preset) for enc in encs]

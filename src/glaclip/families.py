@@ -1,0 +1,126 @@
+"""Method families: how a method turns the windows of an image into final patch tokens.
+
+A family is a small strategy object with one interface, built for one method (`methods.Method`) and
+one attention setting over the backbones of a segmenter:
+
+    features(crops)                              B windows -> {name: B x ... tensors}, token grid (gh, gw)
+    final_tokens(features, grid, grid_hw, masks) one image's windows -> N x D final patch tokens
+
+`features` runs per batch of windows (the segmenter batches windows of several images and splits the
+tensors per image by their first dimension); `final_tokens` runs per image, so it may attend across
+all of an image's windows. The names of the feature tensors are the family's own. `masks` is room for
+families that also take a region-mask map per image (`needs_masks`); none of the families here does.
+
+Families: window-local from a VFM (ProxyCLIP), window-local from CLIP's own q/k (CLIP, MaskCLIP,
+SCLIP, ClearCLIP, NACLIP), and global over all windows (GLA, on VFM keys or on CLIP's q/k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .attention import gla_attention, proxyclip_attention
+from .hosts import global_keys, local_tokens, smoothed_proxy
+from .images import clip_to_imagenet
+from .methods import CLIP_LOCAL, GLOBAL, VFM_LOCAL, Method
+from .presets import AttentionConfig
+from .towers import ClipTower, VfmTower
+from .windows import WindowGrid, token_index
+
+Features = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Backbones:
+    """The frozen towers and their window forwards (possibly compiled), shared by every family."""
+
+    clip: ClipTower
+    vfm: VfmTower | None
+    vfm_features: Callable[[torch.Tensor], torch.Tensor] | None  # ImageNet-normalised crops -> B x C x gh x gw
+    clip_values: Callable[[torch.Tensor], torch.Tensor]  # crops -> B x D x gh' x gw' (last block's values)
+    clip_block_input: Callable[[torch.Tensor], tuple[torch.Tensor, tuple[int, int]]]  # tokens entering the last block
+
+
+class Family:
+    """Base of the strategies: per-window features -> one image's final patch tokens."""
+
+    needs_masks = False
+
+    def __init__(self, method: Method, backbones: Backbones, attention: AttentionConfig):
+        self.method, self.backbones, self.attention = method, backbones, attention
+
+    def features(self, crops: torch.Tensor) -> tuple[Features, tuple[int, int]]:
+        raise NotImplementedError
+
+    def final_tokens(self, feats: Features, grid: WindowGrid, grid_hw: tuple[int, int],
+                     masks: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _vfm_features(b: Backbones, crops: torch.Tensor) -> tuple[Features, tuple[int, int]]:
+    """Normalised VFM keys and CLIP values resized to the VFM grid: B x L x C and B x L x D."""
+    k = b.vfm_features(clip_to_imagenet(crops))
+    v = F.interpolate(b.clip_values(crops), size=k.shape[-2:], mode="bilinear", align_corners=False)
+    return {"keys": F.normalize(k.flatten(2).transpose(1, 2), dim=-1),
+            "values": v.flatten(2).transpose(1, 2)}, tuple(k.shape[-2:])
+
+
+class VfmLocal(Family):
+    """ProxyCLIP: VFM affinities as attention over CLIP's values, within each window."""
+
+    def features(self, crops):
+        return _vfm_features(self.backbones, crops)
+
+    def final_tokens(self, feats, grid, grid_hw, masks=None):
+        out = proxyclip_attention(feats["keys"], feats["values"], self.attention)
+        return self.backbones.clip.out_proj(out.flatten(0, -2))
+
+
+class ClipLocal(Family):
+    """A CLIP recipe on the last block within each window (`hosts.local_tokens`); nothing to do per image."""
+
+    def features(self, crops):
+        tokens, grid_hw = self.backbones.clip_block_input(crops)
+        return {"finals": local_tokens(self.method, self.backbones.clip, tokens, grid_hw, self.attention)}, grid_hw
+
+    def final_tokens(self, feats, grid, grid_hw, masks=None):
+        return feats["finals"].flatten(0, 1)
+
+
+class Global(Family):
+    """GLA: every token attends to the tokens of all windows (proxy anchor, dynamic normalisation),
+    keyed by the VFM or by CLIP's q and/or k (one GLA attention per key, summed)."""
+
+    def features(self, crops):
+        if self.method.needs_vfm:
+            return _vfm_features(self.backbones, crops)
+        tokens, grid_hw = self.backbones.clip_block_input(crops)
+        keys, values, raw = global_keys(self.method, self.backbones.clip, tokens)
+        feats = {f"key{i}": key for i, key in enumerate(keys)}
+        feats["values"] = values
+        if self.method.smoothed_init:
+            feats["raw"] = raw
+        return feats, grid_hw
+
+    def final_tokens(self, feats, grid, grid_hw, masks=None):
+        clip = self.backbones.clip
+        keys = [t for name, t in feats.items() if name.startswith("key")]  # 'keys' (VFM) or 'key0', 'key1', ...
+        init = None
+        if self.method.smoothed_init:
+            index = token_index(grid, grid_hw, clip.patch_size).to(feats["raw"].device)
+            init = smoothed_proxy(feats["raw"].flatten(0, 1), index, grid_hw)
+        values = feats["values"].flatten(0, 1)
+        attended = sum(gla_attention(k.flatten(0, 1), values, grid.count, self.attention, init) for k in keys)
+        return clip.out_proj(attended)
+
+
+FAMILIES: dict[str, type[Family]] = {VFM_LOCAL: VfmLocal, CLIP_LOCAL: ClipLocal, GLOBAL: Global}
+
+
+def family_for(method: Method, backbones: Backbones, attention: AttentionConfig) -> Family:
+    """The strategy object that runs `method` with these settings."""
+    return FAMILIES[method.family](method, backbones, attention)

@@ -1,0 +1,161 @@
+"""The method registry: one entry per method, from which every listing derives; the package's layout."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import structured_image
+from typer.testing import CliRunner
+
+import glaclip
+from glaclip import PRESETS, GlaclipError, get_preset, resolve
+from glaclip.cli import app
+from glaclip.demo import method_choices
+from glaclip.methods import CLIP_LOCAL, GLOBAL, METHODS, VARIANTS, Method, Variant, preset_names, register, unregister
+from glaclip.protocols import PROTOCOLS, protocol_name
+
+SRC = Path(glaclip.__file__).parent
+
+
+def _flat(text: str) -> str:
+    """CLI output without the help panels' wrapping and borders."""
+    return "".join(text.replace("│", " ").split())
+
+
+@pytest.fixture
+def toy():
+    entry = register(Method("toy-kk", CLIP_LOCAL, "k.k", "k-k attention, for a test", "Toy (tests)", host="naclip"))
+    variant = register(Variant("toy-kk-wide", "toy-kk", {"short_side": 448}, "a named preset, for a test"))
+    yield entry, variant
+    unregister(variant.name)
+    unregister(entry.name)
+
+
+def test_a_registered_method_is_found_everywhere(toy, segmenter):
+    runner = CliRunner()
+    assert "toy-kk" in METHODS and "toy-kk-wide" in VARIANTS and {"toy-kk", "toy-kk-wide"} <= set(preset_names())
+    assert list(PRESETS) == preset_names() and PRESETS["toy-kk-wide"].window.short_side == 448
+    assert protocol_name("toy-kk") == "gla" and protocol_name("toy-kk", "host") == "naclip"
+    assert resolve("toy-kk", "voc21", "host").decision.pamr_steps == 10  # the host's protocol row
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0 and "Toy (tests): k-k attention, for a test [CLIP only, no VFM]" in r.output
+    r = runner.invoke(app, ["presets"])
+    assert r.exit_code == 0 and "preset=toy-kk-wide method=toy-kk" in r.output
+    for command in ("segment", "eval", "demo"):
+        r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+        assert r.exit_code == 0 and "toy-kk," in _flat(r.output) and "toy-kk-wide." in _flat(r.output), command
+    assert {"toy-kk", "toy-kk-wide"} <= set(method_choices())
+    result = segmenter.with_preset(get_preset("toy-kk")).predict(structured_image(90, 120), ["sky", "road"])
+    assert result.preset.method == "toy-kk" and result.labels.shape == (90, 120)
+    np.testing.assert_allclose(result.probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_unregistered_method_is_gone(toy):
+    unregister("toy-kk-wide")
+    unregister("toy-kk")
+    assert "toy-kk" not in PRESETS and "toy-kk" not in preset_names()
+    with pytest.raises(GlaclipError, match="unknown preset or method 'toy-kk'"):
+        resolve("toy-kk")
+    register(toy[0])  # the fixture removes them again
+    register(toy[1])
+
+
+@pytest.mark.parametrize("entry, problem", [
+    (Method("bad-1", GLOBAL, "q.k", "", ""), "symmetric"),
+    (Method("bad-2", CLIP_LOCAL, "vfm", "", ""), "cannot run"),
+    (Method("bad-3", "sideways", "q.q", "", ""), "family must be"),
+    (Method("bad-4", GLOBAL, "q.q", "", "", residual=True), "residual"),
+    (Method("bad-5", CLIP_LOCAL, "q.q", "", "", smoothed_init=True), "smoothed_init"),
+    (Method("clip", CLIP_LOCAL, "q.q", "", ""), "already registered"),
+    (Variant("bad-6", "nowhere", {}, ""), "unknown method"),
+])
+def test_bad_entries_are_refused(entry, problem):
+    with pytest.raises(GlaclipError, match=problem):
+        register(entry)
+    assert "bad-" not in " ".join(preset_names())
+
+
+def test_every_entry_resolves_on_every_protocol():
+    for name in preset_names():
+        assert resolve(name).method in METHODS
+        for protocol in ("default", "host", *PROTOCOLS):
+            assert resolve(name, "voc21", protocol).protocol in PROTOCOLS
+
+
+def _string_constants(path: Path) -> list[str]:
+    return [n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)]
+
+
+def test_method_names_are_spelled_only_in_the_registry():
+    """No module but methods.py spells a method or preset name (protocols.py may spell its protocol rows,
+    which share names with the hosts)."""
+    names = set(preset_names()) - {"clip"}  # 'clip' also keys the CLIP tower in model records
+    found = {}
+    for path in sorted(SRC.glob("*.py")):
+        if path.name == "methods.py":
+            continue
+        allowed = set(PROTOCOLS) if path.name == "protocols.py" else set()
+        spelled = sorted({s for s in _string_constants(path) if s in names} - allowed)
+        if spelled:
+            found[path.name] = spelled
+    assert found == {}
+
+
+def _imports(path: Path) -> set[str]:
+    """The glaclip modules a module imports, from every import statement in it (also inside functions)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                out.add(node.module.split(".")[0])
+            elif node.level == 1:
+                out.update(a.name for a in node.names if (SRC / f"{a.name}.py").exists() or a.name == "__init__")
+                out.add("__init__")
+            elif node.level == 0 and node.module and node.module.split(".")[0] == "glaclip":
+                parts = node.module.split(".")
+                out.add(parts[1] if len(parts) > 1 else "__init__")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "glaclip":
+                    out.add(parts[1] if len(parts) > 1 else "__init__")
+    return out
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    graph = {p.stem: _imports(p) - {p.stem} for p in SRC.glob("*.py")}
+    assert graph["protocols"] >= {"presets", "methods"} and "protocols" not in graph["presets"]  # not vacuous
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_finds_cycles(tmp_path):
+    a = tmp_path / "a.py"
+    a.write_text("import os\nfrom .c import x\n\ndef f():\n    from .b import g\n    from glaclip.d import h\n")
+    assert _imports(a) == {"b", "c", "d"}
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
