@@ -88,8 +88,9 @@ def test_factory_cache_choices_context_and_templates(tiny_files, tmp_path, monke
 
     monkeypatch.setenv("GLACLIP_CACHE_DIR", str(tmp_path / "env"))
     monkeypatch.delenv(FULL_CONTEXT_ENV, raising=False)
-    clip = _fresh(tiny_files, text_cache=False).clip
-    assert _fresh(tiny_files, text_cache=False).text.disk is None
+    seg = _fresh(tiny_files, text_cache=False)
+    clip = seg.clip
+    assert seg.text.disk is None
     # a folder: the cache under it, nothing under $GLACLIP_CACHE_DIR
     vectors = text_encoder(clip, cache=tmp_path / "mine", progress=False).embed(QUERIES)
     assert cache_info(tmp_path / "mine")["entries"] == len(QUERIES) and not (tmp_path / "env").exists()
