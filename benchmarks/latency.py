@@ -6,7 +6,7 @@
 Cases, each `python -m glaclip segment` in a fresh process: text at the full 77-token context
 (GLACLIP_FULL_CONTEXT_TEXT=1, no cache), short context with a cold and a warm cache, in fp32 and
 bf16, for examples/classes.txt and the VOC21 class file; labels compared with each list's first
-case. Then text encoding alone, in-process (Segmenter.query_embeddings). Weights: the real
+case. Then text encoding alone, in-process (`glaclip.text.text_encoder`). Weights: the real
 architectures, randomly initialised and saved to files (or --clip-weights / --vfm-weights).
 """
 
@@ -61,21 +61,20 @@ def segment_process(a: argparse.Namespace, classes: Path, dtype: str, mode: str,
 
 
 def text_timing(a: argparse.Namespace, classes: Path, cache: Path) -> dict:
-    """Seconds of Segmenter.query_embeddings: full context, short context (cold cache), warm disk cache."""
-    from glaclip import Segmenter, read_class_file
+    """Seconds of TextEncoder.embed (glaclip.text.text_encoder): full context, short context (cold cache),
+    warm disk cache, each a new encoder over the same loaded CLIP."""
+    from glaclip import read_class_file
+    from glaclip.models import load_clip
+    from glaclip.text import text_encoder
 
     queries = read_class_file(classes)
     out = {"queries": len(queries.queries)}
-    os.environ["GLACLIP_CACHE_DIR"] = str(cache)
+    clip = load_clip(a.clip, str(a.clip_weights), device="cpu", dtype="fp32")
     for mode in ("full", "short", "warm"):
-        if mode == "full":
-            os.environ["GLACLIP_FULL_CONTEXT_TEXT"] = "1"
-        seg = Segmenter.from_pretrained(clip=a.clip, clip_weights=str(a.clip_weights), vfm=a.vfm,
-                                        vfm_weights=str(a.vfm_weights), device="cpu", dtype="fp32",
-                                        text_cache=mode != "full", progress=False)
-        os.environ.pop("GLACLIP_FULL_CONTEXT_TEXT", None)
+        enc = text_encoder(clip, cache=cache if mode != "full" else False, short_context=mode != "full",
+                           progress=False)
         start = time.perf_counter()
-        seg.query_embeddings(queries)  # 'short' fills the cache that a new segmenter then reads ('warm')
+        enc.embed(queries.queries)  # 'short' fills the cache that a new encoder then reads ('warm')
         out[mode] = time.perf_counter() - start
     return out
 

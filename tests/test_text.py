@@ -4,7 +4,7 @@ import reference
 import torch
 
 from glaclip import GlaclipError, parse_classes, read_class_file
-from glaclip.text import TextEncoder, templates
+from glaclip.text import FULL_CONTEXT_ENV, templates, text_encoder
 
 
 def test_parse_forms():
@@ -46,7 +46,7 @@ def test_templates_are_the_80_openai_ones():
 def test_embedding_equals_formula(segmenter):
     model = segmenter.clip.model
     tok = open_clip.get_tokenizer(segmenter.clip.name)
-    enc = TextEncoder(model.encode_text, tok, torch.device("cpu"), batch_size=7)
+    enc = text_encoder(segmenter.clip, cache=False, short_context=False, batch_size=7)
     got = enc.embed(["cat", "traffic light"])
     expected = reference.text_queries(model, tok, ["cat", "traffic light"])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
@@ -75,14 +75,50 @@ def test_short_context_equals_full_context(request, fixture, atol):
 
 
 def test_batched_encoder_equals_per_query_reference(segmenter64):
-    enc = TextEncoder(segmenter64.clip.encode_text, open_clip.get_tokenizer(segmenter64.clip.name), "cpu",
-                      short_encode=None, batch_size=37)
-    fast = TextEncoder(segmenter64.clip.encode_text, open_clip.get_tokenizer(segmenter64.clip.name), "cpu",
-                       short_encode=__import__("glaclip.text", fromlist=["x"]).short_context_encoder(
-                           segmenter64.clip.model), batch_size=37)
+    enc = text_encoder(segmenter64.clip, cache=False, short_context=False, batch_size=37)
+    fast = text_encoder(segmenter64.clip, cache=False, short_context=True, batch_size=37)
+    assert enc._short is None and fast._short is not None
     expected = reference.text_queries(segmenter64.clip.model, open_clip.get_tokenizer(segmenter64.clip.name), QUERIES)
     torch.testing.assert_close(enc.embed(QUERIES).double(), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(fast.embed(QUERIES).double(), expected, rtol=0, atol=1e-12)
+
+
+def test_factory_cache_choices_context_and_templates(tiny_files, tmp_path, monkeypatch):
+    from glaclip.text_cache import cache_info
+
+    monkeypatch.setenv("GLACLIP_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.delenv(FULL_CONTEXT_ENV, raising=False)
+    seg = _fresh(tiny_files, text_cache=False)
+    clip = seg.clip
+    assert seg.text.disk is None
+    # a folder: the cache under it, nothing under $GLACLIP_CACHE_DIR
+    vectors = text_encoder(clip, cache=tmp_path / "mine", progress=False).embed(QUERIES)
+    assert cache_info(tmp_path / "mine")["entries"] == len(QUERIES) and not (tmp_path / "env").exists()
+    again = text_encoder(clip, cache=str(tmp_path / "mine"))
+    calls = _count_encodes_of(again)
+    torch.testing.assert_close(again.embed(QUERIES), vectors, rtol=0, atol=0)
+    assert calls == []
+    # True: the default root, the same vectors
+    torch.testing.assert_close(text_encoder(clip, cache=True).embed(QUERIES), vectors, rtol=0, atol=0)
+    assert cache_info()["entries"] == len(QUERIES)
+    # False / None: memory only
+    for off in (False, None):
+        enc = text_encoder(clip, cache=off)
+        assert enc.disk is None
+        enc.embed(["zebra"])
+    assert cache_info()["entries"] == len(QUERIES) and cache_info(tmp_path / "mine")["entries"] == len(QUERIES)
+    # other templates: other vectors under another model key
+    one = [lambda c: f"a photo of a {c}."]
+    mine = text_encoder(clip, one, cache=tmp_path / "mine")
+    assert mine.prompt_strings() == ["a photo of a {}."]
+    assert (mine.embed(QUERIES) - vectors).abs().max() > 1e-4
+    assert cache_info(tmp_path / "mine")["models"] == 2
+    # short context unless $GLACLIP_FULL_CONTEXT_TEXT says otherwise or the caller chooses
+    assert text_encoder(clip, cache=False)._short is not None
+    monkeypatch.setenv(FULL_CONTEXT_ENV, "1")
+    full = text_encoder(clip, cache=False)
+    assert full._short is None and text_encoder(clip, cache=False, short_context=True)._short is not None
+    torch.testing.assert_close(full.embed(QUERIES), vectors, rtol=0, atol=1e-5)
 
 
 def _fresh(tiny_files, **kw):
@@ -92,11 +128,15 @@ def _fresh(tiny_files, **kw):
 
 
 def _count_encodes(seg):
+    return _count_encodes_of(seg.text)
+
+
+def _count_encodes_of(enc):
     calls = []
     for name in ("_encode", "_short"):
-        original = getattr(seg.text, name)
+        original = getattr(enc, name)
         if original is not None:
-            setattr(seg.text, name, lambda t, o=original: calls.append(len(t)) or o(t))
+            setattr(enc, name, lambda t, o=original: calls.append(len(t)) or o(t))
     return calls
 
 

@@ -28,8 +28,7 @@ from .methods import DEFAULT_METHOD, METHODS, Method
 from .models import DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
 from .presets import Preset
 from .protocols import resolve
-from .text import ClassQueries, ClassSpec, TextEncoder, parse_classes, short_context_encoder
-from .text_cache import clip_text_cache
+from .text import ClassQueries, ClassSpec, parse_classes, text_encoder
 from .towers import ClipTower, VfmTower
 from .windows import WindowGrid, crop_windows, stitch, window_grid
 
@@ -44,8 +43,6 @@ class Segmenter:
         compile: run the backbones' window forwards through torch.compile (first call compiles).
         text_cache: keep query embeddings on disk across runs (`text_cache.cache_root()`); never for
         random weights. progress: a progress bar when text encoding takes more than 2 s."""
-        import open_clip
-
         self.clip = clip
         self.vfm = vfm
         self.preset = preset or resolve(DEFAULT_METHOD)
@@ -57,11 +54,7 @@ class Segmenter:
         self.backbones = Backbones(clip, vfm, wrap(vfm.features) if vfm is not None else None,
                                    wrap(clip.value_tokens), wrap(clip.last_block_input))
         self.device = clip.visual.conv1.weight.device
-        self.text = TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), self.device,
-                                short_encode=None if os.environ.get("GLACLIP_FULL_CONTEXT_TEXT") else
-                                short_context_encoder(clip.model), progress=progress)
-        if text_cache and clip.weights != "random":
-            self.text.disk = clip_text_cache(clip, self.text.prompt_strings)
+        self.text = text_encoder(clip, cache=text_cache, progress=progress)
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._check_grids()
 

@@ -1,16 +1,27 @@
-"""Class lists and text queries (METHOD.md step 6 and the class-name file format)."""
+"""Class lists, text queries and their embeddings (METHOD.md step 6 and the class-name file format).
+
+`text_encoder(clip)` is the one way the package builds a text encoder: it owns the tokenizer, the
+exact short-context encoding and the on-disk cache (`text_cache`); callers only call `embed`.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from .errors import GlaclipError
+
+if TYPE_CHECKING:
+    from .text_cache import EmbeddingCache
+    from .towers import ClipTower
+
+FULL_CONTEXT_ENV = "GLACLIP_FULL_CONTEXT_TEXT"  # set: encode at the full context (benchmarks compare both)
 
 ClassSpec = Union[str, Sequence[str]]
 SYNONYM_SEP = ";"
@@ -122,17 +133,47 @@ def short_context_encoder(model) -> Callable[[torch.Tensor], torch.Tensor] | Non
     return encode
 
 
-class TextEncoder:
-    """Embeds text queries with a CLIP text tower (METHOD.md step 6).
+def text_encoder(clip: "ClipTower", prompt_templates: Sequence[Callable[[str], str]] | None = None,
+                 cache: bool | str | Path | None = True, short_context: bool | None = None,
+                 progress: bool = True, batch_size: int = 256) -> "TextEncoder":
+    """The text encoder of a loaded CLIP tower: `embed(queries)` gives Q x E unit vectors.
 
-    Each query is encoded once per encoder and, with `disk` set (a text_cache.EmbeddingCache), once per
+    prompt_templates: callables name -> prompt; None: the 80 OpenAI ImageNet templates.
+    cache: True: the disk cache under `text_cache.cache_root()`; a folder: the disk cache under it;
+        False/None: memory only. Random weights are never cached on disk.
+    short_context: encode each batch only up to its longest prompt (exact, see `short_context_encoder`;
+        towers where it would not be exact use the full context); None: on unless $GLACLIP_FULL_CONTEXT_TEXT
+        is set. progress: a progress bar when encoding takes more than 2 s.
+    """
+    import open_clip
+
+    from .text_cache import cache_root, clip_text_cache
+
+    chosen = list(prompt_templates or templates())
+    if short_context is None:
+        short_context = not os.environ.get(FULL_CONTEXT_ENV)
+    disk = None
+    if cache not in (None, False) and clip.weights != "random":
+        root = cache_root() if cache is True else Path(cache)
+        disk = clip_text_cache(clip, lambda: [t("{}") for t in chosen], root)
+    return TextEncoder(clip.encode_text, open_clip.get_tokenizer(clip.name), clip.visual.conv1.weight.device,
+                       prompt_templates=chosen, batch_size=batch_size,
+                       short_encode=short_context_encoder(clip.model) if short_context else None,
+                       progress=progress, disk=disk)
+
+
+class TextEncoder:
+    """Embeds text queries with a CLIP text tower (METHOD.md step 6); build it with `text_encoder`.
+
+    Each query is encoded once per encoder and, with `disk` (a text_cache.EmbeddingCache), once per
     model on this machine. Prompts of all new queries are encoded together, in batches of similar
     length, each batch only up to its longest prompt where `short_encode` is given (exact).
     """
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], tokenizer: Callable, device: torch.device,
                  prompt_templates: Sequence[Callable[[str], str]] | None = None, batch_size: int = 256,
-                 short_encode: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True):
+                 short_encode: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
+                 disk: "EmbeddingCache | None" = None):
         self._encode = encode
         self._short = short_encode
         self._tokenizer = tokenizer
@@ -140,7 +181,7 @@ class TextEncoder:
         self._templates = list(prompt_templates or templates())
         self._batch = batch_size
         self._cache: dict[str, torch.Tensor] = {}
-        self.disk = None  # a text_cache.EmbeddingCache, set by the owner (its key needs prompt_strings())
+        self.disk = disk
         self.progress = progress
         self.context_length = getattr(tokenizer, "context_length", 77)
 
