@@ -46,14 +46,14 @@ from .collection import (
     read_manifest,
     refuse_other_settings,
     same_on_all_ranks,
-    write_atomic,
 )
 from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
+from .files import remove_stale_temporaries, write_atomic
 from .images import load_image
 from .text import ClassQueries
-from .visualize import distinct_palette, remove_stale_temporaries
+from .visualize import distinct_palette
 
 FORMAT = 2
 SUPERSEDED = "superseded.json"  # in PROGRESS: files of an earlier run that the end of this one removes

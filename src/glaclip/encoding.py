@@ -73,7 +73,7 @@ class ImageEncoding:
 
     def save(self, path: str | Path) -> Path:
         """Write as safetensors (tensors + JSON metadata), atomically."""
-        from .visualize import atomic_paths
+        from .files import atomic_paths
 
         path = Path(path)
         with atomic_paths([path]) as (tmp,):

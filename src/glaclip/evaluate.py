@@ -25,10 +25,10 @@ from .collection import (
     check_manifest,
     check_random_weights,
     read_logs,
-    write_atomic,
 )
 from .datasets import SegDataset
 from .errors import GlaclipError
+from .files import write_atomic
 from .images import load_image, resized_shape
 from .metrics import boundary_counts, confusion, summarize, window_edges
 from .segmenter import Segmenter
