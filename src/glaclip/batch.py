@@ -47,6 +47,7 @@ from .collection import (
     refuse_other_settings,
     same_on_all_ranks,
 )
+from .devices import dtype_name
 from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
@@ -74,7 +75,7 @@ def _identity(seg, queries: ClassQueries, opts: Options, items: list[Item]) -> d
     """What a resumed run must match: the inputs and everything that changes an output file's content."""
     return {"format": FORMAT, "inputs": input_identity(items), "classes": [list(s) for s in queries.synonyms],
             "settings": seg.preset.settings(), "preset": seg.preset.to_dict(), **seg.models(),
-            "dtype": str(seg.clip.dtype).replace("torch.", ""), "alpha": opts.alpha}
+            "dtype": dtype_name(seg.clip.dtype), "alpha": opts.alpha}
 
 
 def _outputs(opts: Options) -> dict:

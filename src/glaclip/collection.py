@@ -21,10 +21,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .encoding import SUFFIX as ENCODING_SUFFIX  # a saved image encoding counts as an image
 from .errors import GlaclipError
 from .files import write_atomic
 
-ENCODING_SUFFIX = ".encoding.safetensors"  # encoding.SUFFIX: a saved image encoding counts as an image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2")
 # the run's own files at the top of --out: no image's outputs may take these names
 MANIFEST, PROGRESS = "glaclip-run.json", ".glaclip-progress"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from .datasets import ALIASES
 from .errors import GlaclipError
 from .presets import METHODS, AttentionConfig, DecisionConfig, Preset, WindowConfig
 
@@ -65,8 +66,6 @@ HOST_OF = {
     "maskclip": "gla",
 }
 OWN_PROTOCOL = ("proxyclip", "sclip", "clearclip", "naclip")
-ALIASES = {"voc": "voc21", "pc60": "context60", "pc59": "context59", "object": "coco_object",
-           "stuff": "coco_stuff", "city": "cityscapes", "ade": "ade20k"}
 # Named presets beyond the method names: (method, overrides).
 EXTRA_PRESETS = {"gla-proxyclip-paper": ("gla-proxyclip", {"rho": 0.6})}  # rho as the paper's text states
 
