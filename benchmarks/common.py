@@ -57,7 +57,9 @@ def torch_dtype(name: str, device: str) -> torch.dtype:
     """'auto' (fp16 on CUDA, fp32 elsewhere), 'fp32', 'fp16', 'bf16', 'fp64'."""
     if name == "auto":
         name = "fp16" if device.startswith("cuda") else "fp32"
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}[name]
+    from glaclip.devices import DTYPES
+
+    return DTYPES[name]
 
 
 def peak_mb(device: str) -> float:

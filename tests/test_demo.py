@@ -3,6 +3,7 @@
 import base64
 import importlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -37,12 +38,38 @@ def test_request_handler_outputs(segmenter, tmp_path):
     assert r["overlay"].shape == (90, 140, 3) and r["labels"].shape == (90, 140, 3)
     assert [row[0] for row in r["table"]] and abs(sum(row[1] for row in r["table"]) - 100) < 0.1
     assert len(r["heatmaps"]) == 3 and r["heatmaps"][1][1] == "road"
-    assert sorted(Path(f).name for f in r["files"]) == ["labels.png", "overlay.png", "probs.npz", "result.json"]
-    assert np.load(tmp_path / "probs.npz")["probs"].shape == (3, 90, 140)
+    assert sorted(Path(f).name for f in r["files"]) == ["image.json", "image_labels.png", "image_overlay.png",
+                                                        "image_probs.npz"]
+    assert np.load(tmp_path / "image_probs.npz")["probs"].shape == (3, 90, 140)
     with pytest.raises(GlaclipError):
         run_segmentation(segmenter, rgb, " , ", "gla-proxyclip", 0.0, 0.4, tmp_path)
     with pytest.raises(GlaclipError):
         run_segmentation(segmenter, None, "sky", "gla-proxyclip", 0.0, 0.4, tmp_path)
+
+
+def test_downloads_are_the_cli_outputs(segmenter, tiny_files, tmp_path):
+    """The demo writes its downloads through `export`: the same files, JSON layout and bytes as
+    `glaclip segment` on the same image, classes and settings (only "image" names the upload)."""
+    img = tmp_path / "up" / "street.png"
+    img.parent.mkdir()
+    Image.fromarray(structured_image(50, 70)).save(img)
+    classes, cli_out, demo_out = "sky, road; street, car", tmp_path / "cli", tmp_path / "demo"
+    args = ["segment", str(img), "-c", classes, "-m", "gla-proxyclip", "--prob-thd", "0.1", "--alpha", "0.4",
+            "--save-probs", "-o", str(cli_out), "-q", "--device", "cpu", "--dtype", "fp32",
+            *(x for k, v in tiny_files.items() for x in (f"--{k.replace('_', '-')}", v))]
+    cli = subprocess.run([sys.executable, "-m", "glaclip", *args], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    r = run_segmentation(segmenter, str(img), classes, "gla-proxyclip", 0.1, 0.4, demo_out)
+    names = ["street.json", "street_labels.png", "street_overlay.png", "street_probs.npz"]
+    assert sorted(Path(f).name for f in r["files"]) == names and sorted(os.listdir(demo_out)) == names
+    demo_json = json.loads((demo_out / "street.json").read_text())
+    cli_json = json.loads((cli_out / "street.json").read_text())
+    assert demo_json.pop("image") == "street.png" and cli_json.pop("image") == str(img)
+    assert demo_json == cli_json
+    for name in ("street_labels.png", "street_overlay.png"):
+        assert (demo_out / name).read_bytes() == (cli_out / name).read_bytes(), name
+    demo_npz, cli_npz = np.load(demo_out / "street_probs.npz"), np.load(cli_out / "street_probs.npz")
+    assert all(np.array_equal(demo_npz[k], cli_npz[k]) for k in ("probs", "labels", "classes"))
 
 
 def _huge_png(path: Path, side: int = 20000) -> Path:

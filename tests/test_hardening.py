@@ -146,7 +146,7 @@ def test_outputs_respect_the_umask(tiny_files, tmp_path, umask, mode):
 
 
 def test_fp16_on_cpu_warns():
-    from glaclip.models import resolve_dtype
+    from glaclip.devices import resolve_dtype
 
     with pytest.warns(RuntimeWarning, match="bf16"):
         resolve_dtype("fp16", torch.device("cpu"))

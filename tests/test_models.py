@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from glaclip import GlaclipError, models
-from glaclip.models import ClipTower, load_clip, load_vfm, resolve_device, resolve_dtype
+from glaclip.devices import resolve_device, resolve_dtype
+from glaclip.models import ClipTower, load_clip, load_vfm
 
 
 def _same(a, b):

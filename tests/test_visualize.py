@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from glaclip.visualize import atomic_paths, distinct_palette, label_image, legend, overlay, overlay_with_legend
+from glaclip.visualize import distinct_palette, label_image, legend, overlay, overlay_with_legend
 
 
 def test_palette_distinct():
@@ -45,19 +45,6 @@ def test_legend_wraps_and_skips_absent():
     assert legend(names, pal, 200, shares).height < narrow.height
     img = overlay_with_legend(np.zeros((50, 80, 3), np.uint8), np.zeros((50, 80), int), ["a"], pal)
     assert img.width == 80 and img.height > 50
-
-
-def test_atomic_paths_leave_nothing_on_error(tmp_path):
-    targets = [tmp_path / "a.png", tmp_path / "b.json"]
-    with pytest.raises(RuntimeError):
-        with atomic_paths(targets) as tmp:
-            tmp[0].write_text("half")
-            raise RuntimeError("disk full")
-    assert list(tmp_path.iterdir()) == []
-    with atomic_paths(targets) as tmp:
-        for t in tmp:
-            t.write_text("ok")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.json"]
 
 
 def test_dataset_palettes():

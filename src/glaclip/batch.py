@@ -46,14 +46,15 @@ from .collection import (
     read_manifest,
     refuse_other_settings,
     same_on_all_ranks,
-    write_atomic,
 )
+from .devices import dtype_name
 from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
+from .files import remove_stale_temporaries, write_atomic
 from .images import load_image
 from .text import ClassQueries
-from .visualize import distinct_palette, remove_stale_temporaries
+from .visualize import distinct_palette
 
 FORMAT = 2
 SUPERSEDED = "superseded.json"  # in PROGRESS: files of an earlier run that the end of this one removes
@@ -74,7 +75,7 @@ def _identity(seg, queries: ClassQueries, opts: Options, items: list[Item]) -> d
     """What a resumed run must match: the inputs and everything that changes an output file's content."""
     return {"format": FORMAT, "inputs": input_identity(items), "classes": [list(s) for s in queries.synonyms],
             "settings": seg.preset.settings(), "preset": seg.preset.to_dict(), **seg.models(),
-            "dtype": str(seg.clip.dtype).replace("torch.", ""), "alpha": opts.alpha}
+            "dtype": dtype_name(seg.clip.dtype), "alpha": opts.alpha}
 
 
 def _outputs(opts: Options) -> dict:

@@ -178,6 +178,7 @@ def segment(
     """
     from .batch import Options, segment_collection
     from .collection import barrier, collect, leave, shard_from_env
+    from .devices import rank_device
     from .protocols import resolve
 
     overrides = _overrides(settings)
@@ -199,7 +200,7 @@ def segment(
         _launch(processes)
         return
     shard = shard_from_env()
-    device = _rank_device(shard, device)
+    device = rank_device(shard, device)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
                 compile=compile, text_cache=not no_cache)
     opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
@@ -244,17 +245,6 @@ def _launch(processes: int) -> None:
         sys.exit(ended[0] if ended else 1)
 
 
-def _rank_device(shard, device: str) -> str:
-    """Under torchrun with CUDA, one GPU per local rank."""
-    if shard.distributed and device in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
-            torch.cuda.set_device(device)
-    return device
-
-
 @app.command("eval")
 def evaluate_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help="voc21, voc20, context60, context59, coco_object, "
@@ -289,6 +279,7 @@ def evaluate_cmd(
     """
     from .collection import shard_from_env
     from .datasets import open_dataset
+    from .devices import rank_device
     from .evaluate import evaluate, to_markdown
     from .protocols import resolve
 
@@ -299,12 +290,7 @@ def evaluate_cmd(
     if class_file or ds.spec.name == "folder":
         preset = replace(preset, class_file=str(class_file or Path(data_root) / "classes.txt"))
     shard = shard_from_env()
-    if shard.distributed and device in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
-            torch.cuda.set_device(device)
+    device = rank_device(shard, device)
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     _check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,

@@ -21,9 +21,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .encoding import SUFFIX as ENCODING_SUFFIX  # a saved image encoding counts as an image
 from .errors import GlaclipError
+from .files import write_atomic
 
-ENCODING_SUFFIX = ".encoding.safetensors"  # encoding.SUFFIX: a saved image encoding counts as an image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2")
 # the run's own files at the top of --out: no image's outputs may take these names
 MANIFEST, PROGRESS = "glaclip-run.json", ".glaclip-progress"
@@ -239,14 +240,6 @@ def all_reduce(arr: np.ndarray, shard: Shard) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- manifests and progress logs
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text under a temporary name and rename it into place (permissions from the umask)."""
-    from .visualize import atomic_paths
-
-    with atomic_paths([path]) as (tmp,):
-        tmp.write_text(text)
 
 
 def read_manifest(path: Path) -> dict | None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GlaclipError
+from .export import image_record, output_paths, write_image_outputs
 from .images import load_image
 from .methods import DEFAULT_METHOD, preset_names
 from .protocols import get_preset
 from .text import parse_classes
-from .visualize import colorize, distinct_palette, heatmap, label_image, legend, overlay, overlay_with_legend
+from .visualize import colorize, distinct_palette, heatmap, legend, overlay
 
 EXAMPLE_CLASSES = "sky, road; street, car; vehicle, tree, building; house, grass"
 PREVIEW_SIDE = 1024  # longest side of the upload's preview in the page
@@ -73,10 +74,19 @@ def preview(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     return np.ascontiguousarray(rgb[::step, ::step])
 
 
+def _upload_name(image) -> str:
+    """The name the downloads and the JSON's "image" carry: the upload's file name ("image" for an
+    array or a name that is no file name)."""
+    name = Path(image).name if isinstance(image, (str, os.PathLike)) else ""
+    return name if Path(name).stem not in ("", ".", "..") else "image"
+
+
 def run_segmentation(seg, image: np.ndarray | str | os.PathLike | None, classes_text: str, method: str,
                      prob_thd: float, alpha: float, out_dir: Path, progress=None,
                      encodings: EncodingCache | None = None) -> dict:
-    """Everything the page shows for one request; also writes the downloadable files into out_dir.
+    """Everything the page shows for one request; also writes the downloadable files into out_dir,
+    as `glaclip segment` does for one image (`export`: NAME_labels.png, NAME_overlay.png, NAME.json
+    in the CLI's layout, NAME_probs.npz; NAME is the upload's file name without its suffix).
 
     image: an RGB array or an uploaded file's path (read by `load_upload`). progress: optional
     callable(fraction, desc) told about the text and image steps. encodings: kept
@@ -104,21 +114,12 @@ def run_segmentation(seg, image: np.ndarray | str | os.PathLike | None, classes_
     palette = distinct_palette(len(queries))
     shares = result.shares()
     share_list = [shares[n] for n in result.classes]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        "labels": out_dir / "labels.png",
-        "overlay": out_dir / "overlay.png",
-        "probs": out_dir / "probs.npz",
-        "json": out_dir / "result.json",
-    }
-    label_image(result.labels, palette).save(files["labels"])
-    overlay_with_legend(rgb, result.labels, result.classes, palette, alpha, share_list).save(files["overlay"])
-    np.savez_compressed(files["probs"], probs=result.probs.astype(np.float16), labels=result.labels.astype(np.int32),
-                        classes=np.array(result.classes))
-    files["json"].write_text(json.dumps({
-        "classes": [{"index": i, "name": n, "synonyms": list(queries.synonyms[i]), "share": shares[n]}
-                    for i, n in enumerate(result.classes)],
-        "preset": result.preset.to_dict(), "preset_line": result.preset.describe()}, indent=2))
+    name = _upload_name(image)
+    files = output_paths(out_dir, Path(name).stem, save_probs=True)
+    preset = chosen.preset
+    record = image_record(name, result.labels, result.classes, queries.synonyms, palette,
+                          preset.settings(queries.queries), preset.to_dict(), preset.describe(), chosen.models())
+    write_image_outputs(files, rgb, result.labels, result.classes, palette, alpha, record, result.probs)
     return {
         "overlay": overlay(rgb, result.labels, palette, alpha),
         "legend": np.asarray(legend(result.classes, palette, max(rgb.shape[1], 320), share_list)),

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from .devices import dtype_name
 from .errors import GlaclipError
 from .windows import WindowGrid
 
 FORMAT = 2  # 2: weights identified by content, a checksum of the tensors in the metadata
-SUFFIX = ".encoding.safetensors"  # also collection.ENCODING_SUFFIX
+SUFFIX = ".encoding.safetensors"  # a saved image encoding's file name ends so
 
 
 @dataclass(repr=False)
@@ -41,7 +42,7 @@ class ImageEncoding:
     def __repr__(self) -> str:
         n, gh, gw, e = self.embeddings.shape
         return (f"ImageEncoding(size={self.size[0]}x{self.size[1]}, resized={self.grid.height}x{self.grid.width}, "
-                f"windows={n}, tokens={gh}x{gw}x{e}, dtype={str(self.embeddings.dtype).replace('torch.', '')}, "
+                f"windows={n}, tokens={gh}x{gw}x{e}, dtype={dtype_name(self.embeddings.dtype)}, "
                 f"method={self.identity.get('method')}, image_path={self.image_path!r})")
 
     @staticmethod
@@ -73,7 +74,7 @@ class ImageEncoding:
 
     def save(self, path: str | Path) -> Path:
         """Write as safetensors (tensors + JSON metadata), atomically."""
-        from .visualize import atomic_paths
+        from .files import atomic_paths
 
         path = Path(path)
         with atomic_paths([path]) as (tmp,):

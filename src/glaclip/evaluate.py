@@ -25,10 +25,11 @@ from .collection import (
     check_manifest,
     check_random_weights,
     read_logs,
-    write_atomic,
 )
 from .datasets import SegDataset
+from .devices import dtype_name
 from .errors import GlaclipError
+from .files import write_atomic
 from .images import load_image, resized_shape
 from .metrics import boundary_counts, confusion, summarize, window_edges
 from .segmenter import Segmenter
@@ -45,7 +46,7 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -
         "classes": [list(s) for s in dataset.classes.synonyms],
         "preset": segmenter.preset.to_dict(),
         **segmenter.models(),
-        "dtype": str(segmenter.clip.dtype).replace("torch.", ""),
+        "dtype": dtype_name(segmenter.clip.dtype),
         "limit": limit,
     }))
 

@@ -1,6 +1,6 @@
 """Writing segmentation outputs: per-image files, COCO-style RLE annotations and run summaries.
 
-Every file goes through `visualize.atomic_paths` (temporary name, rename, permissions from the
+Every file goes through `files.atomic_paths` (temporary name, rename, permissions from the
 umask), so an interrupted run never leaves a half-written output.
 """
 
@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .visualize import atomic_paths, label_image, overlay_with_legend
+from .files import atomic_paths
+from .visualize import label_image, overlay_with_legend
 
 
 def output_paths(out: Path, rel: str, save_probs: bool = False, overlay: bool = True,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import GlaclipError
+from .errors import GlaclipError, one_line
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
@@ -91,7 +91,7 @@ def _open(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise GlaclipError(f"cannot read image {path}: not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise GlaclipError(f"cannot read image {path}: {_one_line(exc)}") from None
+        raise GlaclipError(f"cannot read image {path}: {one_line(exc)}") from None
     return img
 
 
@@ -140,10 +140,6 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8))
         return np.ascontiguousarray(arr.astype(np.uint8))
     raise GlaclipError(f"unsupported image array dtype {arr.dtype}")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def resized_shape(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:

@@ -28,11 +28,12 @@ import torch
 import torch.nn as nn
 
 from .checkpoints import assigning, build, cached_hub_file, hub_reachable, load_into, read_state_dict
+from .devices import resolve_device, resolve_dtype
 from .errors import GlaclipError, one_line
 from .towers import ClipTower, VfmTower, resize_positions
 
 __all__ = ["ClipTower", "VfmTower", "resize_positions", "MissingWeights", "load_clip", "load_vfm",
-           "read_state_dict", "resolve_device", "resolve_dtype", "CLIP_BACKBONES", "VFM_BACKBONES"]
+           "read_state_dict", "CLIP_BACKBONES", "VFM_BACKBONES"]
 
 DEFAULT_CLIP = "ViT-B-16-quickgelu"
 DEFAULT_CLIP_TAG = "openai"
@@ -69,35 +70,6 @@ class MissingWeights(GlaclipError):
     @classmethod
     def combine(cls, errors: list["MissingWeights"]) -> "MissingWeights":
         return cls("; ".join(e.part for e in errors))
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise GlaclipError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GlaclipError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """'auto' is fp16 on CUDA (as the release runs) and fp32 elsewhere; fp64 is for verification."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp64": torch.float64, "float64": torch.float64}
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in table:
-        raise GlaclipError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16")
-    if table[dtype] == torch.float16 and device.type == "cpu":
-        warnings.warn("fp16 on the CPU is several times slower than fp32 (few CPUs compute in fp16); use bf16 "
-                      "for a faster half-precision run or fp32", RuntimeWarning, stacklevel=2)
-    return table[dtype]
 
 
 def _looks_like_path(value: str) -> bool:

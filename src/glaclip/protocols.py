@@ -21,7 +21,7 @@ import os
 from dataclasses import replace
 from typing import Any, Iterable, Iterator, Mapping, Union
 
-from .datasets import dataset_names, packaged_classes
+from .datasets import ALIASES, dataset_names, packaged_classes
 from .errors import GlaclipError
 from .methods import METHODS, VARIANTS, get_method, preset_names
 from .presets import AttentionConfig, DecisionConfig, Preset, WindowConfig
@@ -61,8 +61,6 @@ EXTRAS: dict[str, dict[str, Any]] = {
 AREA_THD = {("sclip", "voc21"): 0.1}
 # Data sets whose class file differs per protocol (BASELINES.md section 3); others share one file.
 CLASS_VARIANTS = {"proxyclip": ("voc21", "voc20", "coco_object"), "clearclip": ("voc21", "voc20", "coco_object")}
-ALIASES = {"voc": "voc21", "pc60": "context60", "pc59": "context59", "object": "coco_object",
-           "stuff": "coco_stuff", "city": "cityscapes", "ade": "ade20k"}
 
 
 def protocol_name(method: str, protocol: str | None = None) -> str:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .attention import accumulation_dtype
 from .decision import Segmentation, decide
+from .devices import dtype_name
 from .encoding import ImageEncoding
 from .errors import GlaclipError
 from .families import Backbones, family_for
@@ -102,7 +103,7 @@ class Segmenter:
         m = self.models()
         vfm = f"{m['vfm']['model']}:{m['vfm']['weights']}" if m["vfm"] else "none"
         return (f"clip={m['clip']['model']}:{m['clip']['weights']} vfm={vfm} device={self.device} "
-                f"dtype={str(self.clip.dtype).replace('torch.', '')}")
+                f"dtype={dtype_name(self.clip.dtype)}")
 
     @property
     def method(self) -> Method:
@@ -166,7 +167,7 @@ class Segmenter:
         if "random" in (self.clip.weights, self.vfm.weights if self.vfm is not None else None):
             models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
         p = self.preset
-        return json.loads(json.dumps({"models": models, "dtype": str(self.clip.dtype).replace("torch.", ""),
+        return json.loads(json.dumps({"models": models, "dtype": dtype_name(self.clip.dtype),
                                       "method": p.method, "window": dataclasses.asdict(p.window),
                                       "attention": {k: v for k, v in dataclasses.asdict(p.attention).items()
                                                     if k not in ("block_rows", "memory_mb")}}))

@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .visualize import atomic_paths
+from .files import atomic_paths
 
 CACHE_ENV = "GLACLIP_CACHE_DIR"
 FORMAT = 1

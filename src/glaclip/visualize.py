@@ -1,18 +1,13 @@
-"""Pictures of a segmentation: palettes, label PNGs, overlays with a legend, and atomic file writes."""
+"""Pictures of a segmentation: palettes, label PNGs, overlays with a legend (files: `files.py`)."""
 
 from __future__ import annotations
 
 import colorsys
 import functools
-import os
-import re
 import shutil
 import subprocess
-import tempfile
 import warnings
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -190,42 +185,3 @@ def overlay_with_legend(rgb: np.ndarray, labels: np.ndarray, classes: Sequence[s
     out.paste(top, (0, 0))
     out.paste(strip, (0, top.height))
     return out
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.part(\.[^.]+)?$")  # what atomic_paths names its files
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporary files `atomic_paths` left under folder when a process was killed (SIGKILL
-    gives it no chance to clean up). Call only while no writer is running. Returns how many."""
-    stale = [p for p in Path(folder).rglob(".*.part*") if p.is_file() and _TEMP_NAME.match(p.name)]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
-
-
-@contextmanager
-def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
-    """Yield temporary paths beside `paths`; on success rename all of them into place, on any error
-    remove them all, so a failed run never leaves partial outputs."""
-    temps = []
-    try:
-        for p in paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part" + p.suffix, dir=p.parent)
-            os.close(fd)
-            os.chmod(name, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the umask
-            temps.append(Path(name))
-        yield temps
-        for tmp, final in zip(temps, paths):
-            os.replace(tmp, final)
-        temps = []
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
