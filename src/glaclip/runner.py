@@ -183,6 +183,8 @@ def run_items(run: Run, shard: Shard, items: Sequence, total: int, load: Callabl
         batch: list = []
 
         def flush() -> None:
+            if not batch:
+                return
             for item, result in handle(batch):
                 finish(item, result)
             batch.clear()
