@@ -1,6 +1,7 @@
 """Many inputs -> per-item outputs: finding images, sharding under torch.distributed, resumable
-progress logs and run manifests. `glaclip segment` (via `segment_collection`) and `glaclip eval`
-both build on these pieces; nothing here knows about models.
+progress logs and run manifests: the pieces of the collection runner (`runner.py`), on which
+`glaclip segment` (via `batch.segment_collection`) and `glaclip eval` both run; nothing here knows
+about models.
 
 Inputs are files, folders (recursive, following symlinked folders once, skipping hidden files and
 macOS `._*` companions), glob patterns and `@list.txt` files (one path per line, relative to the
