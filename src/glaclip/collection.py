@@ -270,23 +270,6 @@ def refuse_other_settings(old: dict, identity: dict, folder: Path, what: str, re
                            f"use another --out, or start over with {restart}")
 
 
-def check_manifest(path: Path, identity: dict, resume: bool, shard: Shard, what: str = "run",
-                   restart: str = "--no-resume", extra: dict | None = None) -> None:
-    """Refuse to continue a run made with other settings; (re)write the manifest on rank 0.
-
-    identity must be JSON-like; it is compared as it reads back from JSON. `restart` is the option
-    that starts over (named in the refusal); `extra` is written beside identity but not compared."""
-    identity = json.loads(json.dumps(identity))
-    old = read_manifest(path)
-    if old is not None and resume:  # every rank checks, so every rank stops alike
-        refuse_other_settings({k: v for k, v in old.items() if k not in (extra or {})}, identity, path.parent,
-                              what, restart)
-    barrier(shard)
-    if shard.rank == 0:
-        write_atomic(path, json.dumps({**identity, **(extra or {})}, indent=2))
-    barrier(shard)
-
-
 def same_on_all_ranks(text: str, shard: Shard) -> bool:
     """Whether every rank passed the same text (compared by digest)."""
     if not shard.distributed:
@@ -303,7 +286,9 @@ def same_on_all_ranks(text: str, shard: Shard) -> bool:
 def check_random_weights(models: dict, shard: Shard, resuming_work: bool, out: Path, restart_flag: str) -> None:
     """Random weights differ in every process: such a run can be neither sharded nor resumed.
 
-    models: `Segmenter.models()`; resuming_work: a resume would continue finished items in `out`."""
+    models: a run identity whose "clip" and "vfm" entries name the weights ("random" when random),
+    as `runner.model_identity` or `Segmenter.models()`; resuming_work: a resume would continue
+    finished items in `out`."""
     randomised = "random" in (models["clip"]["weights"], (models.get("vfm") or {}).get("weights"))
     if randomised and shard.distributed:
         raise GlaclipError("random weights differ in every process, so the shards would run different models; "
