@@ -21,42 +21,35 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from .collection import (
     MANIFEST,
     PROGRESS,
     Item,
-    ProgressLog,
     Shard,
     barrier,
-    check_manifest,
-    check_random_weights,
     input_identity,
     input_root,
     iter_logs,
     output_suffixes,
     read_logs,
-    read_manifest,
     refuse_other_settings,
-    same_on_all_ranks,
 )
 from .devices import dtype_name
 from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
-from .files import remove_stale_temporaries, write_atomic
+from .files import write_atomic
 from .images import load_image
+from .runner import Run, begin, model_identity, run_items
 from .text import ClassQueries
 from .visualize import distinct_palette
 
-FORMAT = 2
+FORMAT = 3  # 3: models identified by weight content (2: by path)
 SUPERSEDED = "superseded.json"  # in PROGRESS: files of an earlier run that the end of this one removes
 
 
@@ -74,13 +67,15 @@ class Options:
 def _identity(seg, queries: ClassQueries, opts: Options, items: list[Item]) -> dict:
     """What a resumed run must match: the inputs and everything that changes an output file's content."""
     return {"format": FORMAT, "inputs": input_identity(items), "classes": [list(s) for s in queries.synonyms],
-            "settings": seg.preset.settings(), "preset": seg.preset.to_dict(), **seg.models(),
+            "settings": seg.preset.settings(), "preset": seg.preset.to_dict(), **model_identity(seg),
             "dtype": dtype_name(seg.clip.dtype), "alpha": opts.alpha}
 
 
-def _outputs(opts: Options) -> dict:
-    """The kinds of extra outputs asked for (may change between the invocations of one run)."""
-    return {"save_probs": opts.save_probs, "save_encoding": opts.save_encoding, "export": opts.export}
+def _extra(seg, opts: Options) -> dict:
+    """Written beside the identity, not compared: the kinds of extra outputs asked for (may change
+    between the invocations of one run) and, for information, where the weights were loaded from."""
+    return {"outputs": {"save_probs": opts.save_probs, "save_encoding": opts.save_encoding, "export": opts.export},
+            "weights_from": seg.models()}
 
 
 def _kept_kinds(opts: Options) -> set[str]:
@@ -110,13 +105,13 @@ def _refuse_other_run(old: dict, identity: dict, out: Path) -> None:
             f"now {now['images']} under {now['root']}"
         raise GlaclipError(f"{out} holds a segmentation run over other inputs ({was.get('images')} images under "
                            f"{was.get('root')}; {same}); a different input set is a different run: {again}")
-    refuse_other_settings({k: v for k, v in old.items() if k != "outputs"}, identity, out, "segmentation run",
-                          "--overwrite")
+    refuse_other_settings({k: v for k, v in old.items() if k not in ("outputs", "weights_from")}, identity, out,
+                          "segmentation run", "--overwrite")
 
 
 def _supersede(out: Path, old: dict | None, overwrite: bool) -> None:
-    """Rank 0, before any image: list the earlier run's files that the end of this run removes unless
-    it rewrote them; on --overwrite drop the earlier logs."""
+    """Rank 0, before any image and before --overwrite drops the earlier logs: list the earlier run's
+    files that the end of this run removes unless it rewrote them."""
     logs = out / PROGRESS
     listed = set(_superseded(out))
     if overwrite:
@@ -127,9 +122,6 @@ def _supersede(out: Path, old: dict | None, overwrite: bool) -> None:
     if listed:
         logs.mkdir(parents=True, exist_ok=True)
         write_atomic(logs / SUPERSEDED, json.dumps(sorted(listed), indent=0))
-    if overwrite:
-        for f in logs.glob("rank*.jsonl"):
-            f.unlink()
 
 
 def _superseded(out: Path) -> list[str]:
@@ -204,134 +196,88 @@ def _load_item(item: Item):
     return enc, rgb
 
 
-def _decoded(items: list[Item], workers: int) -> Iterator[tuple[Item, object]]:
-    """Images (or encodings) decoded ahead in background threads (a bounded window), in order."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        ahead = max(2, 2 * workers)
-        futures = [pool.submit(_load_item, it) for it in items[:ahead]]
-        for i, item in enumerate(items):
-            if i + ahead < len(items):
-                futures.append(pool.submit(_load_item, items[i + ahead]))
-            try:
-                yield item, futures[i].result()
-            except GlaclipError as exc:
-                yield item, exc
-            futures[i] = None  # drop the decoded image once handed out
-
-
 def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path, opts: Options,
                        shard: Shard | None = None, progress: bool = True, echo=None) -> dict:
     """Segment `items` into `out`; returns {"images", "done", "failed", "skipped", "failures": [...]}.
 
     A finished image (logged ok, with every kind of file this run writes) is skipped unless
     opts.overwrite. A resume must name the same inputs and settings (refused otherwise)."""
-    from tqdm import tqdm
-
     shard = shard or Shard()
     out = Path(out)
-    logs = out / PROGRESS
+    run = Run(out, MANIFEST, PROGRESS, key="output", restart="--overwrite", order="attempt",
+              what="segmentation run")
     identity = _identity(seg, queries, opts, items)
-    if not same_on_all_ranks(json.dumps(identity["inputs"]), shard):
-        raise GlaclipError("the processes found different input files (did files change while the run started?); "
-                           "run it again")
-    old = read_manifest(out / MANIFEST)
-    resuming = not opts.overwrite and (old is not None or bool(read_logs(logs, "output")))
-    check_random_weights(seg.models(), shard, resuming and bool(read_logs(logs, "output")), out, "--overwrite")
-    if resuming:  # every rank checks, so every rank stops alike
-        _refuse_other_run(old or {}, identity, out)
-    barrier(shard)
-    if shard.rank == 0:  # before any rank writes: no temporary file can be in use
-        _supersede(out, old, opts.overwrite)
-        remove_stale_temporaries(out)
-    check_manifest(out / MANIFEST, identity, False, shard, extra={"outputs": _outputs(opts)})
-    done = read_logs(logs, "output", order="attempt")
-    attempt = 1 + max((r.get("attempt", 0) for r in iter_logs(logs)), default=0)
-    barrier(shard)  # every rank has read the logs before any rank appends to them
+    started = begin(run, identity, shard, resume=not opts.overwrite, extra=_extra(seg, opts),
+                    refuse=lambda old, now: _refuse_other_run(old, now, out),
+                    prepare=lambda old: _supersede(out, old, opts.overwrite))
+    attempt = started.attempt
     mine = items[shard.rank :: shard.world]
     root = input_root(items)
 
-    todo = [it for it in mine if not _complete(done.get(it.rel), it, out, opts)]
+    todo = [it for it in mine if not _complete(started.done.get(it.rel), it, out, opts)]
     if todo:
         seg.query_embeddings(queries)  # once, with its own progress bar, before the images' bar starts
     palette = distinct_palette(len(queries))
     settings = seg.preset.settings(queries.queries)
     preset_dict, preset_line, models = seg.preset.to_dict(), seg.preset.describe(), seg.models()
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="segmenting", unit="img",
-               disable=not progress or shard.rank != 0, file=sys.stderr, smoothing=0.1)
-    failures = []
-    with ProgressLog(logs, shard.rank) as log:
-        batch: list[tuple[Item, object]] = []
 
-        def flush() -> None:
-            if not batch:
-                return
-            start = time.perf_counter()
-            images = [(k, rgb) for k, (_, rgb) in enumerate(batch) if not isinstance(rgb, tuple)]
-            encodings: dict[int, object] = {}
-            try:
-                for (k, _), enc in zip(images, seg.encode_images([rgb for _, rgb in images])):
-                    encodings[k] = enc
-            except GlaclipError:  # isolate the image at fault
-                for k, rgb in images:
-                    try:
-                        encodings[k] = seg.encode_images([rgb])[0]
-                    except GlaclipError as exc:
-                        encodings[k] = exc
-            per_image = (time.perf_counter() - start) / len(batch)  # the shared backbone work, split evenly
-            for k, (it, loaded) in enumerate(batch):
-                began = time.perf_counter()
-                if isinstance(loaded, tuple):
-                    encodings[k], rgb = loaded
-                else:
-                    rgb = loaded
-                    if not isinstance(encodings[k], Exception):
-                        encodings[k].image_path = str(it.path)
-                enc = encodings[k]
+    def handle(batch: list[tuple[Item, object]]):
+        """Encode a group of images in shared backbone forwards, then predict and write each."""
+        start = time.perf_counter()
+        images = [(k, rgb) for k, (_, rgb) in enumerate(batch) if not isinstance(rgb, tuple)]
+        encodings: dict[int, object] = {}
+        try:
+            for (k, _), enc in zip(images, seg.encode_images([rgb for _, rgb in images])):
+                encodings[k] = enc
+        except GlaclipError:  # isolate the image at fault
+            for k, rgb in images:
                 try:
-                    res = enc if isinstance(enc, Exception) else seg.predict(enc, queries)
+                    encodings[k] = seg.encode_images([rgb])[0]
                 except GlaclipError as exc:
-                    res = exc
-                if isinstance(res, Exception):
-                    fail(it, str(res))
-                    continue
-                paths = output_paths(out, it.rel, opts.save_probs, overlay=rgb is not None,
-                                     encoding=opts.save_encoding and not isinstance(loaded, tuple))
-                record = image_record(str(it.path), res.labels, res.classes, queries.synonyms, palette, settings,
-                                      preset_dict, preset_line, models)
-                write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
-                                    res.probs if opts.save_probs else None, enc)
-                entry = {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "ok", "reason": "",
-                         "seconds": round(per_image + time.perf_counter() - began, 3),
-                         "file_name": _file_name(it, loaded, root),
-                         "width": int(res.labels.shape[1]), "height": int(res.labels.shape[0]),
-                         "shares": {c["name"]: c["share"] for c in record["classes"]},
-                         "files": {k: p.relative_to(out).as_posix() for k, p in paths.items()}}
-                if opts.export == "coco":
-                    entry["annotations"] = coco_annotations(res.labels, len(queries))
-                log.add(entry)
-                bar.update(1)
-            batch.clear()
-
-        def fail(it: Item, reason: str) -> None:
-            failures.append(f"{it.path}: {reason}")
-            log.add({"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "failed", "reason": reason,
-                     "seconds": None})
-            bar.write(f"glaclip: skipped {reason}", file=sys.stderr)
-            bar.update(1)
-
-        for item, rgb in _decoded(todo, opts.workers):
-            if isinstance(rgb, Exception):
-                fail(item, str(rgb))
+                    encodings[k] = exc
+        per_image = (time.perf_counter() - start) / len(batch)  # the shared backbone work, split evenly
+        for k, (it, loaded) in enumerate(batch):
+            began = time.perf_counter()
+            if isinstance(loaded, tuple):
+                encodings[k], rgb = loaded
+            else:
+                rgb = loaded
+                if not isinstance(encodings[k], Exception):
+                    encodings[k].image_path = str(it.path)
+            enc = encodings[k]
+            try:
+                res = enc if isinstance(enc, Exception) else seg.predict(enc, queries)
+            except GlaclipError as exc:
+                res = exc
+            if isinstance(res, Exception):
+                yield it, res
                 continue
-            batch.append((item, rgb))
-            if len(batch) >= max(1, opts.batch_images):
-                flush()
-        flush()
-    bar.close()
+            paths = output_paths(out, it.rel, opts.save_probs, overlay=rgb is not None,
+                                 encoding=opts.save_encoding and not isinstance(loaded, tuple))
+            record = image_record(str(it.path), res.labels, res.classes, queries.synonyms, palette, settings,
+                                  preset_dict, preset_line, models)
+            write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
+                                res.probs if opts.save_probs else None, enc)
+            entry = {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "ok", "reason": "",
+                     "seconds": round(per_image + time.perf_counter() - began, 3),
+                     "file_name": _file_name(it, loaded, root),
+                     "width": int(res.labels.shape[1]), "height": int(res.labels.shape[0]),
+                     "shares": {c["name"]: c["share"] for c in record["classes"]},
+                     "files": {k: p.relative_to(out).as_posix() for k, p in paths.items()}}
+            if opts.export == "coco":
+                entry["annotations"] = coco_annotations(res.labels, len(queries))
+            yield it, entry
+
+    def failed(it: Item, reason: str) -> dict:
+        return {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "failed", "reason": reason,
+                "seconds": None}
+
+    failures = run_items(run, shard, todo, len(mine), _load_item, handle, group=opts.batch_images,
+                         workers=opts.workers, failed=failed, progress=progress, desc="segmenting")
     barrier(shard)
-    summary = {"images": len(items), "failures": failures}
+    summary = {"images": len(items), "failures": [f"{it.path}: {reason}" for it, reason in failures]}
     if shard.rank == 0:
-        summary.update(_finish(out, items, queries, opts, settings, resuming))
+        summary.update(_finish(out, items, queries, opts, settings, started.resuming))
     barrier(shard)
     return summary
 

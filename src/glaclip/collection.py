@@ -1,6 +1,7 @@
 """Many inputs -> per-item outputs: finding images, sharding under torch.distributed, resumable
-progress logs and run manifests. `glaclip segment` (via `segment_collection`) and `glaclip eval`
-both build on these pieces; nothing here knows about models.
+progress logs and run manifests: the pieces of the collection runner (`runner.py`), on which
+`glaclip segment` (via `batch.segment_collection`) and `glaclip eval` both run; nothing here knows
+about models.
 
 Inputs are files, folders (recursive, following symlinked folders once, skipping hidden files and
 macOS `._*` companions), glob patterns and `@list.txt` files (one path per line, relative to the
@@ -23,7 +24,6 @@ import torch
 
 from .encoding import SUFFIX as ENCODING_SUFFIX  # a saved image encoding counts as an image
 from .errors import GlaclipError
-from .files import write_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2")
 # the run's own files at the top of --out: no image's outputs may take these names
@@ -262,23 +262,6 @@ def refuse_other_settings(old: dict, identity: dict, folder: Path, what: str, re
                            f"use another --out, or start over with {restart}")
 
 
-def check_manifest(path: Path, identity: dict, resume: bool, shard: Shard, what: str = "run",
-                   restart: str = "--no-resume", extra: dict | None = None) -> None:
-    """Refuse to continue a run made with other settings; (re)write the manifest on rank 0.
-
-    identity must be JSON-like; it is compared as it reads back from JSON. `restart` is the option
-    that starts over (named in the refusal); `extra` is written beside identity but not compared."""
-    identity = json.loads(json.dumps(identity))
-    old = read_manifest(path)
-    if old is not None and resume:  # every rank checks, so every rank stops alike
-        refuse_other_settings({k: v for k, v in old.items() if k not in (extra or {})}, identity, path.parent,
-                              what, restart)
-    barrier(shard)
-    if shard.rank == 0:
-        write_atomic(path, json.dumps({**identity, **(extra or {})}, indent=2))
-    barrier(shard)
-
-
 def same_on_all_ranks(text: str, shard: Shard) -> bool:
     """Whether every rank passed the same text (compared by digest)."""
     if not shard.distributed:
@@ -295,7 +278,9 @@ def same_on_all_ranks(text: str, shard: Shard) -> bool:
 def check_random_weights(models: dict, shard: Shard, resuming_work: bool, out: Path, restart_flag: str) -> None:
     """Random weights differ in every process: such a run can be neither sharded nor resumed.
 
-    models: `Segmenter.models()`; resuming_work: a resume would continue finished items in `out`."""
+    models: a run identity whose "clip" and "vfm" entries name the weights ("random" when random),
+    as `runner.model_identity` or `Segmenter.models()`; resuming_work: a resume would continue
+    finished items in `out`."""
     randomised = "random" in (models["clip"]["weights"], (models.get("vfm") or {}).get("weights"))
     if randomised and shard.distributed:
         raise GlaclipError("random weights differ in every process, so the shards would run different models; "

@@ -1,15 +1,16 @@
 """Evaluation runner: predictions over a data set -> mIoU / aAcc / mAcc / BER, resumable and sharded.
 
-Every finished image appends one line (its sparse confusion counts and boundary counts) to
-``OUT/progress/rank<R>.jsonl`` and syncs it, so a killed run resumes without recomputing anything
-it finished; integer counts make the final numbers identical to an uninterrupted run. Under
+Runs on the collection runner (`runner`): ``OUT/run.json`` is the manifest (data set, classes,
+settings, models by weight content), and every finished image appends one line (its sparse
+confusion counts and boundary counts) to ``OUT/progress/rank<R>.jsonl`` and syncs it, so a killed
+run resumes without recomputing anything it finished; integer counts make the final numbers
+identical to an uninterrupted run. Images and labels are decoded ahead in background threads. Under
 ``torchrun`` each rank takes every WORLD_SIZE-th image and the counts are all-reduced.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,24 +18,17 @@ from typing import Callable
 
 import numpy as np
 
-from .collection import (
-    ProgressLog,
-    Shard,
-    all_reduce,
-    barrier,
-    check_manifest,
-    check_random_weights,
-    read_logs,
-)
+from .collection import Shard, all_reduce, barrier
 from .datasets import SegDataset
 from .devices import dtype_name
 from .errors import GlaclipError
 from .files import write_atomic
 from .images import load_image, resized_shape
 from .metrics import boundary_counts, confusion, summarize, window_edges
+from .runner import Run, begin, model_identity, run_items
 from .segmenter import Segmenter
 
-FORMAT = 1
+FORMAT = 2  # 2: models identified by weight content (1: by path)
 
 
 def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -> dict:
@@ -45,36 +39,25 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -
         "root": str(dataset.root.resolve()),
         "classes": [list(s) for s in dataset.classes.synonyms],
         "preset": segmenter.preset.to_dict(),
-        **segmenter.models(),
+        **model_identity(segmenter),
         "dtype": dtype_name(segmenter.clip.dtype),
         "limit": limit,
     }))
 
 
-def _prepare(out: Path, identity: dict, resume: bool, shard: Shard) -> dict[str, dict]:
-    progress = out / "progress"
-    check_random_weights(identity, shard, resume and (out / "run.json").exists() and bool(read_logs(progress)), out,
-                         "--no-resume")
-    progress.mkdir(parents=True, exist_ok=True)
-    check_manifest(out / "run.json", identity, resume, shard, restart="--no-resume")
-    if shard.rank == 0 and not resume:
-        for f in progress.glob("rank*.jsonl"):
-            f.unlink()
-    barrier(shard)
-    return read_logs(progress) if resume else {}
-
-
 def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: int | None = None,
              resume: bool = True, progress: bool = True, shard: Shard | None = None,
-             on_image: Callable[[str], None] | None = None) -> dict:
-    """Evaluate, write OUT/results.json and OUT/results.md (rank 0), and return the results dict."""
-    from tqdm import tqdm
+             on_image: Callable[[str], None] | None = None, workers: int = 2) -> dict:
+    """Evaluate, write OUT/results.json and OUT/results.md (rank 0), and return the results dict.
 
+    workers: background threads decoding images and labels ahead. on_image(name): called after
+    each image's counts are logged."""
     shard = shard or Shard()
     out = Path(out)
     samples = dataset.samples[:limit] if limit else dataset.samples
     identity = run_identity(segmenter, dataset, limit)
-    done = _prepare(out, identity, resume, shard)
+    run = Run(out, "run.json", "progress", key="name", restart="--no-resume")
+    done = begin(run, identity, shard, resume=resume, extra={"weights_from": segmenter.models()}).done
     mine = samples[shard.rank :: shard.world]
     todo = [s for s in mine if s.name not in done]
     c = len(dataset.classes)
@@ -86,15 +69,16 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
     w = segmenter.preset.window
     odd_values: set[int] = set()
     started = time.perf_counter()
-    bar = tqdm(todo, desc=f"{dataset.spec.name}", unit="img", disable=not progress or shard.rank != 0,
-               file=sys.stderr, initial=len(mine) - len(todo), total=len(mine))
-    with ProgressLog(out / "progress", shard.rank) as log:
-        for s in bar:
-            rgb = load_image(s.image)
-            label = dataset.load_label(s)
-            if label.shape != rgb.shape[:2]:
-                raise GlaclipError(f"label map {s.label} is {label.shape[1]}x{label.shape[0]} but image "
-                                   f"{s.image} is {rgb.shape[1]}x{rgb.shape[0]}")
+
+    def load(s):
+        rgb, label = load_image(s.image), dataset.load_label(s)
+        if label.shape != rgb.shape[:2]:
+            raise GlaclipError(f"label map {s.label} is {label.shape[1]}x{label.shape[0]} but image "
+                               f"{s.image} is {rgb.shape[1]}x{rgb.shape[0]}")
+        return rgb, label
+
+    def handle(group):
+        for s, (rgb, label) in group:
             pred = segmenter.predict(rgb, dataset.classes).labels
             image_cm = confusion(pred, label, c, dataset.ignore_index)
             grid = segmenter.grid_for(*resized_shape(*rgb.shape[:2], w.short_side, w.max_long_side))
@@ -105,10 +89,15 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
                 odd = (label != dataset.ignore_index) & ((label < 0) | (label >= c))
                 rec["oor"] = np.unique(label[odd])[:50].tolist()
                 odd_values.update(rec["oor"])
-            log.add(rec)
-            _add_record(cm, ber, rec)
-            if on_image is not None:
-                on_image(s.name)
+            yield s, rec
+
+    def counted(s, rec: dict) -> None:
+        _add_record(cm, ber, rec)
+        if on_image is not None:
+            on_image(s.name)
+
+    run_items(run, shard, todo, len(mine), load, handle, workers=workers, done=counted, progress=progress,
+              desc=dataset.spec.name)
     cm, ber = all_reduce(cm, shard), all_reduce(ber, shard)
     result = _results(cm, ber, dataset, segmenter, len(samples), time.perf_counter() - started)
     seen = sorted({v for s in mine for v in (done.get(s.name) or {}).get("oor", [])} | set(odd_values))
