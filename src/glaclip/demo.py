@@ -18,8 +18,7 @@ import numpy as np
 from .errors import GlaclipError
 from .images import load_image
 from .methods import DEFAULT_METHOD, preset_names
-from .protocols import get_preset
-from .text import parse_classes
+from .protocols import effective
 from .visualize import colorize, distinct_palette, heatmap, label_image, legend, overlay, overlay_with_legend
 
 EXAMPLE_CLASSES = "sky, road; street, car; vehicle, tree, building; house, grass"
@@ -67,8 +66,8 @@ def run_segmentation(seg, image: np.ndarray, classes_text: str, method: str, pro
 
     if image is None:
         raise GlaclipError("upload an image first")
-    queries = parse_classes(classes_text or "")
-    chosen = seg.with_preset(get_preset(method, prob_thd=prob_thd))
+    preset, queries = effective(method, overrides={"prob_thd": prob_thd}, classes=classes_text or "")
+    chosen = seg.with_preset(preset)
     step(0.05, f"encoding {len(queries.queries)} class names (cached after the first time)")
     chosen.query_embeddings(queries)
     rgb = load_image(image)
