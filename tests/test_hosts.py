@@ -196,6 +196,16 @@ def test_clip_only_methods_load_no_vfm(tiny_files):
         seg.with_preset(get_preset("gla-proxyclip"))
 
 
+def test_from_pretrained_takes_an_effective_preset(tiny_files):
+    from glaclip import GlaclipError, effective
+
+    preset, _ = effective("naclip", "voc21", "gla", {"short_side": 200})
+    seg = Segmenter.from_pretrained(preset=preset, device="cpu", prob_thd=0.3, **tiny_files)
+    assert seg.vfm is None and seg.preset == preset.with_overrides(prob_thd=0.3)
+    with pytest.raises(GlaclipError, match="not both"):
+        Segmenter.from_pretrained(preset=preset, method="naclip", device="cpu", **tiny_files)
+
+
 @pytest.fixture(scope="session")
 def patch14(tmp_path_factory):
     """Tiny models with 14-pixel patches: a CLIP like ViT-L/14 and a DINOv2 with registers."""

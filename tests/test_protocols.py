@@ -117,3 +117,30 @@ def test_presets_json_cli():
     r = subprocess.run([sys.executable, "-m", "glaclip", "presets", "--method", "sclip", "--dataset", "nowhere"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("glaclip: error: unknown dataset")
+
+
+def test_effective_gives_the_preset_and_its_classes(tmp_path):
+    from glaclip import effective
+
+    preset, queries = effective("gla-proxyclip", "voc", "host")
+    assert preset == resolve("gla-proxyclip", "voc21", "host") and preset.class_file == "voc21-proxyclip.txt"
+    assert queries == packaged_classes("voc21-proxyclip.txt")
+    assert effective("sclip") == (resolve("sclip"), None)  # a plain image: no class list of its own
+    preset, queries = effective("naclip", "voc21", None, {"prob_thd": 0.3}, "sky, car; vehicle")
+    assert preset.decision.prob_thd == 0.3 and preset.class_file is None and preset.dataset == "voc21"
+    assert queries.synonyms == (("sky",), ("car", "vehicle"))
+    path = tmp_path / "mine.txt"
+    path.write_text("road\nsky; heaven\n")
+    preset, queries = effective("clearclip", "folder", None, None, path)
+    assert preset.class_file == str(path) and preset.dataset is None and queries.names == ("road", "sky")
+    assert effective("clip", classes=[["a", "b"], "c"])[1].queries == ("a", "b", "c")
+    with pytest.raises(GlaclipError, match="unknown dataset 'vocc'"):
+        effective("clip", "vocc")
+    with pytest.raises(GlaclipError, match="class file not found"):
+        effective("clip", classes=tmp_path / "missing.txt")
+
+
+def test_named_presets_take_overrides_of_their_own_settings():
+    assert resolve("gla-proxyclip-paper").attention.rho == 0.6
+    assert resolve("gla-proxyclip-paper", rho=0.5).attention.rho == 0.5
+    assert get_preset("gla-proxyclip-paper", rho=0.5).attention.rho == 0.5

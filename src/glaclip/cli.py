@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -26,18 +25,6 @@ app = typer.Typer(
 
 def _say(msg: str) -> None:
     typer.echo(msg, err=True)
-
-
-def _class_list(classes: List[str], class_file: Optional[Path]):
-    from .text import parse_classes, read_class_file
-
-    if classes and class_file:
-        raise GlaclipError("give either --classes or --class-file, not both")
-    if class_file:
-        return read_class_file(class_file)
-    if not classes:
-        raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
-    return parse_classes("\n".join(classes))  # one class syntax: commas and newlines separate classes
 
 
 def _overrides(settings: List[str]) -> dict:
@@ -113,12 +100,11 @@ def _announce(seg, quiet: bool) -> None:
 
 def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, **kwargs):
     """The segmenter every command builds from its model options and an effective preset
-    (`protocols.resolve`); prints its settings unless quiet."""
+    (`protocols.effective`); prints its settings unless quiet."""
     from .segmenter import Segmenter
 
     seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    method=preset.method, device=device, dtype=dtype, progress=not quiet,
-                                    **kwargs).with_preset(preset)
+                                    preset=preset, device=device, dtype=dtype, progress=not quiet, **kwargs)
     _announce(seg, quiet)
     return seg
 
@@ -179,19 +165,18 @@ def segment(
     from .batch import Options, segment_collection
     from .collection import barrier, collect, leave, shard_from_env
     from .devices import rank_device
-    from .protocols import resolve
+    from .protocols import effective
 
     overrides = _overrides(settings)
     if prob_thd is not None:
         overrides["prob_thd"] = prob_thd
-    preset = resolve(method, _benchmark(dataset), protocol, **overrides)
-    if dataset and not classes and not class_file:
-        from .datasets import packaged_classes
-
-        queries = packaged_classes(preset.class_file)
-    else:
-        queries = _class_list(classes, class_file)
-        preset = replace(preset, class_file=str(class_file) if class_file else None)
+    if classes and class_file:
+        raise GlaclipError("give either --classes or --class-file, not both")
+    # one class syntax: commas and newlines separate classes; no classes: the data set's packaged file
+    given = class_file or ("\n".join(classes) if classes else None)
+    preset, queries = effective(method, dataset, protocol, overrides, given)
+    if queries is None:
+        raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
     if export not in (None, "coco"):
         raise GlaclipError(f"--export takes coco, not {export!r}")
     items = collect(images)
@@ -281,14 +266,13 @@ def evaluate_cmd(
     from .datasets import open_dataset
     from .devices import rank_device
     from .evaluate import evaluate, to_markdown
-    from .protocols import resolve
+    from .protocols import effective
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load
-    preset = resolve(method, _benchmark(dataset), protocol, **_overrides(settings))
+    own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
+    preset, _ = effective(method, dataset, protocol, _overrides(settings), own)
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
-    if class_file or ds.spec.name == "folder":
-        preset = replace(preset, class_file=str(class_file or Path(data_root) / "classes.txt"))
     shard = shard_from_env()
     device = rank_device(shard, device)
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
@@ -374,11 +358,11 @@ def demo(
     _import_gradio()
     if random_weights:
         clip_weights, vfm_weights = "random", "random"
-    from .protocols import resolve
+    from .protocols import effective
 
     seg, problem = None, None
     try:
-        seg = _load(clip, clip_weights, vfm, vfm_weights, resolve(method), device, dtype, text_cache=not no_cache)
+        seg = _load(clip, clip_weights, vfm, vfm_weights, effective(method)[0], device, dtype, text_cache=not no_cache)
     except GlaclipError as exc:
         problem = str(exc)
         _say(f"glaclip: {problem}")
@@ -414,7 +398,7 @@ def presets(
                                  "stride, logit_scale, prob_thd, area_thd, pamr_steps, ..., class_file, queries)."),
 ) -> None:
     """List the named presets, or the effective settings of one method on one data set."""
-    from .protocols import PRESETS, resolve
+    from .protocols import PRESETS, effective
 
     if method is None and (dataset or protocol or settings or as_json):
         raise GlaclipError("--dataset, --protocol, --set and --json need --method")
@@ -422,29 +406,12 @@ def presets(
         for preset in PRESETS.values():
             typer.echo(preset.describe())
         return
-    preset = resolve(method, _benchmark(dataset), protocol, **_overrides(settings))
-    queries = None
-    if preset.class_file:
-        from .datasets import packaged_classes
-
-        queries = packaged_classes(preset.class_file).queries
+    preset, classes = effective(method, dataset, protocol, _overrides(settings))
+    queries = classes.queries if classes is not None else None
     if as_json:
         typer.echo(json.dumps(preset.settings(queries), indent=2))
     else:
         typer.echo(preset.describe() + (f" class_file={preset.class_file} queries={len(queries)}" if queries else ""))
-
-
-def _benchmark(dataset: Optional[str]) -> Optional[str]:
-    """A benchmark's protocol key; unknown names are an error, 'folder' has no protocol row."""
-    if dataset is None:
-        return None
-    from .datasets import dataset_names
-    from .protocols import dataset_key
-
-    key = dataset_key(dataset)
-    if key is None and dataset.lower() != "folder":
-        raise GlaclipError(f"unknown dataset {dataset!r}; choose from {', '.join(dataset_names())}")
-    return key
 
 
 cache_app = typer.Typer(help="The on-disk cache of text-query embeddings ($GLACLIP_CACHE_DIR or the user cache).",

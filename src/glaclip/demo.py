@@ -19,8 +19,7 @@ from .errors import GlaclipError
 from .export import image_record, output_paths, write_image_outputs
 from .images import load_image
 from .methods import DEFAULT_METHOD, preset_names
-from .protocols import get_preset
-from .text import parse_classes
+from .protocols import effective
 from .visualize import colorize, distinct_palette, heatmap, legend, overlay
 
 EXAMPLE_CLASSES = "sky, road; street, car; vehicle, tree, building; house, grass"
@@ -98,8 +97,8 @@ def run_segmentation(seg, image: np.ndarray | str | os.PathLike | None, classes_
     if image is None:
         raise GlaclipError("upload an image first")
     rgb = load_upload(image) if isinstance(image, (str, os.PathLike)) else load_image(image)
-    queries = parse_classes(classes_text or "")
-    chosen = seg.with_preset(get_preset(method, prob_thd=prob_thd))
+    preset, queries = effective(method, overrides={"prob_thd": prob_thd}, classes=classes_text or "")
+    chosen = seg.with_preset(preset)
     step(0.05, f"encoding {len(queries.queries)} class names (cached after the first time)")
     chosen.query_embeddings(queries)
     reused = False

@@ -28,7 +28,7 @@ from .images import ImageInput, load_image, preprocess
 from .methods import DEFAULT_METHOD, METHODS, Method
 from .models import DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
 from .presets import Preset
-from .protocols import resolve
+from .protocols import effective, resolve
 from .text import ClassQueries, ClassSpec, parse_classes, text_encoder
 from .towers import ClipTower, VfmTower
 from .windows import WindowGrid, crop_windows, stitch, window_grid
@@ -61,22 +61,30 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
-                        vfm_weights: str | None = None, method: str = DEFAULT_METHOD, device: str = "auto",
+                        vfm_weights: str | None = None, method: str | None = None, device: str = "auto",
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
                         dataset: str | None = None, protocol: str | None = None, text_cache: bool = True,
-                        progress: bool = True, **overrides: Any) -> "Segmenter":
+                        progress: bool = True, preset: Preset | None = None, **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file).
         clip_weights: a pretrained tag ('openai'), a local file, or 'random'; None -> $GLACLIP_CLIP_WEIGHTS or 'openai'.
         vfm: timm model name with tag; vfm_weights: a local file, 'random', or None -> $GLACLIP_VFM_WEIGHTS or the hub.
-        method: a preset name (`glaclip methods`: 'gla-proxyclip', 'proxyclip', 'clearclip', 'gla-naclip', ...);
-            CLIP-only methods load no VFM.
+        method: a method or named preset (`glaclip presets`; None: `methods.DEFAULT_METHOD`); methods
+            without VFM attention load no VFM.
         dataset, protocol: take the settings of that data set's row of the protocol table
-            (`protocols.resolve`; protocol None: the method's own, 'host', 'gla' or a host's name).
+            (`protocols.effective`; protocol None: the method's own, 'host', 'gla' or a host's name).
         overrides: any setting of the preset, e.g. rho=0.6, short_side=560, prob_thd=0.1.
+        preset: a preset already resolved (`protocols.effective`), instead of method/dataset/protocol;
+            overrides still apply on top.
         """
-        preset = resolve(method, dataset, protocol, **overrides)
+        if preset is None:
+            preset, _ = effective(method or DEFAULT_METHOD, dataset, protocol, overrides)
+        elif method is not None or dataset is not None or protocol is not None:
+            raise GlaclipError("give either a preset or method/dataset/protocol, not both")
+        else:
+            preset = preset.with_overrides(**overrides)
+            preset.validate()
         missing: list[MissingWeights] = []  # name every missing file at once, not one per run
         tower = vfm_tower = None
         try:
