@@ -6,12 +6,28 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import List, Optional
 
 import typer
 
+from .cli_options import (
+    ClipOpt,
+    ClipWeightsOpt,
+    CompileOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MethodOpt,
+    NoCacheOpt,
+    ProtocolOpt,
+    QuietOpt,
+    SetOpt,
+    VfmOpt,
+    VfmWeightsOpt,
+    check_writable,
+    parse_overrides,
+)
 from .errors import GlaclipError
-from .methods import DEFAULT_METHOD, METHODS, preset_names
+from .methods import DEFAULT_METHOD, METHODS
 from .models import DEFAULT_CLIP, DEFAULT_VFM
 
 app = typer.Typer(
@@ -25,71 +41,6 @@ app = typer.Typer(
 
 def _say(msg: str) -> None:
     typer.echo(msg, err=True)
-
-
-def _overrides(settings: List[str]) -> dict:
-    out = {}
-    for s in settings:
-        key, sep, value = s.partition("=")
-        if not sep or not key.strip():
-            raise GlaclipError(f"--set takes KEY=VALUE, got {s!r}")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
-
-
-def _check_writable(folder: Path) -> None:
-    """Fail before any model loads when the output folder cannot be made or written."""
-    import tempfile
-
-    if folder.exists() and not folder.is_dir():
-        raise GlaclipError(f"--out {folder} exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise GlaclipError(f"cannot write to --out {folder}: {exc.strerror or exc}") from None
-
-
-ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model name, hf-hub:ID or a JSON config.")]
-ClipWeightsOpt = Annotated[Optional[str], typer.Option(
-    "--clip-weights", help="Pretrained tag, local file, or 'random' (env GLACLIP_CLIP_WEIGHTS; default: openai).")]
-VfmOpt = Annotated[str, typer.Option("--vfm", help="timm model name (with tag) or a JSON file.")]
-VfmWeightsOpt = Annotated[Optional[str], typer.Option(
-    "--vfm-weights", help="Local file or 'random' (env GLACLIP_VFM_WEIGHTS; default: the timm hub).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
-
-
-class _MethodOption(typer.models.OptionInfo):
-    """`--method`, whose help lists the registry's methods and named presets when the help is built."""
-
-    @property
-    def help(self) -> str:
-        return f"Method / preset (see `glaclip methods`): {', '.join(preset_names())}."
-
-    @help.setter
-    def help(self, value) -> None:  # set by OptionInfo.__init__; the listing above wins
-        pass
-
-
-def _method_option(*names: str) -> typer.models.OptionInfo:
-    option = typer.Option(*names)
-    option.__class__ = _MethodOption
-    return option
-
-
-MethodOpt = Annotated[str, _method_option("--method", "-m")]
-SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset value, e.g. --set rho=0.6 "
-                                           "--set short_side=560. Repeatable.")]
-ProtocolOpt = Annotated[Optional[str], typer.Option(
-    "--protocol", help="Whose settings: default (the method's own: hosts their authors', others GLA's), host (a GLA "
-    "plug-in on its host's protocol), gla, proxyclip, sclip, clearclip, naclip.")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk text-embedding cache "
-                                          "(`glaclip cache info`).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
-                                          "images of one size, mostly on GPU).")]
 
 
 def _announce(seg, quiet: bool) -> None:
@@ -163,11 +114,11 @@ def segment(
     shards the images. Images that cannot be read are listed in the summary and the exit code is non-zero.
     """
     from .batch import Options, segment_collection
-    from .collection import barrier, collect, leave, shard_from_env
+    from .collection import barrier, collect, launch_ranks, leave, shard_from_env
     from .devices import rank_device
     from .protocols import effective
 
-    overrides = _overrides(settings)
+    overrides = parse_overrides(settings)
     if prob_thd is not None:
         overrides["prob_thd"] = prob_thd
     if classes and class_file:
@@ -180,9 +131,9 @@ def segment(
     if export not in (None, "coco"):
         raise GlaclipError(f"--export takes coco, not {export!r}")
     items = collect(images)
-    _check_writable(out)
+    check_writable(out)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
-        _launch(processes)
+        launch_ranks(processes)
         return
     shard = shard_from_env()
     device = rank_device(shard, device)
@@ -207,27 +158,6 @@ def segment(
             raise typer.Exit(2)
     elif msg:
         raise GlaclipError(msg)
-
-
-def _launch(processes: int) -> None:
-    """Run this very command in `processes` ranks through torch.distributed's launcher (what torchrun
-    does) and exit as they did: their own lines, no launcher report, the first failed rank's code."""
-    import logging
-
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # its banner and per-rank failure logs
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    try:
-        run(parse_args(["--standalone", "--nproc-per-node", str(processes), "-m", "glaclip", *sys.argv[1:]]))
-    except ChildFailedError as exc:
-        codes = {rank: f.exitcode for rank, f in sorted(exc.failures.items())}
-        ended = [c for c in codes.values() if c > 0]
-        for rank, code in codes.items():  # a rank stopped by a signal said nothing itself
-            if code < 0 and not (ended and code == -15):  # SIGTERM: the launcher stopping the others
-                _say(f"glaclip: error: process {rank} was stopped by signal {-code}")
-        sys.exit(ended[0] if ended else 1)
 
 
 @app.command("eval")
@@ -270,13 +200,13 @@ def evaluate_cmd(
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load
     own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
-    preset, _ = effective(method, dataset, protocol, _overrides(settings), own)
+    preset, _ = effective(method, dataset, protocol, parse_overrides(settings), own)
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
     shard = shard_from_env()
     device = rank_device(shard, device)
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
-    _check_writable(out)
+    check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
                 compile=compile, text_cache=not no_cache)
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
@@ -406,7 +336,7 @@ def presets(
         for preset in PRESETS.values():
             typer.echo(preset.describe())
         return
-    preset, classes = effective(method, dataset, protocol, _overrides(settings))
+    preset, classes = effective(method, dataset, protocol, parse_overrides(settings))
     queries = classes.queries if classes is not None else None
     if as_json:
         typer.echo(json.dumps(preset.settings(queries), indent=2))

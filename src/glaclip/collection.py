@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -334,3 +335,24 @@ class ProgressLog:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def launch_ranks(processes: int) -> None:
+    """Run this very command in `processes` ranks through torch.distributed's launcher (what torchrun
+    does) and exit as they did: their own lines, no launcher report, the first failed rank's code."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # its banner and per-rank failure logs
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    try:
+        run(parse_args(["--standalone", "--nproc-per-node", str(processes), "-m", "glaclip", *sys.argv[1:]]))
+    except ChildFailedError as exc:
+        codes = {rank: f.exitcode for rank, f in sorted(exc.failures.items())}
+        ended = [c for c in codes.values() if c > 0]
+        for rank, code in codes.items():  # a rank stopped by a signal said nothing itself
+            if code < 0 and not (ended and code == -15):  # SIGTERM: the launcher stopping the others
+                print(f"glaclip: error: process {rank} was stopped by signal {-code}", file=sys.stderr)
+        sys.exit(ended[0] if ended else 1)

@@ -1,0 +1,77 @@
+"""The options the commands share (typer declarations) and their early checks, so `cli.py` holds only the
+commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from .errors import GlaclipError
+from .methods import preset_names
+
+ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model name, hf-hub:ID or a JSON config.")]
+ClipWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--clip-weights", help="Pretrained tag, local file, or 'random' (env GLACLIP_CLIP_WEIGHTS; default: openai).")]
+VfmOpt = Annotated[str, typer.Option("--vfm", help="timm model name (with tag) or a JSON file.")]
+VfmWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--vfm-weights", help="Local file or 'random' (env GLACLIP_VFM_WEIGHTS; default: the timm hub).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
+
+
+class _MethodOption(typer.models.OptionInfo):
+    """`--method`, whose help lists the registry's methods and named presets when the help is built."""
+
+    @property
+    def help(self) -> str:
+        return f"Method / preset (see `glaclip methods`): {', '.join(preset_names())}."
+
+    @help.setter
+    def help(self, value) -> None:  # set by OptionInfo.__init__; the listing above wins
+        pass
+
+
+def _method_option(*names: str) -> typer.models.OptionInfo:
+    option = typer.Option(*names)
+    option.__class__ = _MethodOption
+    return option
+
+
+MethodOpt = Annotated[str, _method_option("--method", "-m")]
+SetOpt = Annotated[List[str], typer.Option("--set", help="Override any preset value, e.g. --set rho=0.6 "
+                                           "--set short_side=560. Repeatable.")]
+ProtocolOpt = Annotated[Optional[str], typer.Option(
+    "--protocol", help="Whose settings: default (the method's own: hosts their authors', others GLA's), host (a GLA "
+    "plug-in on its host's protocol), gla, proxyclip, sclip, clearclip, naclip.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk text-embedding cache "
+                                          "(`glaclip cache info`).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
+                                          "images of one size, mostly on GPU).")]
+
+
+def parse_overrides(settings: List[str]) -> dict:
+    """--set KEY=VALUE pairs -> {key: value} (dashes in keys read as underscores)."""
+    out = {}
+    for s in settings:
+        key, sep, value = s.partition("=")
+        if not sep or not key.strip():
+            raise GlaclipError(f"--set takes KEY=VALUE, got {s!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any model loads when the output folder cannot be made or written."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise GlaclipError(f"--out {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise GlaclipError(f"cannot write to --out {folder}: {exc.strerror or exc}") from None
