@@ -28,14 +28,14 @@ def machine_line(device: str) -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'560x1120' -> (560, 1120): height x width."""
+    """'560x1120' -> (560, 1120): height x width (glaclip's own parser; a bad size ends the script)."""
+    from glaclip.bench import parse_size as parse
+    from glaclip.errors import GlaclipError
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        h = w = 0
-    if h <= 0 or w <= 0:
-        raise SystemExit(f"size must look like 560x1120 (height x width), got {text!r}")
-    return h, w
+        return parse(text)
+    except GlaclipError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def native_settings(h: int, w: int) -> dict:
