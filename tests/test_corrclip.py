@@ -1,13 +1,11 @@
 """CorrCLIP and GLA on it: every step against a naive restatement (tests/corrclip_reference.py), masks in
 the API, map correction, protocol rows."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CLIP, structured_image
+from conftest import structured_image
 from corrclip_reference import naive_merge, naive_qk, naive_scope, naive_vote, naive_window
 
 from glaclip import GlaclipError, Segmenter
@@ -22,25 +20,7 @@ CLASSES = ["sky", "road", "car", "tree"]
 
 
 @pytest.fixture(scope="module")
-def files6(tmp_path_factory, tiny_files):
-    """A tiny CLIP with 6 blocks (the spatial branch averages blocks 2..3) and the tiny VFM."""
-    from glaclip.models import load_clip
-
-    d = tmp_path_factory.mktemp("clip6")
-    cfg = json.loads(json.dumps(TINY_CLIP))
-    cfg["vision_cfg"]["layers"] = 6
-    (d / "glaclip-tiny-clip6.json").write_text(json.dumps(cfg))
-    torch.manual_seed(1)
-    clip = load_clip(str(d / "glaclip-tiny-clip6.json"), "random", device="cpu", dtype="fp32")
-    with torch.no_grad():
-        for p in clip.model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    torch.save(clip.model.state_dict(), d / "clip6.pt")
-    return dict(tiny_files, clip=str(d / "glaclip-tiny-clip6.json"), clip_weights=str(d / "clip6.pt"))
-
-
-@pytest.fixture(scope="module")
-def corr64(files6):
+def corr64(files6):  # files6: conftest
     return Segmenter.from_pretrained(method="corrclip", device="cpu", dtype="fp64", **files6)
 
 

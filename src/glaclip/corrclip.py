@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import GlaclipError
 from .families import Family, Features
 from .images import clip_to_imagenet
 
@@ -117,11 +118,13 @@ def clip_branches(clip, crops: torch.Tensor, regions: list[torch.Tensor]
     regions: per window, the region index (0..R-1) of each of its N CLIP-grid patch tokens."""
     v = clip.visual
     if not getattr(v.transformer, "batch_first", True):
-        raise RuntimeError("CorrCLIP needs an open_clip transformer with batch_first=True")
+        raise GlaclipError("CorrCLIP needs an open_clip transformer with batch_first=True")
     x, grid = clip.embed(crops)
     blocks = v.transformer.resblocks
     n_layers = len(blocks)
     first = n_layers - 2 - spatial_layers(n_layers)
+    if first > n_layers - 3:
+        raise GlaclipError(f"CorrCLIP needs a CLIP with at least 5 blocks (its spatial branch), this one has {n_layers}")
     mask = region_mask(regions, x.shape[1], clip.heads, x.dtype)
     mct = x[:, :1].expand(-1, mask.shape[1], -1)
     spatial, count = torch.zeros_like(x), 0
