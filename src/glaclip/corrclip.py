@@ -124,7 +124,7 @@ def clip_branches(clip, crops: torch.Tensor, regions: list[torch.Tensor]
     n_layers = len(blocks)
     first = n_layers - 2 - spatial_layers(n_layers)
     if first > n_layers - 3:
-        raise GlaclipError(f"CorrCLIP needs a CLIP with at least 5 blocks (its spatial branch), this one has {n_layers}")
+        raise GlaclipError(f"CorrCLIP needs a CLIP with at least 5 blocks (its spatial branch), not {n_layers}")
     mask = region_mask(regions, x.shape[1], clip.heads, x.dtype)
     mct = x[:, :1].expand(-1, mask.shape[1], -1)
     spatial, count = torch.zeros_like(x), 0
