@@ -58,7 +58,8 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     means = torch.stack([feats[ids == v].mean(dim=0) for v in values])
     means = F.normalize(means, dim=1)[1:]
     sim = means @ means.T
-    dist = (sim.max() - sim).cpu().numpy()
+    dist = sim.max() - sim
+    dist = (dist.float() if dist.dtype == torch.bfloat16 else dist).cpu().numpy()  # numpy has no bfloat16
     cluster = DBSCAN(metric="precomputed", eps=EPS, min_samples=MIN_SAMPLES).fit_predict(dist)
     out = ids.clone()
     for v, c in zip(values[1:].tolist(), cluster.tolist()):
