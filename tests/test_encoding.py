@@ -110,7 +110,7 @@ def test_demo_reuses_encodings(segmenter, tmp_path):
     cache = EncodingCache()
     rgb = structured_image(60, 90, seed=5)
     try:
-        segmenter.window_features = lambda crops: calls.append(len(crops)) or original(crops)
+        segmenter.window_features = lambda crops, masks=None: calls.append(len(crops)) or original(crops, masks)
         first = run_segmentation(segmenter, rgb, "sky, road", "gla-proxyclip", 0.0, 0.5, tmp_path / "1",
                                  encodings=cache)
         n = len(calls)

@@ -12,6 +12,7 @@ from probes import clip_host_tokens
 
 from glaclip import Segmenter, get_preset
 from glaclip.attention import gla_attention, proxyclip_attention
+from glaclip.bench import block_masks
 from glaclip.hosts import local_tokens, neighbourhood
 from glaclip.methods import METHODS
 from glaclip.presets import AttentionConfig
@@ -182,8 +183,11 @@ def test_single_window_gla_reduces_to_window_local_proxyclip():
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_runs_through_predict(segmenter, name):
-    result = segmenter.with_preset(get_preset(name)).predict(structured_image(150, 260), CLASSES)
+def test_every_method_runs_through_predict(segmenter, files6, name):
+    seg, masks = segmenter, None
+    if METHODS[name].needs_masks:  # CorrCLIP needs region masks and a CLIP of >= 5 blocks
+        seg, masks = Segmenter.from_pretrained(method=name, device="cpu", **files6), block_masks(150, 260)
+    result = seg.with_preset(get_preset(name)).predict(structured_image(150, 260), CLASSES, masks=masks)
     assert result.labels.shape == (150, 260) and result.probs.shape == (4, 150, 260)
     np.testing.assert_allclose(result.probs.sum(0), 1.0, atol=1e-5)
     assert result.preset.method == name
