@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from .cli_cache import cache_app
 from .cli_options import (
     ClipOpt,
     ClipWeightsOpt,
@@ -27,7 +28,7 @@ from .cli_options import (
     parse_overrides,
 )
 from .errors import GlaclipError
-from .methods import DEFAULT_METHOD, METHODS
+from .methods import DEFAULT_METHOD
 from .models import DEFAULT_CLIP, DEFAULT_VFM
 
 app = typer.Typer(
@@ -218,18 +219,10 @@ def evaluate_cmd(
 @app.command()
 def datasets() -> None:
     """List the supported data sets, their expected layout and the class file each protocol uses."""
-    from .datasets import SPECS
-    from .protocols import PROTOCOLS, class_file
+    from .listings import dataset_lines
 
-    for spec in SPECS.values():
-        typer.echo(f"{spec.name:12s} {spec.title}; root .../{spec.root_hint}: {spec.img_dir}/*{spec.img_suffix}, "
-                   f"{spec.ann_dir}/*{spec.ann_suffix}" + (f", {spec.split_file}" if spec.split_file else "")
-                   + (", reduce_zero_label" if spec.reduce_zero_label else ""))
-        files: dict[str, list[str]] = {}
-        for proto in PROTOCOLS:
-            files.setdefault(class_file(proto, spec.name), []).append(proto)
-        typer.echo(f"{'':12s} class files: " + "; ".join(f"{f} ({', '.join(p)})" for f, p in files.items()))
-    typer.echo("folder       your own: ROOT/images/*, ROOT/labels/<stem>.png, ROOT/classes.txt")
+    for line in dataset_lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -303,19 +296,10 @@ def demo(
 @app.command()
 def methods() -> None:
     """List the segmentation methods, the paper each follows, and the preset values each uses."""
-    from .models import CLIP_BACKBONES, VFM_BACKBONES
-    from .protocols import PRESETS, protocol_name
+    from .listings import method_lines
 
-    for m in METHODS.values():
-        typer.echo(f"{m.name:21s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]"))
-        typer.echo(f"{'':21s} protocol: {protocol_name(m.name)} (host: {protocol_name(m.name, 'host')}); "
-                   f"{PRESETS[m.name].describe()}")
-    typer.echo("\nCLIP backbones (--clip NAME --clip-weights TAG):")
-    for title, (name, tag) in CLIP_BACKBONES.items():
-        typer.echo(f"  {title:28s} --clip {name} --clip-weights {tag}")
-    typer.echo("VFM backbones (--vfm NAME):")
-    for title, name in VFM_BACKBONES.items():
-        typer.echo(f"  {title:28s} --vfm {name}")
+    for line in method_lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -344,37 +328,7 @@ def presets(
         typer.echo(preset.describe() + (f" class_file={preset.class_file} queries={len(queries)}" if queries else ""))
 
 
-cache_app = typer.Typer(help="The on-disk cache of text-query embeddings ($GLACLIP_CACHE_DIR or the user cache).",
-                        no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-
-
-@cache_app.command("info")
-def cache_info_cmd() -> None:
-    """Where the cache is, how many query embeddings it holds and its size."""
-    from .text_cache import cache_info
-
-    info = cache_info()
-    other = f"\nother:    {info['other_files']} files that are not cache entries" if info["other_files"] else ""
-    typer.echo(f"location: {info['location']}\nentries:  {info['entries']} query embeddings "
-               f"({info['models']} text models)\nsize:     {info['bytes'] / 2**20:.2f} MiB{other}")
-
-
-@cache_app.command("clear")
-def cache_clear_cmd() -> None:
-    """Remove the cached text embeddings (only files the cache wrote; anything else stays)."""
-    from .text_cache import cache_root, clear_cache
-
-    root = cache_root()
-    report = clear_cache(root)
-    typer.echo(f"removed {report.removed} query embeddings from {root}")
-    if report.kept:
-        shown = ", ".join(str(p) for p in report.kept[:3]) + (", ..." if len(report.kept) > 3 else "")
-        typer.echo(f"kept {len(report.kept)} files or folders that the cache did not write: {shown}")
-    if report.failed:
-        path, reason = report.failed[0]
-        raise GlaclipError(f"could not remove {len(report.failed)} cache files ({reason}: {path}"
-                           f"{' and others' if len(report.failed) > 1 else ''})")
 
 
 @app.command()
