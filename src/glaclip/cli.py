@@ -17,10 +17,13 @@ from .cli_options import (
     CompileOpt,
     DeviceOpt,
     DtypeOpt,
+    MasksOpt,
     MethodOpt,
     NoCacheOpt,
     ProtocolOpt,
     QuietOpt,
+    SamOpt,
+    SamWeightsOpt,
     SetOpt,
     VfmOpt,
     VfmWeightsOpt,
@@ -29,7 +32,7 @@ from .cli_options import (
 )
 from .errors import GlaclipError
 from .methods import DEFAULT_METHOD
-from .models import DEFAULT_CLIP, DEFAULT_VFM
+from .models import DEFAULT_VFM
 
 app = typer.Typer(
     help="Training-free open-vocabulary semantic segmentation with GLA-CLIP (frozen CLIP + frozen DINO).",
@@ -96,7 +99,12 @@ def segment(
     save_encoding: bool = typer.Option(False, "--save-encoding", help="Also write NAME.encoding.safetensors: segment "
                                        "it later with other classes (glaclip segment NAME.encoding.safetensors -c ...) "
                                        "without running the backbones again."),
-    clip: ClipOpt = DEFAULT_CLIP,
+    masks: MasksOpt = None,
+    sam: SamOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    save_masks: bool = typer.Option(False, "--save-masks", help="With --sam: also write NAME.masks.npz, the "
+                                    "region masks each image was segmented with (key instance_mask)."),
+    clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
     vfm_weights: VfmWeightsOpt = None,
@@ -112,11 +120,14 @@ def segment(
     over the image, legend below), NAME.json (per-class pixel shares and every setting), and with
     --save-probs NAME_probs.npz, mirroring the input folders under --out; then summary.csv/.json (and
     coco.json with --export coco). A rerun resumes; --processes K (or torchrun --nproc-per-node K)
-    shards the images. Images that cannot be read are listed in the summary and the exit code is non-zero.
+    shards the images. Images that cannot be read, or whose region masks are missing or unfit,
+    are listed in the summary and the exit code is non-zero.
     """
     from .batch import Options, segment_collection
     from .collection import barrier, collect, launch_ranks, leave, shard_from_env
     from .devices import rank_device
+    from .encoding import is_encoding_file
+    from .mask_source import mask_request, open_masks
     from .protocols import effective
 
     overrides = parse_overrides(settings)
@@ -132,6 +143,8 @@ def segment(
     if export not in (None, "coco"):
         raise GlaclipError(f"--export takes coco, not {export!r}")
     items = collect(images)
+    request = mask_request(masks, sam, sam_weights, preset, save_masks, one_image=len(items) == 1,
+                           carried=all(is_encoding_file(it.path) for it in items))
     check_writable(out)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
         launch_ranks(processes)
@@ -140,8 +153,10 @@ def segment(
     device = rank_device(shard, device)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
                 compile=compile, text_cache=not no_cache)
+    source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
     opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
-                   batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding)
+                   batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding,
+                   masks=source, save_masks=bool(request and request.save))
     result = segment_collection(seg, items, queries, out, opts, shard=shard, progress=not quiet)
     if shard.rank == 0 and not quiet:
         _say(f"glaclip: {len(items) - result.get('failed', 0)} of {len(items)} images segmented into {out}"
@@ -177,7 +192,10 @@ def evaluate_cmd(
     method: MethodOpt = DEFAULT_METHOD,
     protocol: ProtocolOpt = None,
     settings: SetOpt = [],
-    clip: ClipOpt = DEFAULT_CLIP,
+    masks: MasksOpt = None,
+    sam: SamOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
     vfm_weights: VfmWeightsOpt = None,
@@ -191,17 +209,20 @@ def evaluate_cmd(
 
     Writes OUT/results.json (per-class IoU/Acc, confusion matrix, settings) and OUT/results.md;
     progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun
-    --nproc-per-node K the images are split across K processes.
+    --nproc-per-node K the images are split across K processes. --masks DIR: each image's mask file
+    by its path under the data set's image folder, mirrored, else flat by stem.
     """
     from .collection import shard_from_env
     from .datasets import open_dataset
     from .devices import rank_device
     from .evaluate import evaluate, to_markdown
+    from .mask_source import mask_request, open_masks
     from .protocols import effective
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load
     own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
     preset, _ = effective(method, dataset, protocol, parse_overrides(settings), own)
+    request = mask_request(masks, sam, sam_weights, preset)
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
     shard = shard_from_env()
@@ -210,7 +231,8 @@ def evaluate_cmd(
     check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
                 compile=compile, text_cache=not no_cache)
-    result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
+    source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
+    result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard, masks=source)
     if shard.rank == 0 and not quiet:
         typer.echo(to_markdown(result).split("\n\n| class")[0])
         _say(f"glaclip: wrote {out / 'results.json'} and {out / 'results.md'}")
@@ -232,7 +254,7 @@ def bench(
     method: MethodOpt = DEFAULT_METHOD,
     dense: bool = typer.Option(True, "--dense/--no-dense", help="Also run the global attention as one naive dense "
                                "N x N matrix."),
-    clip: ClipOpt = DEFAULT_CLIP,
+    clip: ClipOpt = None,
     clip_weights: str = typer.Option("random", "--clip-weights", help="Pretrained tag, local file, or 'random' "
                                      "(the default: speed does not depend on the values)."),
     vfm: VfmOpt = DEFAULT_VFM,
@@ -264,7 +286,9 @@ def demo(
     random_weights: bool = typer.Option(False, "--random-weights", help="Randomly initialised models: try the page "
                                         "without any download (labels are meaningless)."),
     method: MethodOpt = DEFAULT_METHOD,
-    clip: ClipOpt = DEFAULT_CLIP,
+    sam: SamOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
     vfm_weights: VfmWeightsOpt = None,
@@ -274,23 +298,27 @@ def demo(
 ) -> None:
     """Start the web demo (needs: pip install 'glaclip\\[demo]').
 
-    Without weights and without network the page still opens and says which files to provide.
+    Without weights and without network the page still opens and says which files to provide. Methods
+    that read region masks take an uploaded mask file, or generate them with --sam NAME --sam-weights FILE.
     """
     from .demo import _import_gradio, launch
 
     _import_gradio()
     if random_weights:
         clip_weights, vfm_weights = "random", "random"
+    from .mask_source import open_masks, sam_request
     from .protocols import effective
 
-    seg, problem = None, None
+    request = sam_request(sam, sam_weights)
+    seg, problem, source = None, None, None
     try:
         seg = _load(clip, clip_weights, vfm, vfm_weights, effective(method)[0], device, dtype, text_cache=not no_cache)
+        source = open_masks(request, seg, dtype, echo=_say)
     except GlaclipError as exc:
         problem = str(exc)
         _say(f"glaclip: {problem}")
     _say(f"glaclip: demo on http://{host}:{port} (Ctrl+C to stop)")
-    launch(seg, problem, host, port, method)
+    launch(seg, problem, host, port, method, sam=source)
 
 
 @app.command()

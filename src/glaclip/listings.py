@@ -12,7 +12,8 @@ def method_lines() -> Iterator[str]:
     from .protocols import PRESETS, protocol_name
 
     for m in METHODS.values():
-        yield f"{m.name:21s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]")
+        yield f"{m.name:21s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]") + (
+            " [region masks: --masks or --sam]" if m.needs_masks else "")
         yield (f"{'':21s} protocol: {protocol_name(m.name)} (host: {protocol_name(m.name, 'host')}); "
                f"{PRESETS[m.name].describe()}")
     yield "\nCLIP backbones (--clip NAME --clip-weights TAG):"
