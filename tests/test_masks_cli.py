@@ -14,7 +14,7 @@ from conftest import structured_image
 from datafixtures import write_layout
 from PIL import Image
 
-from glaclip import Segmenter
+from glaclip import GlaclipError, Segmenter
 from glaclip.regions import fingerprint, load_masks
 
 SMALL = ("--set", "short_side=112")
@@ -222,3 +222,24 @@ def test_mask_file_for_a_folder_and_unused_masks(tiny_files, tmp_path):
     assert r.stderr.strip() == ("glaclip: warning: method gla-proxyclip does not use region masks, so --masks is "
                                 "ignored (--set mask_vote=true corrects any method's map region by region)")
     assert json.loads((tmp_path / "o2" / "glaclip-run.json").read_text())["masks"] is None
+
+
+def test_eval_lookup_is_relative_to_the_image_folder_with_a_flat_fallback(tmp_path):
+    """Cityscapes images sit in city folders and their stems keep `_leftImg8bit`: a mirrored file
+    wins, else the release's flat folder by stem; a folder data set looks under its images/."""
+    from glaclip.datasets import open_dataset
+    from glaclip.mask_source import MaskRequest, MaskSource
+
+    write_layout(tmp_path / "cityscapes", "cityscapes", n=2, size=(40, 80))
+    ds = open_dataset("cityscapes", tmp_path / "cityscapes")
+    rel = [ds.image_relative(s).as_posix() for s in ds.samples]
+    assert rel == ["frankfurt/frankfurt_000000_leftImg8bit.png", "frankfurt/frankfurt_000001_leftImg8bit.png"]
+    mdir = tmp_path / "region_masks" / "city"
+    _npz(mdir / "frankfurt_000000_leftImg8bit.npz", region_map(40, 80, 1))  # flat, as released
+    _npz(mdir / "frankfurt" / "frankfurt_000001_leftImg8bit.npz", region_map(40, 80, 2))  # mirrored
+    source = MaskSource(MaskRequest(path=mdir))
+    for s, seed in zip(ds.samples, (1, 2)):
+        np.testing.assert_array_equal(source.read(s.image, ds.image_relative(s), (40, 80)), region_map(40, 80, seed))
+    with pytest.raises(GlaclipError, match="the image is 80x30") as err:
+        source.read(ds.samples[0].image, ds.image_relative(ds.samples[0]), (30, 80))
+    assert str(ds.samples[0].image) in str(err.value) and "frankfurt_000000_leftImg8bit.npz" in str(err.value)
