@@ -140,9 +140,9 @@ def test_masks_are_required_checked_and_part_of_the_encoding(corr64, tmp_path):
     img = structured_image(120, 160)
     with pytest.raises(GlaclipError, match="needs region masks"):
         corr64.predict(img, CLASSES)
-    with pytest.raises(GlaclipError, match="do not fit the image's 160x120"):
+    with pytest.raises(GlaclipError, match="region mask map is 160x100, the image is 160x120"):
         corr64.predict(img, CLASSES, masks=np.zeros((100, 160), np.int32))
-    with pytest.raises(GlaclipError, match="integer ids"):
+    with pytest.raises(GlaclipError, match="region ids must be integers"):
         corr64.predict(img, CLASSES, masks=np.zeros((120, 160), np.float32))
     a, b = regions_map(120, 160), regions_map(120, 160, with_zero=False)
     ea, eb = corr64.encode_image(img, masks=a), corr64.encode_image(img, masks=b)

@@ -249,3 +249,33 @@ def test_request_errors_and_progress_steps(segmenter, tmp_path):
     assert [f for f, _ in steps] == sorted(f for f, _ in steps)
     with pytest.raises(GlaclipError, match="duplicate"):
         run_segmentation(segmenter, structured_image(40, 60), "sky, sky", "gla-proxyclip", 0.0, 0.5, tmp_path)
+
+
+def test_region_masks_upload_for_corrclip(files6, tmp_path):
+    """corrclip in the demo: an uploaded mask file (npz or 16-bit png) is what the encoding uses;
+    without one (and no --sam) one message; a mask file of another size names the upload."""
+    from glaclip import Segmenter
+    from glaclip.demo import EncodingCache
+
+    seg = Segmenter.from_pretrained(method="corrclip", device="cpu", dtype="fp32", **files6)
+    rgb = structured_image(60, 80, seed=2)
+    masks = np.kron(np.arange(12).reshape(3, 4), np.ones((20, 20), int)).astype(np.int32)
+    np.savez_compressed(tmp_path / "up.npz", instance_mask=masks)
+    Image.fromarray(masks.astype(np.uint16)).save(tmp_path / "up.png")
+    cache = EncodingCache()
+    a = run_segmentation(seg, rgb, "sky, road", "corrclip", 0.0, 0.5, tmp_path / "a", encodings=cache,
+                         masks=tmp_path / "up.npz")
+    b = run_segmentation(seg, rgb, "sky, road", "corrclip", 0.0, 0.5, tmp_path / "b", encodings=cache,
+                         masks=tmp_path / "up.png")
+    assert b["reused"] and np.array_equal(a["labels"], b["labels"])  # same masks: same encoding
+    want = seg.predict(rgb, "sky, road", masks=masks)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / "image_labels.png")), want.labels)
+    with pytest.raises(GlaclipError, match="corrclip needs region masks: upload a mask file"):
+        run_segmentation(seg, rgb, "sky, road", "corrclip", 0.0, 0.5, tmp_path / "c")
+    np.savez_compressed(tmp_path / "small.npz", instance_mask=masks[:50])
+    with pytest.raises(GlaclipError, match="small.npz") as err:
+        run_segmentation(seg, rgb, "sky, road", "corrclip", 0.0, 0.5, tmp_path / "d", masks=tmp_path / "small.npz")
+    assert str(tmp_path) not in str(err.value)
+    # a method that reads no masks ignores an upload
+    r = run_segmentation(seg, rgb, "sky, road", "gla-proxyclip", 0.0, 0.5, tmp_path / "e", masks=tmp_path / "up.npz")
+    assert r["labels"].shape == (60, 80, 3)

@@ -9,7 +9,7 @@ status, seconds, shares, its files by kind, COCO annotations), and at the end `s
 `summary.json` and with --export coco `coco.json`, written by rank 0 from the logs in input order,
 so an interrupted-and-resumed or a sharded run ends with exactly the files of a plain run.
 
-A rerun that asks for other extra outputs (--save-probs, --save-encoding, --export coco) continues
+A rerun that asks for other extra outputs (--save-probs, --save-encoding, --save-masks, --export coco) continues
 the run: finished images that lack a newly asked-for kind are recomputed, and at the end rank 0
 removes every file the logs record that this run does not write (the kinds no longer asked for).
 --overwrite starts over: it lists the earlier run's recorded files in `.glaclip-progress/
@@ -45,6 +45,7 @@ from .errors import GlaclipError
 from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
 from .files import write_atomic
 from .images import load_image
+from .mask_source import MaskSource, fingerprint
 from .runner import Run, begin, model_identity, run_items
 from .text import ClassQueries
 from .visualize import distinct_palette
@@ -62,26 +63,40 @@ class Options:
     workers: int = 2  # background decoding threads
     overwrite: bool = False
     save_encoding: bool = False  # also write NAME.encoding.safetensors (re-segment later without the backbones)
+    masks: MaskSource | None = None  # each image's region masks (files or SAM 2), for methods that read them
+    save_masks: bool = False  # also write NAME.masks.npz: the masks each image's encoding used
+
+
+@dataclass
+class _Loaded:
+    """A decoded item: an image (rgb) with its masks when read from a file, or a saved encoding with
+    its source image (rgb None when that file is gone)."""
+
+    rgb: object
+    enc: ImageEncoding | None = None
+    masks: object = None
 
 
 def _identity(seg, queries: ClassQueries, opts: Options, items: list[Item]) -> dict:
     """What a resumed run must match: the inputs and everything that changes an output file's content."""
     return {"format": FORMAT, "inputs": input_identity(items), "classes": [list(s) for s in queries.synonyms],
             "settings": seg.preset.settings(), "preset": seg.preset.to_dict(), **model_identity(seg),
-            "dtype": dtype_name(seg.clip.dtype), "alpha": opts.alpha}
+            "dtype": dtype_name(seg.clip.dtype), "alpha": opts.alpha,
+            "masks": opts.masks.identity() if opts.masks is not None else None}
 
 
 def _extra(seg, opts: Options) -> dict:
     """Written beside the identity, not compared: the kinds of extra outputs asked for (may change
     between the invocations of one run) and, for information, where the weights were loaded from."""
-    return {"outputs": {"save_probs": opts.save_probs, "save_encoding": opts.save_encoding, "export": opts.export},
+    return {"outputs": {"save_probs": opts.save_probs, "save_encoding": opts.save_encoding,
+                        "save_masks": opts.save_masks, "export": opts.export},
             "weights_from": seg.models()}
 
 
 def _kept_kinds(opts: Options) -> set[str]:
     """The kinds of per-image files this run writes (the overlay only where the image is at hand)."""
     return {"labels", "overlay", "json"} | ({"probs"} if opts.save_probs else set()) | (
-        {"encoding"} if opts.save_encoding else set())
+        {"encoding"} if opts.save_encoding else set()) | ({"masks"} if opts.save_masks else set())
 
 
 def _files(rec: dict) -> dict[str, str]:
@@ -163,24 +178,26 @@ def _complete(rec: dict | None, it: Item, out: Path, opts: Options) -> bool:
         return False
     files, kinds = _files(rec), _kept_kinds(opts)
     if is_encoding_file(it.path):
-        kinds -= {"encoding", "overlay"}  # an encoding is not saved again; its overlay needs its image
+        kinds -= {"encoding", "overlay", "masks"}  # an encoding is not saved again; its overlay needs its image
     return kinds <= files.keys() and all((out / f).exists() for k, f in files.items() if k in _kept_kinds(opts))
 
 
-def _file_name(it: Item, loaded, root: Path) -> str:
+def _file_name(it: Item, loaded: _Loaded, root: Path) -> str:
     """COCO's file_name: the image's path relative to the input root (for a saved encoding, the path
     of the image it was made from, relative to the root where it lies under it)."""
-    image = loaded[0].image_path if isinstance(loaded, tuple) else None
+    image = loaded.enc.image_path if loaded.enc is not None else None
     if not image:
         return it.name
     image = Path(os.path.abspath(image))
     return image.relative_to(root).as_posix() if image.is_relative_to(root) else image.as_posix()
 
 
-def _load_item(item: Item):
-    """An image as an array, or a saved encoding with its source image (None when that file is gone)."""
+def _load_item(item: Item, masks: MaskSource | None = None) -> _Loaded:
+    """An image as an array with its masks read from their file (when `masks` reads files), or a saved
+    encoding (which holds its masks) with its source image (None when that file is gone)."""
     if not is_encoding_file(item.path):
-        return load_image(item.path)
+        rgb = load_image(item.path)
+        return _Loaded(rgb, masks=masks.read(item.path, item.name, rgb.shape[:2]) if masks is not None else None)
     enc = ImageEncoding.load(item.path)
     rgb = None
     if enc.image_path and Path(enc.image_path).is_file():
@@ -193,7 +210,7 @@ def _load_item(item: Item):
     if rgb is None:
         warnings.warn(f"the image of encoding {item.path} ({enc.image_path or 'unknown'}) is gone or changed; "
                       "writing its outputs without the overlay", RuntimeWarning, stacklevel=2)
-    return enc, rgb
+    return _Loaded(rgb, enc)
 
 
 def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path, opts: Options,
@@ -201,8 +218,10 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     """Segment `items` into `out`; returns {"images", "done", "failed", "skipped", "failures": [...]}.
 
     A finished image (logged ok, with every kind of file this run writes) is skipped unless
-    opts.overwrite. A resume must name the same inputs and settings (refused otherwise)."""
+    opts.overwrite. A resume must name the same inputs, settings and masks (refused otherwise)."""
     shard = shard or Shard()
+    if opts.masks is not None:
+        opts.masks.check_shard(shard)
     out = Path(out)
     run = Run(out, MANIFEST, PROGRESS, key="output", restart="--overwrite", order="attempt",
               what="segmentation run")
@@ -220,31 +239,38 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     palette = distinct_palette(len(queries))
     settings = seg.preset.settings(queries.queries)
     preset_dict, preset_line, models = seg.preset.to_dict(), seg.preset.describe(), seg.models()
+    mask_line = opts.masks.describe() if opts.masks is not None else None
 
-    def handle(batch: list[tuple[Item, object]]):
-        """Encode a group of images in shared backbone forwards, then predict and write each."""
+    def handle(batch: list[tuple[Item, _Loaded]]):
+        """Encode a group of images in shared backbone forwards (masks generated first where SAM 2
+        makes them), then predict and write each."""
         start = time.perf_counter()
-        images = [(k, rgb) for k, (_, rgb) in enumerate(batch) if not isinstance(rgb, tuple)]
-        encodings: dict[int, object] = {}
+        encodings: dict[int, object] = {k: ld.enc for k, (_, ld) in enumerate(batch) if ld.enc is not None}
+        masks: dict[int, object] = {}
+        for k, (it, ld) in enumerate(batch):
+            if ld.enc is None:
+                try:
+                    masks[k] = opts.masks.generate(ld.rgb, it.path) if opts.masks is not None and \
+                        opts.masks.generates else ld.masks
+                except GlaclipError as exc:
+                    encodings[k] = exc
+        images = list(masks)
         try:
-            for (k, _), enc in zip(images, seg.encode_images([rgb for _, rgb in images])):
+            for k, enc in zip(images, seg.encode_images([batch[k][1].rgb for k in images],
+                                                        masks=[masks[k] for k in images])):
                 encodings[k] = enc
         except GlaclipError:  # isolate the image at fault
-            for k, rgb in images:
+            for k in images:
                 try:
-                    encodings[k] = seg.encode_images([rgb])[0]
+                    encodings[k] = seg.encode_images([batch[k][1].rgb], masks=[masks[k]])[0]
                 except GlaclipError as exc:
                     encodings[k] = exc
         per_image = (time.perf_counter() - start) / len(batch)  # the shared backbone work, split evenly
         for k, (it, loaded) in enumerate(batch):
             began = time.perf_counter()
-            if isinstance(loaded, tuple):
-                encodings[k], rgb = loaded
-            else:
-                rgb = loaded
-                if not isinstance(encodings[k], Exception):
-                    encodings[k].image_path = str(it.path)
-            enc = encodings[k]
+            rgb, enc, saved = loaded.rgb, encodings[k], loaded.enc is not None
+            if not saved and not isinstance(enc, Exception):
+                enc.image_path = str(it.path)
             try:
                 res = enc if isinstance(enc, Exception) else seg.predict(enc, queries)
             except GlaclipError as exc:
@@ -253,9 +279,11 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
                 yield it, res
                 continue
             paths = output_paths(out, it.rel, opts.save_probs, overlay=rgb is not None,
-                                 encoding=opts.save_encoding and not isinstance(loaded, tuple))
+                                 encoding=opts.save_encoding and not saved, masks=opts.save_masks and not saved)
             record = image_record(str(it.path), res.labels, res.classes, queries.synonyms, palette, settings,
                                   preset_dict, preset_line, models)
+            if opts.masks is not None:
+                record["masks"] = {"source": mask_line, "fingerprint": fingerprint(enc.masks)}
             write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
                                 res.probs if opts.save_probs else None, enc)
             entry = {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "ok", "reason": "",
@@ -263,6 +291,7 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
                      "file_name": _file_name(it, loaded, root),
                      "width": int(res.labels.shape[1]), "height": int(res.labels.shape[0]),
                      "shares": {c["name"]: c["share"] for c in record["classes"]},
+                     "masks": fingerprint(enc.masks),
                      "files": {k: p.relative_to(out).as_posix() for k, p in paths.items()}}
             if opts.export == "coco":
                 entry["annotations"] = coco_annotations(res.labels, len(queries))
@@ -272,8 +301,9 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
         return {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "failed", "reason": reason,
                 "seconds": None}
 
-    failures = run_items(run, shard, todo, len(mine), _load_item, handle, group=opts.batch_images,
-                         workers=opts.workers, failed=failed, progress=progress, desc="segmenting")
+    failures = run_items(run, shard, todo, len(mine), lambda it: _load_item(it, opts.masks), handle,
+                         group=opts.batch_images, workers=opts.workers, failed=failed, progress=progress,
+                         desc="segmenting")
     barrier(shard)
     summary = {"images": len(items), "failures": [f"{it.path}: {reason}" for it, reason in failures]}
     if shard.rank == 0:

@@ -10,16 +10,20 @@ from typing import List, Optional
 
 import typer
 
+from .cli_cache import cache_app
 from .cli_options import (
     ClipOpt,
     ClipWeightsOpt,
     CompileOpt,
     DeviceOpt,
     DtypeOpt,
+    MasksOpt,
     MethodOpt,
     NoCacheOpt,
     ProtocolOpt,
     QuietOpt,
+    SamOpt,
+    SamWeightsOpt,
     SetOpt,
     VfmOpt,
     VfmWeightsOpt,
@@ -27,8 +31,8 @@ from .cli_options import (
     parse_overrides,
 )
 from .errors import GlaclipError
-from .methods import DEFAULT_METHOD, METHODS
-from .models import DEFAULT_CLIP, DEFAULT_VFM
+from .methods import DEFAULT_METHOD
+from .models import DEFAULT_VFM
 
 app = typer.Typer(
     help="Training-free open-vocabulary semantic segmentation with GLA-CLIP (frozen CLIP + frozen DINO).",
@@ -95,7 +99,12 @@ def segment(
     save_encoding: bool = typer.Option(False, "--save-encoding", help="Also write NAME.encoding.safetensors: segment "
                                        "it later with other classes (glaclip segment NAME.encoding.safetensors -c ...) "
                                        "without running the backbones again."),
-    clip: ClipOpt = DEFAULT_CLIP,
+    masks: MasksOpt = None,
+    sam: SamOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    save_masks: bool = typer.Option(False, "--save-masks", help="With --sam: also write NAME.masks.npz, the "
+                                    "region masks each image was segmented with (key instance_mask)."),
+    clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
     vfm_weights: VfmWeightsOpt = None,
@@ -111,11 +120,14 @@ def segment(
     over the image, legend below), NAME.json (per-class pixel shares and every setting), and with
     --save-probs NAME_probs.npz, mirroring the input folders under --out; then summary.csv/.json (and
     coco.json with --export coco). A rerun resumes; --processes K (or torchrun --nproc-per-node K)
-    shards the images. Images that cannot be read are listed in the summary and the exit code is non-zero.
+    shards the images. Images that cannot be read, or whose region masks are missing or unfit,
+    are listed in the summary and the exit code is non-zero.
     """
     from .batch import Options, segment_collection
     from .collection import barrier, collect, launch_ranks, leave, shard_from_env
     from .devices import rank_device
+    from .encoding import is_encoding_file
+    from .mask_source import mask_request, open_masks
     from .protocols import effective
 
     overrides = parse_overrides(settings)
@@ -131,6 +143,8 @@ def segment(
     if export not in (None, "coco"):
         raise GlaclipError(f"--export takes coco, not {export!r}")
     items = collect(images)
+    request = mask_request(masks, sam, sam_weights, preset, save_masks, one_image=len(items) == 1,
+                           carried=all(is_encoding_file(it.path) for it in items))
     check_writable(out)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
         launch_ranks(processes)
@@ -139,8 +153,10 @@ def segment(
     device = rank_device(shard, device)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
                 compile=compile, text_cache=not no_cache)
+    source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
     opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
-                   batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding)
+                   batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding,
+                   masks=source, save_masks=bool(request and request.save))
     result = segment_collection(seg, items, queries, out, opts, shard=shard, progress=not quiet)
     if shard.rank == 0 and not quiet:
         _say(f"glaclip: {len(items) - result.get('failed', 0)} of {len(items)} images segmented into {out}"
@@ -176,7 +192,10 @@ def evaluate_cmd(
     method: MethodOpt = DEFAULT_METHOD,
     protocol: ProtocolOpt = None,
     settings: SetOpt = [],
-    clip: ClipOpt = DEFAULT_CLIP,
+    masks: MasksOpt = None,
+    sam: SamOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
     vfm_weights: VfmWeightsOpt = None,
@@ -190,17 +209,20 @@ def evaluate_cmd(
 
     Writes OUT/results.json (per-class IoU/Acc, confusion matrix, settings) and OUT/results.md;
     progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun
-    --nproc-per-node K the images are split across K processes.
+    --nproc-per-node K the images are split across K processes. --masks DIR: each image's mask file
+    by its path under the data set's image folder, mirrored, else flat by stem.
     """
     from .collection import shard_from_env
     from .datasets import open_dataset
     from .devices import rank_device
     from .evaluate import evaluate, to_markdown
+    from .mask_source import mask_request, open_masks
     from .protocols import effective
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load
     own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
     preset, _ = effective(method, dataset, protocol, parse_overrides(settings), own)
+    request = mask_request(masks, sam, sam_weights, preset)
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
     shard = shard_from_env()
@@ -209,7 +231,8 @@ def evaluate_cmd(
     check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
                 compile=compile, text_cache=not no_cache)
-    result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard)
+    source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
+    result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard, masks=source)
     if shard.rank == 0 and not quiet:
         typer.echo(to_markdown(result).split("\n\n| class")[0])
         _say(f"glaclip: wrote {out / 'results.json'} and {out / 'results.md'}")
@@ -218,18 +241,10 @@ def evaluate_cmd(
 @app.command()
 def datasets() -> None:
     """List the supported data sets, their expected layout and the class file each protocol uses."""
-    from .datasets import SPECS
-    from .protocols import PROTOCOLS, class_file
+    from .listings import dataset_lines
 
-    for spec in SPECS.values():
-        typer.echo(f"{spec.name:12s} {spec.title}; root .../{spec.root_hint}: {spec.img_dir}/*{spec.img_suffix}, "
-                   f"{spec.ann_dir}/*{spec.ann_suffix}" + (f", {spec.split_file}" if spec.split_file else "")
-                   + (", reduce_zero_label" if spec.reduce_zero_label else ""))
-        files: dict[str, list[str]] = {}
-        for proto in PROTOCOLS:
-            files.setdefault(class_file(proto, spec.name), []).append(proto)
-        typer.echo(f"{'':12s} class files: " + "; ".join(f"{f} ({', '.join(p)})" for f, p in files.items()))
-    typer.echo("folder       your own: ROOT/images/*, ROOT/labels/<stem>.png, ROOT/classes.txt")
+    for line in dataset_lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -239,7 +254,7 @@ def bench(
     method: MethodOpt = DEFAULT_METHOD,
     dense: bool = typer.Option(True, "--dense/--no-dense", help="Also run the global attention as one naive dense "
                                "N x N matrix."),
-    clip: ClipOpt = DEFAULT_CLIP,
+    clip: ClipOpt = None,
     clip_weights: str = typer.Option("random", "--clip-weights", help="Pretrained tag, local file, or 'random' "
                                      "(the default: speed does not depend on the values)."),
     vfm: VfmOpt = DEFAULT_VFM,
@@ -271,7 +286,9 @@ def demo(
     random_weights: bool = typer.Option(False, "--random-weights", help="Randomly initialised models: try the page "
                                         "without any download (labels are meaningless)."),
     method: MethodOpt = DEFAULT_METHOD,
-    clip: ClipOpt = DEFAULT_CLIP,
+    sam: SamOpt = None,
+    sam_weights: SamWeightsOpt = None,
+    clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
     vfm: VfmOpt = DEFAULT_VFM,
     vfm_weights: VfmWeightsOpt = None,
@@ -281,41 +298,36 @@ def demo(
 ) -> None:
     """Start the web demo (needs: pip install 'glaclip\\[demo]').
 
-    Without weights and without network the page still opens and says which files to provide.
+    Without weights and without network the page still opens and says which files to provide. Methods
+    that read region masks take an uploaded mask file, or generate them with --sam NAME --sam-weights FILE.
     """
     from .demo import _import_gradio, launch
 
     _import_gradio()
     if random_weights:
         clip_weights, vfm_weights = "random", "random"
+    from .mask_source import open_masks, sam_request
     from .protocols import effective
 
-    seg, problem = None, None
+    request = sam_request(sam, sam_weights)
+    seg, problem, source = None, None, None
     try:
         seg = _load(clip, clip_weights, vfm, vfm_weights, effective(method)[0], device, dtype, text_cache=not no_cache)
+        source = open_masks(request, seg, dtype, echo=_say)
     except GlaclipError as exc:
         problem = str(exc)
         _say(f"glaclip: {problem}")
     _say(f"glaclip: demo on http://{host}:{port} (Ctrl+C to stop)")
-    launch(seg, problem, host, port, method)
+    launch(seg, problem, host, port, method, sam=source)
 
 
 @app.command()
 def methods() -> None:
     """List the segmentation methods, the paper each follows, and the preset values each uses."""
-    from .models import CLIP_BACKBONES, VFM_BACKBONES
-    from .protocols import PRESETS, protocol_name
+    from .listings import method_lines
 
-    for m in METHODS.values():
-        typer.echo(f"{m.name:21s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]"))
-        typer.echo(f"{'':21s} protocol: {protocol_name(m.name)} (host: {protocol_name(m.name, 'host')}); "
-                   f"{PRESETS[m.name].describe()}")
-    typer.echo("\nCLIP backbones (--clip NAME --clip-weights TAG):")
-    for title, (name, tag) in CLIP_BACKBONES.items():
-        typer.echo(f"  {title:28s} --clip {name} --clip-weights {tag}")
-    typer.echo("VFM backbones (--vfm NAME):")
-    for title, name in VFM_BACKBONES.items():
-        typer.echo(f"  {title:28s} --vfm {name}")
+    for line in method_lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -344,37 +356,7 @@ def presets(
         typer.echo(preset.describe() + (f" class_file={preset.class_file} queries={len(queries)}" if queries else ""))
 
 
-cache_app = typer.Typer(help="The on-disk cache of text-query embeddings ($GLACLIP_CACHE_DIR or the user cache).",
-                        no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-
-
-@cache_app.command("info")
-def cache_info_cmd() -> None:
-    """Where the cache is, how many query embeddings it holds and its size."""
-    from .text_cache import cache_info
-
-    info = cache_info()
-    other = f"\nother:    {info['other_files']} files that are not cache entries" if info["other_files"] else ""
-    typer.echo(f"location: {info['location']}\nentries:  {info['entries']} query embeddings "
-               f"({info['models']} text models)\nsize:     {info['bytes'] / 2**20:.2f} MiB{other}")
-
-
-@cache_app.command("clear")
-def cache_clear_cmd() -> None:
-    """Remove the cached text embeddings (only files the cache wrote; anything else stays)."""
-    from .text_cache import cache_root, clear_cache
-
-    root = cache_root()
-    report = clear_cache(root)
-    typer.echo(f"removed {report.removed} query embeddings from {root}")
-    if report.kept:
-        shown = ", ".join(str(p) for p in report.kept[:3]) + (", ..." if len(report.kept) > 3 else "")
-        typer.echo(f"kept {len(report.kept)} files or folders that the cache did not write: {shown}")
-    if report.failed:
-        path, reason = report.failed[0]
-        raise GlaclipError(f"could not remove {len(report.failed)} cache files ({reason}: {path}"
-                           f"{' and others' if len(report.failed) > 1 else ''})")
 
 
 @app.command()

@@ -11,9 +11,12 @@ import typer
 from .errors import GlaclipError
 from .methods import preset_names
 
-ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model name, hf-hub:ID or a JSON config.")]
+ClipOpt = Annotated[Optional[str], typer.Option(
+    "--clip", help="open_clip model name, hf-hub:ID or a JSON config (default: the method's own: ViT-B-16-quickgelu; "
+    "with MetaCLIP weights for corrclip).", show_default=False)]
 ClipWeightsOpt = Annotated[Optional[str], typer.Option(
-    "--clip-weights", help="Pretrained tag, local file, or 'random' (env GLACLIP_CLIP_WEIGHTS; default: openai).")]
+    "--clip-weights", help="Pretrained tag, local file, or 'random' (env GLACLIP_CLIP_WEIGHTS; default: the method's "
+    "own: openai, metaclip_fullcc for corrclip).")]
 VfmOpt = Annotated[str, typer.Option("--vfm", help="timm model name (with tag) or a JSON file.")]
 VfmWeightsOpt = Annotated[Optional[str], typer.Option(
     "--vfm-weights", help="Local file or 'random' (env GLACLIP_VFM_WEIGHTS; default: the timm hub).")]
@@ -47,6 +50,16 @@ ProtocolOpt = Annotated[Optional[str], typer.Option(
     "plug-in on its host's protocol), gla, proxyclip, sclip, clearclip, naclip.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk text-embedding cache "
                                           "(`glaclip cache info`).")]
+MasksOpt = Annotated[Optional[Path], typer.Option(
+    "--masks", help="Region masks (for corrclip, or --set mask_vote=true): a folder of id maps, one per image, "
+    "NAME.npz (key instance_mask) or 16-bit NAME.png, mirroring the input folders, else flat by image stem (as the "
+    "release's region_masks/voc); for a single image also one file.", show_default=False)]
+SamOpt = Annotated[Optional[str], typer.Option(
+    "--sam", help="Generate the region masks with SAM 2 instead: sam2-hiera-large (the release's), -base-plus, -small "
+    "or -tiny (pip install 'glaclip\\[masks]').", show_default=False)]
+SamWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--sam-weights", help="SAM 2 checkpoint file (e.g. sam2_hiera_large.pt) or 'random' (default: the hub's, from "
+    "the local cache); alone it means --sam sam2-hiera-large.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
                                           "images of one size, mostly on GPU).")]

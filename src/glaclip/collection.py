@@ -120,7 +120,7 @@ def output_suffixes() -> tuple[str, ...]:
     """What `export.output_paths` appends to an image's output name, for every kind of file."""
     from .export import output_paths
 
-    return tuple(p.name[1:] for p in output_paths(Path("."), "n", True, True, True).values())
+    return tuple(p.name[1:] for p in output_paths(Path("."), "n", True, True, True, True).values())
 
 
 class _OutputNames:

@@ -83,6 +83,12 @@ class SegDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image_relative(self, sample: Sample) -> Path:
+        """The sample's image path relative to the data set's image folder (how its region-mask file
+        is looked up: `regions.mask_file_for`)."""
+        folder = self.root / self.spec.img_dir
+        return sample.image.relative_to(folder) if sample.image.is_relative_to(folder) else Path(sample.image.name)
+
     def load_label(self, sample: Sample) -> np.ndarray:
         """H x W int64 label map, reduce_zero_label applied."""
         try:

@@ -2,7 +2,8 @@
 
 Runs on the collection runner (`runner`): ``OUT/run.json`` is the manifest (data set, classes,
 settings, models by weight content), and every finished image appends one line (its sparse
-confusion counts and boundary counts) to ``OUT/progress/rank<R>.jsonl`` and syncs it, so a killed
+confusion counts, boundary counts and its region masks' fingerprint) to ``OUT/progress/rank<R>.jsonl``
+and syncs it, so a killed
 run resumes without recomputing anything it finished; integer counts make the final numbers
 identical to an uninterrupted run. Images and labels are decoded ahead in background threads. Under
 ``torchrun`` each rank takes every WORLD_SIZE-th image and the counts are all-reduced.
@@ -24,6 +25,7 @@ from .devices import dtype_name
 from .errors import GlaclipError
 from .files import write_atomic
 from .images import load_image, resized_shape
+from .mask_source import MaskSource, fingerprint
 from .metrics import boundary_counts, confusion, summarize, window_edges
 from .runner import Run, begin, model_identity, run_items
 from .segmenter import Segmenter
@@ -31,7 +33,8 @@ from .segmenter import Segmenter
 FORMAT = 2  # 2: models identified by weight content (1: by path)
 
 
-def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -> dict:
+def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None,
+                 masks: MaskSource | None = None) -> dict:
     """What must match for a resumed run to continue an earlier one (as it reads back from JSON)."""
     return json.loads(json.dumps({
         "format": FORMAT,
@@ -42,20 +45,26 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None) -
         **model_identity(segmenter),
         "dtype": dtype_name(segmenter.clip.dtype),
         "limit": limit,
+        "masks": masks.identity() if masks is not None else None,
     }))
 
 
 def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: int | None = None,
              resume: bool = True, progress: bool = True, shard: Shard | None = None,
-             on_image: Callable[[str], None] | None = None, workers: int = 2) -> dict:
+             on_image: Callable[[str], None] | None = None, workers: int = 2,
+             masks: MaskSource | None = None) -> dict:
     """Evaluate, write OUT/results.json and OUT/results.md (rank 0), and return the results dict.
 
     workers: background threads decoding images and labels ahead. on_image(name): called after
-    each image's counts are logged."""
+    each image's counts are logged. masks: the images' region masks (files looked up by the image's
+    path relative to the data set's image folder, or SAM 2); a missing or unfit mask file stops the
+    run with one line naming the image and the file (a benchmark needs every image)."""
     shard = shard or Shard()
+    if masks is not None:
+        masks.check_shard(shard)
     out = Path(out)
     samples = dataset.samples[:limit] if limit else dataset.samples
-    identity = run_identity(segmenter, dataset, limit)
+    identity = run_identity(segmenter, dataset, limit, masks)
     run = Run(out, "run.json", "progress", key="name", restart="--no-resume")
     done = begin(run, identity, shard, resume=resume, extra={"weights_from": segmenter.models()}).done
     mine = samples[shard.rank :: shard.world]
@@ -75,16 +84,21 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
         if label.shape != rgb.shape[:2]:
             raise GlaclipError(f"label map {s.label} is {label.shape[1]}x{label.shape[0]} but image "
                                f"{s.image} is {rgb.shape[1]}x{rgb.shape[0]}")
-        return rgb, label
+        regions = None if masks is None else masks.read(s.image, dataset.image_relative(s), rgb.shape[:2])
+        return rgb, label, regions
 
     def handle(group):
-        for s, (rgb, label) in group:
-            pred = segmenter.predict(rgb, dataset.classes).labels
+        for s, (rgb, label, regions) in group:
+            if masks is not None and masks.generates:
+                regions = masks.generate(rgb, s.image)
+            pred = segmenter.predict(rgb, dataset.classes, masks=regions).labels
             image_cm = confusion(pred, label, c, dataset.ignore_index)
             grid = segmenter.grid_for(*resized_shape(*rgb.shape[:2], w.short_side, w.max_long_side))
             diff, counted = boundary_counts(pred, label, window_edges(grid, *rgb.shape[:2]), dataset.ignore_index)
             nz = np.flatnonzero(image_cm)
             rec = {"name": s.name, "cm": [nz.tolist(), image_cm.ravel()[nz].tolist()], "ber": [diff, counted]}
+            if regions is not None:
+                rec["masks"] = fingerprint(regions)
             if image_cm[c].any():
                 odd = (label != dataset.ignore_index) & ((label < 0) | (label >= c))
                 rec["oor"] = np.unique(label[odd])[:50].tolist()
@@ -100,6 +114,7 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
               desc=dataset.spec.name)
     cm, ber = all_reduce(cm, shard), all_reduce(ber, shard)
     result = _results(cm, ber, dataset, segmenter, len(samples), time.perf_counter() - started)
+    result["masks"] = None if masks is None else {"source": masks.describe(), **masks.identity()}
     seen = sorted({v for s in mine for v in (done.get(s.name) or {}).get("oor", [])} | set(odd_values))
     odd = int(cm[c].sum())
     share = float(odd / max(cm.sum(), 1) * 100)

@@ -19,9 +19,10 @@ from .visualize import label_image, overlay_with_legend
 
 
 def output_paths(out: Path, rel: str, save_probs: bool = False, overlay: bool = True,
-                 encoding: bool = False) -> dict[str, Path]:
+                 encoding: bool = False, masks: bool = False) -> dict[str, Path]:
     """The files of the image with relative path `rel`: labels PNG, overlay PNG, JSON record, and
-    optionally probabilities (.npz) and the image encoding (.encoding.safetensors)."""
+    optionally probabilities (.npz), the image encoding (.encoding.safetensors) and the region
+    masks the encoding used (.masks.npz, key instance_mask, read back by `regions.load_masks`)."""
     from .encoding import SUFFIX
 
     base = out / rel
@@ -33,6 +34,8 @@ def output_paths(out: Path, rel: str, save_probs: bool = False, overlay: bool = 
         paths["probs"] = base.with_name(base.name + "_probs.npz")
     if encoding:
         paths["encoding"] = base.with_name(base.name + SUFFIX)
+    if masks:
+        paths["masks"] = base.with_name(base.name + ".masks.npz")
     return paths
 
 
@@ -50,7 +53,7 @@ def image_record(image: str, labels: np.ndarray, classes: Sequence[str], synonym
 
 def write_image_outputs(paths: dict[str, Path], rgb: np.ndarray | None, labels: np.ndarray, classes: Sequence[str],
                         palette: np.ndarray, alpha: float, record: dict, probs=None, encoding=None) -> None:
-    """All files of one image (see `output_paths`), atomically together."""
+    """All files of one image (see `output_paths`), atomically together (the masks: the encoding's)."""
     shares = [c["share"] for c in record["classes"]]
     names = list(paths)
     with atomic_paths(list(paths.values())) as tmp_list:
@@ -65,6 +68,10 @@ def write_image_outputs(paths: dict[str, Path], rgb: np.ndarray | None, labels: 
                                     classes=np.array(list(classes)))
         if "encoding" in tmp:
             encoding.save_to(tmp["encoding"])
+        if "masks" in tmp:
+            from .regions import save_masks
+
+            save_masks(tmp["masks"], encoding.masks.cpu().numpy())
 
 
 # ---------------------------------------------------------------------------------------- COCO

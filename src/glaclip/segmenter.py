@@ -321,16 +321,11 @@ MaskInput = Union[np.ndarray, torch.Tensor]
 
 
 def as_masks(masks: MaskInput, size: tuple[int, int]) -> torch.Tensor:
-    """An H x W integer region-id map (numpy or torch) at the image's size -> int32 CPU tensor."""
-    t = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).cpu()
-    if t.ndim != 2 or tuple(t.shape) != tuple(size):
-        raise GlaclipError(f"region masks of shape {tuple(t.shape)} do not fit the image's {size[1]}x{size[0]} "
-                           f"(need an H x W = {size[0]} x {size[1]} id map)")
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
-        raise GlaclipError(f"region masks must be integer ids, got {t.dtype}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) > 2**31 - 1):
-        raise GlaclipError("region ids must lie in 0 .. 2^31-1")
-    return t.to(torch.int32).contiguous()
+    """An H x W integer region-id map (numpy, torch, PIL) at the image's size -> int32 CPU tensor
+    (`regions.check_masks`: one line for a wrong size, dtype or id range)."""
+    from .regions import check_masks
+
+    return torch.from_numpy(check_masks(masks, size, what="region mask map"))
 
 
 def masks_fingerprint(masks: torch.Tensor | None) -> str | None:
