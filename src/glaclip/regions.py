@@ -195,7 +195,8 @@ def mask_file_for(mask_dir: str | Path, relative: str | Path) -> Path:
 
 def save_masks(path: str | Path, masks: Any) -> None:
     """Write a region map atomically (temporary name, then rename) as `.npz` (compressed, int32 under
-    `instance_mask`) or 16-bit `.png` (ids over 65535 are an error). `load_masks` reads it back exactly."""
+    `instance_mask`) or 16-bit `.png` (ids over 65535 are an error). `load_masks` reads it back exactly.
+    A file already at `path` is replaced: whether that is allowed is the caller's decision."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MASK_SUFFIXES:
