@@ -54,6 +54,25 @@ def tiny_files(arch_dir):
 
 
 @pytest.fixture(scope="session")
+def files6(tmp_path_factory, tiny_files):
+    """`tiny_files` with a 6-block tiny CLIP: CorrCLIP's spatial branch needs at least 5 blocks (it
+    averages blocks L-2-NS .. L-3, NS = L - 4: blocks 2..3 here)."""
+    from glaclip.models import load_clip
+
+    d = tmp_path_factory.mktemp("clip6")
+    cfg = json.loads(json.dumps(TINY_CLIP))
+    cfg["vision_cfg"]["layers"] = 6
+    (d / "glaclip-tiny-clip6.json").write_text(json.dumps(cfg))
+    torch.manual_seed(1)
+    clip = load_clip(str(d / "glaclip-tiny-clip6.json"), "random", device="cpu", dtype="fp32")
+    with torch.no_grad():
+        for p in clip.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    torch.save(clip.model.state_dict(), d / "clip6.pt")
+    return dict(tiny_files, clip=str(d / "glaclip-tiny-clip6.json"), clip_weights=str(d / "clip6.pt"))
+
+
+@pytest.fixture(scope="session")
 def segmenter(tiny_files):
     from glaclip import Segmenter
 

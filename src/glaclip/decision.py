@@ -6,7 +6,8 @@ pixels: each band is resized bilinearly from the canvas, refined by PAMR when th
 on (`band_logits`, on the band widened by PAMR's reach), turned into class probabilities
 (softmax(logit_scale * logits), max over each class's synonyms) and into labels (argmax, background
 threshold). The area threshold (SCLIP), a rule over the whole image, is a first pass over the bands
-(`area_hook`) whose per-class keep mask then applies to every band.
+(`area_hook`) whose per-class keep mask then applies to every band. Map correction by region masks
+(CorrCLIP, `mask_vote`) changes the labels only: the probabilities stay those of the decision.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .postprocess import area_keep, pamr
+from .errors import GlaclipError
+from .postprocess import area_keep, mask_vote, pamr
 from .presets import DecisionConfig, Preset
 from .text import ClassQueries
 from .windows import resize_rows
@@ -102,10 +104,13 @@ def area_hook(band_probs: Callable[[int, int], torch.Tensor], bands: list[tuple[
 
 @torch.no_grad()
 def decide(canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int], queries: ClassQueries,
-           preset: Preset) -> Segmentation:
+           preset: Preset, masks: torch.Tensor | np.ndarray | None = None) -> Segmentation:
     """One image's canvas (Q x h x w stitched logits) -> its Segmentation at `size` (H, W), a band of
-    rows at a time (probabilities of large images computed again, band by band, when read)."""
+    rows at a time (probabilities of large images computed again, band by band, when read).
+    masks: the image's H x W region-id map, for map correction when `preset.decision.mask_vote`."""
     d = preset.decision
+    if d.mask_vote and masks is None:
+        raise GlaclipError("mask_vote needs region masks (masks=..., --masks DIR or --sam NAME)")
     h, w = size
     owner = torch.tensor(queries.query_class)
     c = len(queries)
@@ -129,6 +134,8 @@ def decide(canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int], q
         labels[y0:y1] = labels_from(p, d.prob_thd).cpu().numpy()
         if eager:
             probs[:, y0:y1] = p.cpu().numpy()
+    if d.mask_vote:
+        labels = mask_vote(labels, np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks))
 
     def all_probs() -> np.ndarray:
         out = np.empty((c, h, w), dtype=out_dtype)

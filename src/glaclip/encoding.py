@@ -29,8 +29,9 @@ SUFFIX = ".encoding.safetensors"  # a saved image encoding's file name ends so
 class ImageEncoding:
     """embeddings: windows x gh x gw x E unit vectors (float32, or float64 for fp64 models);
     grid: the windows on the resized image; size: the original (height, width); resized: the resized,
-    CLIP-normalised image 1 x 3 x h x w; identity: what made it (`Segmenter.encoding_identity`);
-    image_path: the source file, when known (for overlays)."""
+    CLIP-normalised image 1 x 3 x h x w; identity: what made it (`Segmenter.encoding_identity`,
+    with the region masks' fingerprint for mask-guided methods); image_path: the source file, when
+    known (for overlays); masks: the image's H x W int32 region-id map when it was given."""
 
     embeddings: torch.Tensor
     grid: WindowGrid
@@ -38,6 +39,7 @@ class ImageEncoding:
     resized: torch.Tensor
     identity: dict
     image_path: str | None = None
+    masks: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         n, gh, gw, e = self.embeddings.shape
@@ -88,6 +90,8 @@ class ImageEncoding:
 
         tensors = {"embeddings": self.embeddings.detach().cpu().contiguous(),
                    "resized": self.resized.detach().cpu().contiguous()}
+        if self.masks is not None:
+            tensors["masks"] = self.masks.detach().cpu().to(torch.int32).contiguous()
         meta = {"format": str(FORMAT), "identity": json.dumps(self.identity), "size": json.dumps(list(self.size)),
                 "grid": json.dumps({"height": self.grid.height, "width": self.grid.width,
                                     "boxes": [list(b) for b in self.grid.boxes], "pad": list(self.grid.pad)}),
@@ -108,10 +112,11 @@ class ImageEncoding:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 names = set(f.keys())
-                tensors = {k: f.get_tensor(k) for k in ("embeddings", "resized") if k in names}
+                tensors = {k: f.get_tensor(k) for k in ("embeddings", "resized", "masks") if k in names}
         except Exception:
             meta = None
-        if meta is None or "format" not in meta or names != {"embeddings", "resized"}:
+        if meta is None or "format" not in meta or not {"embeddings", "resized"} <= names <= \
+                {"embeddings", "resized", "masks"}:
             raise GlaclipError(f"{path} is not a glaclip image encoding (written by --save-encoding / "
                                "ImageEncoding.save)")
         if meta["format"] != str(FORMAT):
@@ -130,7 +135,8 @@ class ImageEncoding:
         problem = _problem(tensors, grid, size, identity, checksum)
         if problem:
             raise GlaclipError(f"image encoding {path} is damaged ({problem}); encode the image again")
-        return cls(tensors["embeddings"], grid, size, tensors["resized"], identity, meta.get("image_path") or None)
+        return cls(tensors["embeddings"], grid, size, tensors["resized"], identity, meta.get("image_path") or None,
+                   tensors.get("masks"))
 
 
 def _digest(text: str) -> str:
@@ -166,6 +172,9 @@ def _problem(tensors: dict[str, torch.Tensor], grid: WindowGrid, size: tuple, id
         return f"resized image of shape {tuple(resized.shape)} does not fit its {grid.height}x{grid.width} grid"
     if not (torch.isfinite(emb).all() and torch.isfinite(resized).all()):
         return "non-finite values"
+    masks = tensors.get("masks")
+    if masks is not None and (masks.dtype != torch.int32 or tuple(masks.shape) != tuple(size)):
+        return f"region masks of shape {tuple(masks.shape)} do not fit the image's {size[1]}x{size[0]}"
     return ""
 
 

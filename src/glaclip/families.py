@@ -3,20 +3,24 @@
 A family is a small strategy object with one interface, built for one method (`methods.Method`) and
 one attention setting over the backbones of a segmenter:
 
-    features(crops)                              B windows -> {name: B x ... tensors}, token grid (gh, gw)
-    final_tokens(features, grid, grid_hw, masks) one image's windows -> N x D final patch tokens
+    features(crops, masks)                B windows -> {name: B x ... tensors}, token grid (gh, gw)
+    final_tokens(features, grid, grid_hw) one image's windows -> N x D final patch tokens
+    embed(final)                          N x D final tokens -> N x E embeddings (default: ln_post, projection)
 
 `features` runs per batch of windows (the segmenter batches windows of several images and splits the
-tensors per image by their first dimension); `final_tokens` runs per image, so it may attend across
-all of an image's windows. The names of the feature tensors are the family's own. `masks` is room for
-families that also take a region-mask map per image (`needs_masks`); none of the families here does.
+tensors per image by their first dimension; a family with `per_image` gets all windows of one image
+at once); `final_tokens` runs per image, so it may attend across all of an image's windows. The names
+of the feature tensors are the family's own. `masks` (B x h x w region ids of the windows, padding
+`mask_pad_id`) is given to the families that need it (`needs_masks`), else None.
 
 Families: window-local from a VFM (ProxyCLIP), window-local from CLIP's own q/k (CLIP, MaskCLIP,
-SCLIP, ClearCLIP, NACLIP), and global over all windows (GLA, on VFM keys or on CLIP's q/k).
+SCLIP, ClearCLIP, NACLIP), global over all windows (GLA, on VFM keys or on CLIP's q/k), and the
+mask-guided ones (CorrCLIP and GLA on it, in `corrclip.py`).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 from .attention import gla_attention, proxyclip_attention
 from .hosts import global_keys, local_tokens, smoothed_proxy
 from .images import clip_to_imagenet
-from .methods import CLIP_LOCAL, GLOBAL, VFM_LOCAL, Method
+from .methods import CLIP_LOCAL, GLOBAL, MASK_GLOBAL, MASK_LOCAL, VFM_LOCAL, Method
 from .presets import AttentionConfig
 from .towers import ClipTower, VfmTower
 from .windows import WindowGrid, token_index
@@ -48,17 +52,25 @@ class Backbones:
 class Family:
     """Base of the strategies: per-window features -> one image's final patch tokens."""
 
-    needs_masks = False
+    per_image = False  # True: `features` gets all windows of one image in one call
+    mask_pad_id = 0  # region id of window padding in the masks given to `features`
 
-    def __init__(self, method: Method, backbones: Backbones, attention: AttentionConfig):
+    def __init__(self, method: Method, backbones: Backbones, attention: AttentionConfig, window_batch: int = 16):
         self.method, self.backbones, self.attention = method, backbones, attention
+        self.window_batch = window_batch  # windows per backbone forward, for families that batch themselves
 
-    def features(self, crops: torch.Tensor) -> tuple[Features, tuple[int, int]]:
+    @property
+    def needs_masks(self) -> bool:
+        return self.method.needs_masks
+
+    def features(self, crops: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[Features, tuple[int, int]]:
         raise NotImplementedError
 
-    def final_tokens(self, feats: Features, grid: WindowGrid, grid_hw: tuple[int, int],
-                     masks: torch.Tensor | None = None) -> torch.Tensor:
+    def final_tokens(self, feats: Features, grid: WindowGrid, grid_hw: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
+
+    def embed(self, final: torch.Tensor) -> torch.Tensor:
+        return self.backbones.clip.head(final)
 
 
 def _vfm_features(b: Backbones, crops: torch.Tensor) -> tuple[Features, tuple[int, int]]:
@@ -72,10 +84,10 @@ def _vfm_features(b: Backbones, crops: torch.Tensor) -> tuple[Features, tuple[in
 class VfmLocal(Family):
     """ProxyCLIP: VFM affinities as attention over CLIP's values, within each window."""
 
-    def features(self, crops):
+    def features(self, crops, masks=None):
         return _vfm_features(self.backbones, crops)
 
-    def final_tokens(self, feats, grid, grid_hw, masks=None):
+    def final_tokens(self, feats, grid, grid_hw):
         out = proxyclip_attention(feats["keys"], feats["values"], self.attention)
         return self.backbones.clip.out_proj(out.flatten(0, -2))
 
@@ -83,11 +95,11 @@ class VfmLocal(Family):
 class ClipLocal(Family):
     """A CLIP recipe on the last block within each window (`hosts.local_tokens`); nothing to do per image."""
 
-    def features(self, crops):
+    def features(self, crops, masks=None):
         tokens, grid_hw = self.backbones.clip_block_input(crops)
         return {"finals": local_tokens(self.method, self.backbones.clip, tokens, grid_hw, self.attention)}, grid_hw
 
-    def final_tokens(self, feats, grid, grid_hw, masks=None):
+    def final_tokens(self, feats, grid, grid_hw):
         return feats["finals"].flatten(0, 1)
 
 
@@ -95,7 +107,7 @@ class Global(Family):
     """GLA: every token attends to the tokens of all windows (proxy anchor, dynamic normalisation),
     keyed by the VFM or by CLIP's q and/or k (one GLA attention per key, summed)."""
 
-    def features(self, crops):
+    def features(self, crops, masks=None):
         if self.method.needs_vfm:
             return _vfm_features(self.backbones, crops)
         tokens, grid_hw = self.backbones.clip_block_input(crops)
@@ -106,7 +118,7 @@ class Global(Family):
             feats["raw"] = raw
         return feats, grid_hw
 
-    def final_tokens(self, feats, grid, grid_hw, masks=None):
+    def final_tokens(self, feats, grid, grid_hw):
         clip = self.backbones.clip
         keys = [t for name, t in feats.items() if name.startswith("key")]  # 'keys' (VFM) or 'key0', 'key1', ...
         init = None
@@ -118,9 +130,15 @@ class Global(Family):
         return clip.out_proj(attended)
 
 
-FAMILIES: dict[str, type[Family]] = {VFM_LOCAL: VfmLocal, CLIP_LOCAL: ClipLocal, GLOBAL: Global}
+# A family's class, or "module:Class" for the families in their own module (imported when first used).
+FAMILIES: dict[str, type[Family] | str] = {VFM_LOCAL: VfmLocal, CLIP_LOCAL: ClipLocal, GLOBAL: Global,
+                                           MASK_LOCAL: "corrclip:CorrClip", MASK_GLOBAL: "corrclip:GlaCorrClip"}
 
 
-def family_for(method: Method, backbones: Backbones, attention: AttentionConfig) -> Family:
+def family_for(method: Method, backbones: Backbones, attention: AttentionConfig, window_batch: int = 16) -> Family:
     """The strategy object that runs `method` with these settings."""
-    return FAMILIES[method.family](method, backbones, attention)
+    cls = FAMILIES[method.family]
+    if isinstance(cls, str):
+        module, name = cls.split(":")
+        cls = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    return cls(method, backbones, attention, window_batch)

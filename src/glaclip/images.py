@@ -149,13 +149,17 @@ def resized_shape(height: int, width: int, short_side: int, max_long_side: int) 
 
 
 def preprocess(rgb: np.ndarray, short_side: int, max_long_side: int,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """METHOD.md step 1: OpenCV bilinear resize of the uint8 image, then CLIP normalisation -> 1x3xHxW."""
+               dtype: torch.dtype = torch.float32, norm: tuple | None = None) -> torch.Tensor:
+    """METHOD.md step 1: OpenCV bilinear resize of the uint8 image, then CLIP normalisation -> 1x3xHxW.
+    norm: (mean, std) on 0..255 to use instead of CLIP's (a release's own constants)."""
     h, w = resized_shape(rgb.shape[0], rgb.shape[1], short_side, max_long_side)
     resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != rgb.shape[:2] else rgb
     x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).to(dtype)
-    mean = torch.tensor(CLIP_MEAN, dtype=dtype).view(3, 1, 1) * 255.0
-    std = torch.tensor(CLIP_STD, dtype=dtype).view(3, 1, 1) * 255.0
+    if norm is None:
+        mean = torch.tensor(CLIP_MEAN, dtype=dtype).view(3, 1, 1) * 255.0
+        std = torch.tensor(CLIP_STD, dtype=dtype).view(3, 1, 1) * 255.0
+    else:
+        mean, std = (torch.tensor(v, dtype=dtype).view(3, 1, 1) for v in norm)
     return ((x - mean) / std).unsqueeze(0)
 
 

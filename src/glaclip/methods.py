@@ -18,13 +18,17 @@ from typing import Any, Mapping
 
 from .errors import GlaclipError
 
-# Families (families.FAMILIES): window-local from a VFM, window-local from CLIP's own q/k, global GLA.
+# Families (families.FAMILIES): window-local from a VFM, window-local from CLIP's own q/k, global GLA,
+# and the mask-guided ones (CorrCLIP: region masks per image; window-local, or global over all windows).
 VFM_LOCAL, CLIP_LOCAL, GLOBAL = "vfm-local", "clip-local", "global"
-FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL)
+MASK_LOCAL, MASK_GLOBAL = "mask-local", "mask-global"
+FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL, MASK_LOCAL, MASK_GLOBAL)
+MASK_FAMILIES = (MASK_LOCAL, MASK_GLOBAL)
 # Attention recipes. 'vfm': affinities of the VFM's tokens over CLIP's values; 'block': CLIP's unmodified
 # last block; 'value': the value path alone; otherwise '+'-joined CLIP affinities, each a softmax whose
 # weights are summed: 'q.q' (q-q), 'k.k', 'q.k' (CLIP's own). A global family takes 'vfm' or symmetric ones.
-ATTENTIONS = ("vfm", "block", "value", "q.q", "k.k", "q.k", "q.q+k.k")
+# 'vfm-qk': cosine of the VFM's last-block q+k (CorrCLIP), restricted to region masks.
+ATTENTIONS = ("vfm", "block", "value", "q.q", "k.k", "q.k", "q.q+k.k", "vfm-qk")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Method:
     each token's key averaged with its neighbours and twins (`hosts.smoothed_proxy`).
     protocol: the protocol it runs by default; host: the one `protocol="host"` selects.
     settings: attention settings its formula fixes whatever the protocol (e.g. token_norm=False).
+    clip: the (open_clip model, pretrained tag) it runs by default (None: `models.DEFAULT_CLIP` with the
+    'openai' tag), e.g. CorrCLIP's MetaCLIP. pixel_norm: the (mean, std) on 0..255 its release normalises
+    the image with (None: CLIP's own constants).
     """
 
     name: str
@@ -50,10 +57,17 @@ class Method:
     neighbourhood: bool = False
     smoothed_init: bool = False
     settings: Mapping[str, Any] = field(default_factory=dict)
+    clip: tuple[str, str] | None = None
+    pixel_norm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
 
     @property
     def needs_vfm(self) -> bool:
-        return self.attention == "vfm"
+        return self.attention in ("vfm", "vfm-qk")
+
+    @property
+    def needs_masks(self) -> bool:
+        """Region masks are an input of the method itself (not only of mask voting)."""
+        return self.family in MASK_FAMILIES
 
     @property
     def recipe(self) -> str:
@@ -66,7 +80,9 @@ class Method:
             problems.append(f"family must be one of {', '.join(FAMILY_NAMES)}")
         if self.attention not in ATTENTIONS:
             problems.append(f"attention must be one of {', '.join(ATTENTIONS)}")
-        if self.family == VFM_LOCAL and not self.needs_vfm or self.family == CLIP_LOCAL and self.needs_vfm:
+        if (self.family in MASK_FAMILIES) != (self.attention == "vfm-qk"):
+            problems.append("the mask-guided families run attention 'vfm-qk', and only they")
+        elif self.family == VFM_LOCAL and not self.needs_vfm or self.family == CLIP_LOCAL and self.needs_vfm:
             problems.append(f"the {self.family} family cannot run attention {self.attention!r}")
         if self.family == GLOBAL and self.attention in ("block", "value", "q.k"):
             problems.append(f"global attention needs symmetric affinities, not {self.attention!r}")
@@ -129,6 +145,9 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
+# CorrCLIP's data preprocessor (mmseg SegDataPreProcessor): CLIP's constants rounded, on 0..255.
+CORRCLIP_NORM = ((122.771, 116.746, 104.094), (68.501, 66.632, 70.323))
+
 for _entry in [
     Method(DEFAULT_METHOD, GLOBAL, "vfm", "VFM keys of all windows, proxy anchor, dynamic normalisation",
            "GLA-CLIP (CVPR 2026) on ProxyCLIP", host="proxyclip"),
@@ -158,6 +177,14 @@ for _entry in [
            "no FFN", "GLA on SCLIP", host="sclip"),
     Method("gla-naclip", GLOBAL, "k.k", "CLIP k of all windows as keys; no residual, no FFN", "GLA on NACLIP",
            host="naclip"),
+    Method("corrclip", MASK_LOCAL, "vfm-qk", "CLIP's last-layer correlations from DINO q+k restricted to merged "
+           "region masks, spatial and semantic branches, map correction by region", "CorrCLIP (Zhang et al., ICCV "
+           "2025) as released", protocol="corrclip", host="corrclip", clip=("ViT-B-16-quickgelu", "metaclip_fullcc"),
+           pixel_norm=CORRCLIP_NORM),
+    Method("gla-corrclip", MASK_GLOBAL, "vfm-qk", "CorrCLIP with GLA's keys of all windows: one merged region map "
+           "per image, scope and softmax(4 x cos) over the tokens of every window", "GLA on CorrCLIP (glaclip's own "
+           "combination, in no paper)", protocol="corrclip", host="corrclip",
+           clip=("ViT-B-16-quickgelu", "metaclip_fullcc"), pixel_norm=CORRCLIP_NORM),
     Variant("gla-proxyclip-paper", DEFAULT_METHOD, {"rho": 0.6}, "rho as the paper's text states"),
 ]:
     register(_entry)

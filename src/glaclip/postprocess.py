@@ -2,11 +2,13 @@
 
 `pamr`: pixel-adaptive mask refinement (NACLIP runs it on every data set) on the Q x H x W logits at
 the original size, guided by the resized image. `area_threshold`: SCLIP's rule that drops classes
-covering too small a share of the non-background argmax area.
+covering too small a share of the non-background argmax area. `mask_vote`: CorrCLIP's map correction
+of the labels by region masks (after the decision).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -139,3 +141,17 @@ def area_threshold(class_probs: torch.Tensor, area_thd: float) -> torch.Tensor:
     area_thd times the total argmax area of classes >= 1 gets probability 0 everywhere."""
     areas = torch.bincount(class_probs.argmax(dim=0).flatten().cpu(), minlength=class_probs.shape[0])
     return class_probs * area_keep(areas, area_thd).to(class_probs.device, class_probs.dtype)[:, None, None]
+
+
+def mask_vote(labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """CorrCLIP's map correction: every region of the H x W id map `masks` except the one with the
+    smallest id (the pixels covered by no mask) takes its most frequent label; ties go to the smallest
+    label (what the release's torch.mode gives on CPU). Returns a new H x W label map."""
+    ids, region = np.unique(masks, return_inverse=True)
+    region = region.reshape(labels.shape)
+    if len(ids) < 2:
+        return labels.copy()
+    c = int(labels.max()) + 1
+    counts = np.bincount((region.astype(np.int64) * c + labels).ravel(), minlength=len(ids) * c).reshape(len(ids), c)
+    winner = counts.argmax(axis=1)  # first maximum: the smallest label among ties
+    return np.where(region > 0, winner[region], labels)

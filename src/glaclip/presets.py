@@ -66,7 +66,8 @@ class DecisionConfig:
 
     pamr_steps > 0 refines the logits with PAMR (BASELINES.md, NACLIP) before the decision;
     area_thd (None: off) is SCLIP's area threshold; then softmax(logit_scale * logits), the max over
-    synonyms and the background threshold prob_thd.
+    synonyms and the background threshold prob_thd. mask_vote: map correction (CorrCLIP): with region
+    masks given, every region but the one of the smallest id takes its most frequent label.
     """
 
     logit_scale: float = 40.0
@@ -74,6 +75,7 @@ class DecisionConfig:
     area_thd: float | None = None
     pamr_steps: int = 0
     pamr_dilations: tuple[int, ...] = (8, 16)
+    mask_vote: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Preset:
             "short_side": w.short_side, "max_long_side": w.max_long_side, "crop": w.crop, "stride": w.stride,
             "pad_multiple": w.pad_multiple, "logit_scale": d.logit_scale, "prob_thd": d.prob_thd,
             "area_thd": d.area_thd, "pamr_steps": d.pamr_steps, "pamr_dilations": list(d.pamr_dilations),
+            "mask_vote": d.mask_vote,
             "token_norm": a.token_norm, "rho": a.rho, "proxy_iters": a.proxy_iters, "dynamic": a.dynamic,
             "dynamic_beta": a.dynamic_beta, "class_file": self.class_file,
             "queries": list(queries) if queries is not None else None,

@@ -30,7 +30,7 @@ from .text import ClassQueries, ClassSpec, parse_classes, read_class_file
 Classes = Union[ClassQueries, str, "os.PathLike[str]", Iterable[ClassSpec], None]
 
 DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
-PROTOCOLS = ("gla", "proxyclip", "sclip", "clearclip", "naclip")
+PROTOCOLS = ("gla", "proxyclip", "sclip", "clearclip", "naclip", "corrclip")
 
 # (short_side, crop, stride, logit_scale, prob_thd) per protocol and data set; crop 0 = whole image.
 _P, _S, _C, _N, _G = (336, 336, 112, 40.0, 0.0), (336, 224, 112, 40.0, 0.0), (448, 448, 224, 50.0, 0.0), \
@@ -48,19 +48,24 @@ TABLE: dict[str, dict[str | None, tuple[int, int, int, float, float]]] = {
     "naclip": {None: _N, "voc21": (336, 0, 112, 40.0, 0.1), "context60": (336, 224, 112, 40.0, 0.1),
                "coco_object": (336, 224, 112, 40.0, 0.1), "voc20": (336, 0, 112, 40.0, 0.0), "context59": _N,
                "coco_stuff": _N, "cityscapes": (560, 224, 112, 40.0, 0.0), "ade20k": _N},
+    "corrclip": {None: _P, "voc21": (336, 336, 112, 40.0, 0.2), "context60": (336, 336, 112, 40.0, 0.15),
+                 "coco_object": (336, 336, 112, 40.0, 0.25), "voc20": _P, "context59": _P, "coco_stuff": _P,
+                 "cityscapes": (448, 224, 112, 40.0, 0.0), "ade20k": (448, 336, 112, 40.0, 0.0)},
     "gla": {None: _G, "voc21": (336, 224, 112, 40.0, 0.1), "context60": (336, 224, 112, 40.0, 0.1),
             "coco_object": (336, 224, 112, 40.0, 0.1), "voc20": _G, "context59": _G, "coco_stuff": _G,
             "cityscapes": (560, 224, 112, 40.0, 0.0), "ade20k": _G},
 }
 # Settings a protocol adds on every data set: window padding (56: multiples of 56; 0: the patch size;
-# 1: none) and PAMR (NACLIP runs it everywhere).
+# 1: none), PAMR (NACLIP runs it everywhere) and map correction by region masks (CorrCLIP).
 EXTRAS: dict[str, dict[str, Any]] = {
     "proxyclip": {"pad_multiple": 56}, "sclip": {"pad_multiple": 1}, "clearclip": {"pad_multiple": 0},
     "naclip": {"pad_multiple": 1, "pamr_steps": 10, "pamr_dilations": (8, 16)}, "gla": {"pad_multiple": 56},
+    "corrclip": {"pad_multiple": 56, "mask_vote": True},
 }
 AREA_THD = {("sclip", "voc21"): 0.1}
 # Data sets whose class file differs per protocol (BASELINES.md section 3); others share one file.
-CLASS_VARIANTS = {"proxyclip": ("voc21", "voc20", "coco_object"), "clearclip": ("voc21", "voc20", "coco_object")}
+CLASS_VARIANTS = {"proxyclip": ("voc21", "voc20", "coco_object"), "clearclip": ("voc21", "voc20", "coco_object"),
+                  "corrclip": DATASETS}
 
 
 def protocol_name(method: str, protocol: str | None = None) -> str:

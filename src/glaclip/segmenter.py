@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Union
 
 import numpy as np
 import torch
@@ -26,12 +26,12 @@ from .errors import GlaclipError
 from .families import Backbones, family_for
 from .images import ImageInput, load_image, preprocess
 from .methods import DEFAULT_METHOD, METHODS, Method
-from .models import DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
+from .models import CLIP_WEIGHTS_ENV, DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
 from .presets import Preset
 from .protocols import effective, resolve
 from .text import ClassQueries, ClassSpec, parse_classes, text_encoder
 from .towers import ClipTower, VfmTower
-from .windows import WindowGrid, crop_windows, stitch, window_grid
+from .windows import WindowGrid, crop_masks, crop_windows, stitch, window_grid
 
 
 class Segmenter:
@@ -60,15 +60,17 @@ class Segmenter:
         self._check_grids()
 
     @classmethod
-    def from_pretrained(cls, clip: str = DEFAULT_CLIP, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
+    def from_pretrained(cls, clip: str | None = None, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
                         vfm_weights: str | None = None, method: str | None = None, device: str = "auto",
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
                         dataset: str | None = None, protocol: str | None = None, text_cache: bool = True,
                         progress: bool = True, preset: Preset | None = None, **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
-        clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file).
-        clip_weights: a pretrained tag ('openai'), a local file, or 'random'; None -> $GLACLIP_CLIP_WEIGHTS or 'openai'.
+        clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file); None: the method's
+            default (`methods.Method.clip`, e.g. MetaCLIP ViT-B/16 for CorrCLIP), else ViT-B-16-quickgelu.
+        clip_weights: a pretrained tag ('openai'), a local file, or 'random'; None -> $GLACLIP_CLIP_WEIGHTS,
+            else the method's default tag when clip is None, else 'openai'.
         vfm: timm model name with tag; vfm_weights: a local file, 'random', or None -> $GLACLIP_VFM_WEIGHTS or the hub.
         method: a method or named preset (`glaclip presets`; None: `methods.DEFAULT_METHOD`); methods
             without VFM attention load no VFM.
@@ -85,13 +87,18 @@ class Segmenter:
         else:
             preset = preset.with_overrides(**overrides)
             preset.validate()
+        entry = METHODS[preset.method]
+        if clip is None:
+            clip = entry.clip[0] if entry.clip else DEFAULT_CLIP
+            if clip_weights is None and entry.clip and not os.environ.get(CLIP_WEIGHTS_ENV):
+                clip_weights = entry.clip[1]
         missing: list[MissingWeights] = []  # name every missing file at once, not one per run
         tower = vfm_tower = None
         try:
             tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
         except MissingWeights as exc:
             missing.append(exc)
-        if METHODS[preset.method].needs_vfm:
+        if entry.needs_vfm:
             try:
                 vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device if tower else device,
                                      dtype=tower.dtype if tower else dtype)
@@ -131,7 +138,7 @@ class Segmenter:
     def _check_grids(self) -> None:
         if self.method.needs_vfm and self.vfm is None:
             raise GlaclipError(f"method {self.preset.method} needs a VFM; build the segmenter with one")
-        self.family = family_for(self.method, self.backbones, self.preset.attention)
+        self.family = family_for(self.method, self.backbones, self.preset.attention, self.window_batch)
         # Full windows must tile into patches; a padded small window that does not is floored by the
         # patch convolution (as in the released code) and its logits are resized to the padded size.
         w, p = self.preset.window, self.token_patch
@@ -154,12 +161,17 @@ class Segmenter:
         return self._query_cache[key]
 
     @torch.no_grad()
-    def window_features(self, crops: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
-        """Per-window tensors of B windows (B x 3 x h x w, CLIP-normalised), `window_batch` at a time,
-        and the token grid; what the tensors are is the method family's own (`families.py`)."""
+    def window_features(self, crops: torch.Tensor, masks: torch.Tensor | None = None
+                        ) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+        """Per-window tensors of B windows (B x 3 x h x w, CLIP-normalised; masks: their B x h x w region
+        ids for mask-guided methods), `window_batch` at a time (all at once for a family that batches
+        itself), and the token grid; what the tensors are is the method family's own (`families.py`)."""
+        if self.family.per_image:
+            return self.family.features(crops, masks)
         parts: dict[str, list[torch.Tensor]] = {}
         for start in range(0, crops.shape[0], self.window_batch):
-            feats, grid_hw = self.family.features(crops[start : start + self.window_batch])
+            stop = start + self.window_batch
+            feats, grid_hw = self.family.features(crops[start:stop], None if masks is None else masks[start:stop])
             for name, t in feats.items():
                 parts.setdefault(name, []).append(t)
         return {name: torch.cat(ts) for name, ts in parts.items()}, grid_hw
@@ -181,54 +193,80 @@ class Segmenter:
                                                     if k not in ("block_rows", "memory_mb")}}))
 
     @torch.no_grad()
-    def encode_image(self, image: ImageInput) -> ImageEncoding:
+    def encode_image(self, image: ImageInput, masks: MaskInput | None = None) -> ImageEncoding:
         """Everything before the text product (steps 1-5 and the projection), to be answered with
-        `predict(encoding, classes)` for any number of class lists."""
+        `predict(encoding, classes)` for any number of class lists. masks: the image's H x W region-id
+        map (0: covered by no mask), needed by mask-guided methods and by map correction."""
         path = str(image) if isinstance(image, (str, os.PathLike)) else None
-        enc = self.encode_images([load_image(image)])[0]
+        enc = self.encode_images([load_image(image)], masks=[masks])[0]
         enc.image_path = path
         return enc
 
+    @property
+    def needs_masks(self) -> bool:
+        """Whether this segmenter's method reads region masks (CorrCLIP) or its decision does (mask_vote)."""
+        return self.method.needs_masks or self.preset.decision.mask_vote
+
     @torch.no_grad()
-    def encode_images(self, rgbs: list[np.ndarray], max_windows: int | None = None) -> list[ImageEncoding]:
+    def encode_images(self, rgbs: list[np.ndarray], max_windows: int | None = None,
+                      masks: list[MaskInput | None] | None = None) -> list[ImageEncoding]:
         """`encode_image` of several images, the windows of consecutive images of one window size
         sharing backbone forwards (up to max_windows, default 4 x window_batch, at a time); the
-        attention stays per image."""
+        attention stays per image. masks: one region-id map (or None) per image."""
         w = self.preset.window
         acc = accumulation_dtype(self.clip.dtype)
+        masks = list(masks) if masks is not None else [None] * len(rgbs)
+        if len(masks) != len(rgbs):
+            raise GlaclipError(f"got {len(masks)} mask maps for {len(rgbs)} images")
         prepared = []
-        for rgb in rgbs:
-            x = preprocess(rgb, w.short_side, w.max_long_side, acc)
-            prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3])))
+        for rgb, m in zip(rgbs, masks):
+            m = None if m is None else as_masks(m, rgb.shape[:2])
+            if m is None and self.method.needs_masks:
+                raise GlaclipError(f"method {self.preset.method} needs region masks: give masks=... (an H x W id "
+                                   "map), --masks DIR or --sam NAME")
+            x = preprocess(rgb, w.short_side, w.max_long_side, acc, self.method.pixel_norm)
+            prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3]), m))
         limit = max_windows or 4 * self.window_batch
         identity = self.encoding_identity()
         out = []
         i = 0
         while i < len(prepared):
             j, total = i + 1, prepared[i][2].count
-            while (j < len(prepared) and prepared[j][2].padded_size == prepared[i][2].padded_size
-                   and total + prepared[j][2].count <= limit):
+            while (not self.family.per_image and j < len(prepared) and
+                   prepared[j][2].padded_size == prepared[i][2].padded_size and total + prepared[j][2].count <= limit):
                 total += prepared[j][2].count
                 j += 1
-            crops = torch.cat([crop_windows(x.to(self.device), grid) for _, x, grid in prepared[i:j]])
-            feats, (gh, gw) = self.window_features(crops)
+            crops = torch.cat([crop_windows(x.to(self.device), grid) for _, x, grid, _ in prepared[i:j]])
+            window_masks = None
+            if self.method.needs_masks:
+                window_masks = torch.cat([crop_masks(resize_masks(m, (x.shape[2], x.shape[3])), grid,
+                                                     self.family.mask_pad_id)
+                                          for _, x, grid, m in prepared[i:j]]).to(self.device)
+            feats, (gh, gw) = self.window_features(crops, window_masks)
             offset = 0
-            for size, x, grid in prepared[i:j]:
+            for size, x, grid, m in prepared[i:j]:
                 mine = {k: v[offset : offset + grid.count] for k, v in feats.items()}
                 offset += grid.count
                 final = self.final_tokens(mine, grid, (gh, gw))
-                emb = F.normalize(self.clip.head(final).to(acc), dim=-1).view(grid.count, gh, gw, -1)
-                out.append(ImageEncoding(emb, grid, tuple(size), x, identity))
+                emb = F.normalize(self.family.embed(final).to(acc), dim=-1).view(grid.count, gh, gw, -1)
+                ident = dict(identity, masks=masks_fingerprint(m)) if self.method.needs_masks else identity
+                out.append(ImageEncoding(emb, grid, tuple(size), x, ident, masks=m))
             i = j
         return out
 
-    def check_encoding(self, enc: ImageEncoding) -> None:
-        """Refuse an encoding made with other models, method or settings."""
+    def check_encoding(self, enc: ImageEncoding, masks: MaskInput | None = None) -> None:
+        """Refuse an encoding made with other models, method or settings (or, for mask-guided methods,
+        other region masks than `masks` when given)."""
         mine = self.encoding_identity()
-        if enc.identity != mine:
-            differ = sorted(k for k in set(mine) | set(enc.identity) if mine.get(k) != enc.identity.get(k))
+        theirs = {k: v for k, v in enc.identity.items() if k != "masks"}
+        if theirs != mine:
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise GlaclipError(f"this image encoding differs from this segmenter in: {', '.join(differ)}; encode the "
                                "image again with this segmenter")
+        if masks is not None and enc.masks is not None and \
+                not torch.equal(as_masks(masks, enc.size), enc.masks.to(torch.int32).cpu()):
+            raise GlaclipError("these region masks differ from the ones the image encoding was made with; encode "
+                               "the image again with them")
 
     def canvas(self, enc: ImageEncoding, queries: ClassQueries) -> torch.Tensor:
         """The text product of an encoding: logits Q x h x w stitched on the resized image (or on the
@@ -240,7 +278,7 @@ class Segmenter:
         return stitch(logits, enc.grid)
 
     def predict(self, image: ImageInput, classes: Iterable[ClassSpec] | str | ClassQueries,
-                prob_thd: float | None = None) -> Segmentation:
+                prob_thd: float | None = None, masks: MaskInput | None = None) -> Segmentation:
         """Segment one image into the given classes.
 
         image: path, PIL image, HxWx3 uint8 array, tensor (floats in [0, 1]), or an ImageEncoding
@@ -248,20 +286,61 @@ class Segmenter:
         synonym lists, or one string in the class syntax ("sky, car; vehicle, road": commas or
         newlines separate classes, ';' synonyms). prob_thd (default: the preset's): pixels whose top
         class probability is below it get index 0, so put a background class first when using it.
+        masks: the image's H x W integer region-id map at its original size (0: covered by no mask),
+        needed by mask-guided methods (CorrCLIP) and by map correction (`mask_vote`).
         """
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
         if isinstance(image, ImageEncoding):
-            self.check_encoding(image)
+            self.check_encoding(image, masks)
             enc = image
+            if enc.masks is None and masks is not None:
+                enc = dataclasses.replace(enc, masks=as_masks(masks, enc.size))
         else:
-            enc = self.encode_images([load_image(image)])[0]
-        return decide(self.canvas(enc, queries), enc.resized, enc.size, queries, preset)
+            enc = self.encode_images([load_image(image)], masks=[masks])[0]
+        return self._decide(enc, queries, preset)
 
     def predict_many(self, images: list[ImageInput], classes: Iterable[ClassSpec] | str | ClassQueries,
-                     prob_thd: float | None = None, max_windows: int | None = None) -> list[Segmentation]:
-        """`predict` for several images, their windows sharing backbone forwards (same results)."""
+                     prob_thd: float | None = None, max_windows: int | None = None,
+                     masks: list[MaskInput | None] | None = None) -> list[Segmentation]:
+        """`predict` for several images, their windows sharing backbone forwards (same results);
+        masks: one region-id map (or None) per image."""
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
-        encs = self.encode_images([load_image(im) for im in images], max_windows)
-        return [decide(self.canvas(enc, queries), enc.resized, enc.size, queries, preset) for enc in encs]
+        encs = self.encode_images([load_image(im) for im in images], max_windows, masks)
+        return [self._decide(enc, queries, preset) for enc in encs]
+
+    def _decide(self, enc: ImageEncoding, queries: ClassQueries, preset: Preset) -> Segmentation:
+        if preset.decision.mask_vote and enc.masks is None:
+            raise GlaclipError(f"mask_vote (map correction, on for {preset.method}) needs region masks: give "
+                               "masks=..., --masks DIR or --sam NAME, or set mask_vote=false")
+        return decide(self.canvas(enc, queries), enc.resized, enc.size, queries, preset, enc.masks)
+
+
+MaskInput = Union[np.ndarray, torch.Tensor]
+
+
+def as_masks(masks: MaskInput, size: tuple[int, int]) -> torch.Tensor:
+    """An H x W integer region-id map (numpy or torch) at the image's size -> int32 CPU tensor."""
+    t = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).cpu()
+    if t.ndim != 2 or tuple(t.shape) != tuple(size):
+        raise GlaclipError(f"region masks of shape {tuple(t.shape)} do not fit the image's {size[1]}x{size[0]} "
+                           f"(need an H x W = {size[0]} x {size[1]} id map)")
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
+        raise GlaclipError(f"region masks must be integer ids, got {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) > 2**31 - 1):
+        raise GlaclipError("region ids must lie in 0 .. 2^31-1")
+    return t.to(torch.int32).contiguous()
+
+
+def masks_fingerprint(masks: torch.Tensor | None) -> str | None:
+    if masks is None:
+        return None
+    import hashlib
+
+    return hashlib.blake2b(repr(tuple(masks.shape)).encode() + masks.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """H x W ids -> 1 x h x w: nearest neighbour on the resized image (as the release: F.interpolate of floats)."""
+    return F.interpolate(masks[None, None].float(), size=size, mode="nearest")[0].to(torch.int32)

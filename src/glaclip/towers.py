@@ -79,12 +79,7 @@ class ClipTower:
         All blocks but the last run unchanged; the positional embedding is interpolated only when the
         grid differs from the model's own (METHOD.md step 4)."""
         v = self.visual
-        x = v.conv1(x.to(self.dtype))
-        b, d, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
-        x = torch.cat([cls, x], dim=1) + self._positional(gh, gw).to(x.dtype)
-        x = v.ln_pre(x)
+        x, (gh, gw) = self.embed(x)
         batch_first = getattr(v.transformer, "batch_first", True)
         if not batch_first:
             x = x.transpose(0, 1)
@@ -93,6 +88,17 @@ class ClipTower:
         if not batch_first:
             x = x.transpose(0, 1)
         return x, (gh, gw)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Bx3xHxW (CLIP-normalised) -> (B x (1+L) x D tokens entering the first block, CLS first; grid):
+        patch embedding, CLS, position embeddings (resized when the grid differs), ln_pre."""
+        v = self.visual
+        x = v.conv1(x.to(self.dtype))
+        b, d, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
+        x = torch.cat([cls, x], dim=1) + self._positional(gh, gw).to(x.dtype)
+        return v.ln_pre(x), (gh, gw)
 
     def qkv(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """B x T x D tokens -> q, k, v of the last block from ln_1(tokens), each B x T x D (heads side by side)."""
@@ -154,6 +160,26 @@ class VfmTower:
         timm's forward with one change: at a grid other than the model's own, the position
         embeddings are resized as the official DINO release resizes them (`resize_positions`)."""
         m = self.model
+        x, (gh, gw) = self._embed(x)
+        x = m.norm(m.blocks(x))[:, m.num_prefix_tokens :]
+        return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
+    def last_qk(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW (ImageNet-normalised) -> BxCxghxgw: q + k of the last block's attention (its qkv
+        projection of the normalised tokens, heads side by side, not scaled), patch tokens only, as
+        CorrCLIP reads DINO (a hook on the last block's qkv)."""
+        m = self.model
+        x, (gh, gw) = self._embed(x)
+        for blk in m.blocks[:-1]:
+            x = blk(x)
+        last = m.blocks[-1]
+        q, k, _ = last.attn.qkv(last.norm1(x)).chunk(3, dim=-1)
+        x = (q + k)[:, m.num_prefix_tokens :]
+        return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embedding, prefix tokens and resized position embeddings: B x (prefix + L) x C, grid."""
+        m = self.model
         b = x.shape[0]
         x = m.patch_embed(x.to(self.dtype))  # B x gh x gw x C (dynamic_img_size)
         gh, gw = x.shape[1:3]
@@ -164,9 +190,7 @@ class VfmTower:
             x = torch.cat(prefix + [x + pos], dim=1)
         else:
             x = torch.cat(prefix + [x], dim=1) + pos
-        x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
-        x = m.norm(m.blocks(x))[:, m.num_prefix_tokens :]
-        return x.transpose(1, 2).reshape(b, -1, gh, gw)
+        return m.norm_pre(m.patch_drop(m.pos_drop(x))), (gh, gw)
 
     def _positional(self, gh: int, gw: int) -> torch.Tensor:
         m = self.model

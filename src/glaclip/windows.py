@@ -67,6 +67,14 @@ def crop_windows(image: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
     return crops
 
 
+def crop_masks(masks: torch.Tensor, grid: WindowGrid, pad_id: int) -> torch.Tensor:
+    """1 x h x w region ids on the resized image -> B x ph x pw: every window, centred padding with pad_id."""
+    crops = torch.cat([masks[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in grid.boxes])
+    if any(grid.pad):
+        crops = F.pad(crops, grid.pad, value=pad_id)
+    return crops
+
+
 def stitch(window_logits: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
     """Bx QxhxW window logits on any grid -> QxHxW image logits.
 
