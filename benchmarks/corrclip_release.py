@@ -3,6 +3,7 @@
     python benchmarks/corrclip_release.py --make-inputs REF                 # random weights + masks in REF/
     python benchmarks/corrclip_release.py --release CorrCLIPv1 --dino-repo DINO --image examples/street.png \\
         --masks REF/masks/street.npz --clip-weights REF/clip.pt --vfm-weights REF/dino.pt --dtype fp64 --compare
+    ... --save-dir REF            # keep the release's output (REF/street_fp64.npz); --reuse: compare against it
 
 The release is IMPORTED from --release (never copied): `CorrCLIPSegmentation.predict` runs in this
 process on CPU; --dino-repo is a checkout of facebookresearch/dino (the release's torch.hub model
@@ -11,7 +12,7 @@ process on CPU; --dino-repo is a checkout of facebookresearch/dino (the release'
 on the same image, masks and weights, and the script prints max|dprob|, label agreement, time and
 peak memory of both; each side runs in its own process (so each peak is its own).
 
-What the harness changes around the release (its files stay untouched):
+What the harness changes around the release (its files stay untouched; the pieces are in corrclip_shims.py):
 - framework stubs in sys.modules, only for mmseg (BaseSegmentor as nn.Module, SegDataPreProcessor,
   MODELS.register_module as identity), mmengine (PixelData as a holder), transformers (the two
   classes it imports) and openpyxl; its other optional imports (EoMT, EntitySeg, SAM 2) fail as
@@ -38,153 +39,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
+from corrclip_shims import (  # noqa: F401 (re-exported for the tests)
+    RELEASE_MEAN,
+    RELEASE_STD,
+    DataSample,
+    SegDataPreProcessor,
+    half_as,
+    mmseg_inputs,
+    release_imports,
+    rescale_size,
+)
 from torch import nn
 
-RELEASE_MEAN = (122.771, 116.746, 104.094)  # CorrCLIPSegmentation's SegDataPreProcessor, RGB, 0..255
-RELEASE_STD = (68.501, 66.632, 70.323)
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
-SHADOWED = ("open_clip", "sam2", "eomt", "CropFormer", "prompts", "myutils", "corrclip_segmentor", "utils",
-            "vision_transformer", "mmseg", "mmengine", "transformers", "openpyxl")
-
-
-# ---- input pipeline (mmseg's, reproduced) ------------------------------------------------------------
-
-def rescale_size(h: int, w: int, short_side: int, long_side: int = 2048) -> tuple[int, int]:
-    """mmcv.imrescale's output (h, w) for scale (long_side, short_side), keep_ratio."""
-    f = min(long_side / max(h, w), short_side / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
-
-
-class SegDataPreProcessor:
-    """mmseg's SegDataPreProcessor at test time (no padding): bgr_to_rgb, float, (x - mean) / std, stack."""
-
-    def __init__(self, mean, std, bgr_to_rgb: bool = False, dtype: torch.dtype = torch.float32, **_):
-        self.mean = torch.tensor(mean, dtype=dtype).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=dtype).view(-1, 1, 1)
-        self.bgr_to_rgb, self.dtype = bgr_to_rgb, dtype
-
-    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
-        if self.bgr_to_rgb:
-            images = [x[[2, 1, 0], ...] for x in images]
-        return torch.stack([(x.to(self.dtype) - self.mean) / self.std for x in images])
-
-
-def mmseg_inputs(image: str | Path, short_side: int, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[1,3,H,W] model input and the original (h, w), as the release's test pipeline makes them."""
-    import cv2
-
-    bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {image}")
-    h, w = bgr.shape[:2]
-    nh, nw = rescale_size(h, w, short_side)
-    resized = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    chw = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-    pre = SegDataPreProcessor(RELEASE_MEAN, RELEASE_STD, bgr_to_rgb=True, dtype=dtype)
-    return pre([chw]), (h, w)
-
-
-# ---- importing the release ---------------------------------------------------------------------------
-
-class PixelData:
-    """mmengine's PixelData, as far as the release uses it: a holder of `data`."""
-
-    def __init__(self, **kwargs):
-        self.__dict__.update(kwargs)
-
-
-class DataSample:
-    """The fields of mmseg's SegDataSample that predict reads and writes."""
-
-    def __init__(self, img_path: str, ori_shape: tuple[int, int], img_shape: tuple[int, int]):
-        self.img_path = img_path
-        self.metainfo = {"img_path": img_path, "ori_shape": ori_shape, "img_shape": img_shape}
-
-    def set_data(self, data: dict) -> None:
-        self.__dict__.update(data)
-
-
-def _stub_modules() -> dict[str, types.ModuleType]:
-    class BaseSegmentor(nn.Module):
-        def __init__(self, data_preprocessor=None, init_cfg=None):
-            super().__init__()
-
-    class Registry:
-        def register_module(self, *args, **kwargs):
-            return lambda cls: cls
-
-    class _Unavailable:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError("stub: not available in this harness")
-
-        from_pretrained = classmethod(lambda cls, *a, **k: cls())
-
-    spec = {"mmseg": {}, "mmseg.models": {}, "mmseg.models.segmentors": {"BaseSegmentor": BaseSegmentor},
-            "mmseg.models.data_preprocessor": {"SegDataPreProcessor": SegDataPreProcessor},
-            "mmseg.registry": {"MODELS": Registry()}, "mmengine": {},
-            "mmengine.structures": {"PixelData": PixelData},
-            "transformers": {"AutoImageProcessor": _Unavailable, "Mask2FormerForUniversalSegmentation": _Unavailable},
-            "openpyxl": {}}
-    mods = {}
-    for name, attrs in spec.items():
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        mods[name] = mod
-    return mods
-
-
-def _shadowed(name: str) -> bool:
-    return any(name == top or name.startswith(top + ".") for top in SHADOWED)
-
-
-@contextlib.contextmanager
-def release_imports(release_dir: str | Path, dino_repo: str | Path):
-    """Import corrclip_segmentor from release_dir with the framework stubs, DINO's vision_transformer
-    from dino_repo; yields (corrclip_segmentor, vision_transformer). Restores sys.path, sys.modules
-    and os.environ on exit (the release's modules keep working through their own references)."""
-    release, dino = Path(release_dir).resolve(), Path(dino_repo).resolve()
-    for path in (release / "corrclip_segmentor.py", dino / "vision_transformer.py"):
-        if not path.is_file():
-            raise ValueError(f"no {path.name} in {path.parent}")
-    saved_path, saved_env = list(sys.path), dict(os.environ)
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if _shadowed(k)}
-    sys.modules.update(_stub_modules())
-    try:
-        sys.path.insert(0, str(dino))
-        vit = importlib.import_module("vision_transformer")
-        sys.modules.pop("utils", None)  # DINO's utils.py: not to be confused with anything of the release
-        sys.path[0] = str(release)
-        with contextlib.redirect_stdout(sys.stderr):  # "EoMT is not installed" etc.
-            seg = importlib.import_module("corrclip_segmentor")
-        yield seg, vit
-    finally:
-        for k in [k for k in sys.modules if _shadowed(k)]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-        sys.path[:] = saved_path
-        os.environ.clear()
-        os.environ.update(saved_env)
-
-
-@contextlib.contextmanager
-def half_as(dtype: torch.dtype):
-    """Tensor.half / Module.half cast to dtype instead (the release's hard-coded fp16, patched away)."""
-    t_half, m_half = torch.Tensor.half, nn.Module.half
-    torch.Tensor.half = lambda self, memory_format=torch.preserve_format: self.to(dtype, memory_format=memory_format)
-    nn.Module.half = lambda self: self.to(dtype)
-    try:
-        yield
-    finally:
-        torch.Tensor.half, nn.Module.half = t_half, m_half
 
 
 def load_dino(vit_module, weights: str | Path, dtype: torch.dtype) -> nn.Module:
@@ -371,7 +244,18 @@ def compare_rows(a: argparse.Namespace) -> list[str]:
             common = dict(clip_arch=a.clip, clip_ckpt=a.clip_weights, dino_ckpt=a.vfm_weights, image=a.image,
                           masks_npz=a.masks, class_file=a.class_file, short_side=size, crop=a.crop,
                           stride=a.stride, prob_thd=a.prob_thd, logit_scale=a.logit_scale, dtype=dtype)
-            rel = isolated(_release_case, a.release, a.dino_repo, common, timeout=a.timeout)
+            saved = Path(a.save_dir) / f"{Path(a.image).stem}_{dtype}{'' if size == 336 else f'_s{size}'}.npz" \
+                if a.save_dir else None
+            if a.reuse and saved and saved.is_file():
+                with np.load(saved) as z:
+                    rel = {k: z[k] if z[k].ndim else z[k].item() for k in z.files}
+                print(f"the release's output read from {saved}", file=sys.stderr)
+            else:
+                rel = isolated(_release_case, a.release, a.dino_repo, common, timeout=a.timeout)
+                if "error" not in rel and saved:
+                    _save_npz(saved, probs=rel["probs"], labels=rel["labels"], seconds=rel["seconds"],
+                              peak_mb=rel["peak_mb"], input_shape=np.array(rel["input_shape"]))
+                    print(f"saved the release's output to {saved}", file=sys.stderr)
             ours = isolated(_glaclip_case, common, timeout=a.timeout) if a.compare else {"error": "-"}
             dprob = agree = "-"
             if "error" not in rel and "error" not in ours:
@@ -380,12 +264,6 @@ def compare_rows(a: argparse.Namespace) -> list[str]:
                 else:
                     dprob = f"{np.abs(rel['probs'].astype(np.float64) - ours['probs']).max():.2e}"
                     agree = f"{(rel['labels'] == ours['labels']).mean() * 100:.4f}%"
-            if "error" not in rel and a.save_dir:
-                suffix = "" if size == 336 else f"_s{size}"
-                path = Path(a.save_dir) / f"{Path(a.image).stem}_{dtype}{suffix}.npz"
-                _save_npz(path, probs=rel["probs"], labels=rel["labels"], seconds=rel["seconds"],
-                          peak_mb=rel["peak_mb"], input_shape=np.array(rel["input_shape"]))
-                print(f"saved the release's output to {path}", file=sys.stderr)
             shape = "x".join(map(str, rel.get("input_shape", ("?",))))
             mib = "{:.0f}"
             lines.append(f"| {dtype} | {size} | {shape} | {_cell(rel, 'seconds')} | {_cell(rel, 'peak_mb', mib)} | "
@@ -423,6 +301,8 @@ def main() -> None:
     ap.add_argument("--logit-scale", type=float, default=40.0)
     ap.add_argument("--compare", action="store_true", help="also run glaclip's corrclip and compare")
     ap.add_argument("--save-dir", help="save the release's probs and labels as <stem>_<dtype>[_s<size>].npz")
+    ap.add_argument("--reuse", action="store_true", help="read the release's output from --save-dir where saved "
+                    "(its time and peak as measured then) instead of running it again")
     ap.add_argument("--out", help="also write the table to this Markdown file")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     a = ap.parse_args()
