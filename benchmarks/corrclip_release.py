@@ -121,7 +121,9 @@ def run_release(release_dir, *, dino_repo, clip_arch: str = "ViT-B-16-quickgelu"
 
     Returns probs (C x H x W: seg_logit after its background merge, before map correction), labels
     (H x W: pred_sem_seg, after map correction), seconds (the predict call), peak_mb (resident set
-    during predict) and load_peak_mb (before it: imports and model loading).
+    during predict), load_peak_mb (before it: imports and model loading) and labels_thd0 (its own
+    decision and map correction, postprocess_result, run again on the same logits with prob_thd 0:
+    random weights leave every pixel below a VOC threshold, so this is what tests the labels).
     """
     from common import peak_mb
 
@@ -133,15 +135,20 @@ def run_release(release_dir, *, dino_repo, clip_arch: str = "ViT-B-16-quickgelu"
                               logit_scale=logit_scale, crop=crop, stride=stride, dtype=tdtype)
         inputs, ori_shape = mmseg_inputs(image, short_side, tdtype)
         sample = DataSample(str(image), ori_shape, tuple(inputs.shape[2:]))
+        logits, slide = [], model.forward_slide  # its output kept for the prob_thd 0 decision below
+        model.forward_slide = lambda *args, **kwargs: logits.append(slide(*args, **kwargs)) or logits[-1]
         load_peak = peak_mb("cpu")
         reset_peak()
         with half_as(tdtype):
             start = time.perf_counter()
             model.predict(inputs, [sample])
             seconds = time.perf_counter() - start
+        peak = peak_mb("cpu")
+        model.prob_thd, again = 0.0, DataSample(str(image), ori_shape, tuple(inputs.shape[2:]))
+        model.postprocess_result(logits[0], [again])
     return {"probs": sample.seg_logit.data.numpy(), "labels": sample.pred_sem_seg.data[0].numpy(),
-            "seconds": seconds, "peak_mb": peak_mb("cpu"), "load_peak_mb": load_peak,
-            "input_shape": tuple(inputs.shape[2:])}
+            "labels_thd0": again.pred_sem_seg.data[0].numpy(), "seconds": seconds, "peak_mb": peak,
+            "load_peak_mb": load_peak, "input_shape": tuple(inputs.shape[2:])}
 
 
 def run_glaclip(*, clip_arch: str = "ViT-B-16-quickgelu", clip_ckpt, dino_ckpt, image, masks_npz, class_file,
@@ -162,12 +169,17 @@ def run_glaclip(*, clip_arch: str = "ViT-B-16-quickgelu", clip_ckpt, dino_ckpt, 
     load_peak = peak_mb("cpu")
     reset_peak()
     start = time.perf_counter()
-    out = seg.predict(str(image), classes, masks=masks)
+    enc = seg.encode_image(str(image), masks=masks)  # = predict(image, ...), the encoding kept for prob_thd 0
+    out = seg.predict(enc, classes)
     seconds = time.perf_counter() - start
-    probs = out.probs.detach().cpu().numpy() if torch.is_tensor(out.probs) else np.asarray(out.probs)
-    labels = out.labels.detach().cpu().numpy() if torch.is_tensor(out.labels) else np.asarray(out.labels)
-    return {"probs": probs, "labels": labels, "seconds": seconds, "peak_mb": peak_mb("cpu"),
-            "load_peak_mb": load_peak}
+    peak = peak_mb("cpu")
+    thd0 = seg.predict(enc, classes, prob_thd=0.0)
+    return {"probs": _numpy(out.probs), "labels": _numpy(out.labels), "labels_thd0": _numpy(thd0.labels),
+            "seconds": seconds, "peak_mb": peak, "load_peak_mb": load_peak}
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
 # ---- inputs for a comparison -------------------------------------------------------------------------
@@ -231,6 +243,36 @@ def _cell(r: dict, key: str, fmt: str = "{:.1f}") -> str:
     return r["error"] if "error" in r else fmt.format(r[key])
 
 
+def _release_output(a: argparse.Namespace, case: dict, saved: Path | None) -> dict:
+    """The release's output for a case: read from `saved` (--reuse), or run (and saved there when given)."""
+    from common import isolated
+
+    if a.reuse and saved and saved.is_file():
+        with np.load(saved) as z:
+            print(f"the release's output read from {saved}", file=sys.stderr)
+            return {k: z[k] if z[k].ndim else z[k].item() for k in z.files}
+    rel = isolated(_release_case, a.release, a.dino_repo, case, timeout=a.timeout)
+    if "error" not in rel and saved:
+        _save_npz(saved, **{k: np.asarray(v) for k, v in rel.items()})
+        print(f"saved the release's output to {saved}", file=sys.stderr)
+    return rel
+
+
+def _agreement(rel: dict, ours: dict) -> tuple[str, str, str]:
+    """(max |dprob|, labels equal, labels equal at prob_thd 0 with the number of labels there)."""
+    if "error" in rel or "error" in ours:
+        return "-", "-", "-"
+    if rel["probs"].shape != ours["probs"].shape:
+        return f"shapes {rel['probs'].shape} vs {ours['probs'].shape}", "-", "-"
+    dprob = f"{np.abs(rel['probs'].astype(np.float64) - ours['probs']).max():.2e}"
+    agree = f"{(rel['labels'] == ours['labels']).mean() * 100:.4f}%"
+    thd0 = "-"
+    if "labels_thd0" in rel:
+        thd0 = (f"{(rel['labels_thd0'] == ours['labels_thd0']).mean() * 100:.4f}% "
+                f"({len(np.unique(rel['labels_thd0']))} labels)")
+    return dprob, agree, thd0
+
+
 def compare_rows(a: argparse.Namespace) -> list[str]:
     """Every dtype x short side: the release (and glaclip with --compare), each in its own process."""
     from common import isolated, machine_line, write_text
@@ -238,36 +280,21 @@ def compare_rows(a: argparse.Namespace) -> list[str]:
     lines = [f"Machine: {machine_line('cpu')}; {a.image}; masks {a.masks}; classes {a.class_file}; crop {a.crop}, "
              f"stride {a.stride}, prob_thd {a.prob_thd}, logit_scale {a.logit_scale}.", "",
              "| dtype | short side | input | release s | release peak MiB | glaclip s | glaclip peak MiB | "
-             "max abs dprob | labels equal |", "|---|---|---|---|---|---|---|---|---|"]
+             "max abs dprob | labels equal | labels equal, prob_thd 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for dtype in a.dtypes:
         for size in a.sizes:
-            common = dict(clip_arch=a.clip, clip_ckpt=a.clip_weights, dino_ckpt=a.vfm_weights, image=a.image,
-                          masks_npz=a.masks, class_file=a.class_file, short_side=size, crop=a.crop,
-                          stride=a.stride, prob_thd=a.prob_thd, logit_scale=a.logit_scale, dtype=dtype)
+            case = dict(clip_arch=a.clip, clip_ckpt=a.clip_weights, dino_ckpt=a.vfm_weights, image=a.image,
+                        masks_npz=a.masks, class_file=a.class_file, short_side=size, crop=a.crop,
+                        stride=a.stride, prob_thd=a.prob_thd, logit_scale=a.logit_scale, dtype=dtype)
             saved = Path(a.save_dir) / f"{Path(a.image).stem}_{dtype}{'' if size == 336 else f'_s{size}'}.npz" \
                 if a.save_dir else None
-            if a.reuse and saved and saved.is_file():
-                with np.load(saved) as z:
-                    rel = {k: z[k] if z[k].ndim else z[k].item() for k in z.files}
-                print(f"the release's output read from {saved}", file=sys.stderr)
-            else:
-                rel = isolated(_release_case, a.release, a.dino_repo, common, timeout=a.timeout)
-                if "error" not in rel and saved:
-                    _save_npz(saved, probs=rel["probs"], labels=rel["labels"], seconds=rel["seconds"],
-                              peak_mb=rel["peak_mb"], input_shape=np.array(rel["input_shape"]))
-                    print(f"saved the release's output to {saved}", file=sys.stderr)
-            ours = isolated(_glaclip_case, common, timeout=a.timeout) if a.compare else {"error": "-"}
-            dprob = agree = "-"
-            if "error" not in rel and "error" not in ours:
-                if rel["probs"].shape != ours["probs"].shape:
-                    dprob = f"shapes {rel['probs'].shape} vs {ours['probs'].shape}"
-                else:
-                    dprob = f"{np.abs(rel['probs'].astype(np.float64) - ours['probs']).max():.2e}"
-                    agree = f"{(rel['labels'] == ours['labels']).mean() * 100:.4f}%"
+            rel = _release_output(a, case, saved)
+            ours = isolated(_glaclip_case, case, timeout=a.timeout) if a.compare else {"error": "-"}
+            dprob, agree, thd0 = _agreement(rel, ours)
             shape = "x".join(map(str, rel.get("input_shape", ("?",))))
             mib = "{:.0f}"
             lines.append(f"| {dtype} | {size} | {shape} | {_cell(rel, 'seconds')} | {_cell(rel, 'peak_mb', mib)} | "
-                         f"{_cell(ours, 'seconds')} | {_cell(ours, 'peak_mb', mib)} | {dprob} | {agree} |")
+                         f"{_cell(ours, 'seconds')} | {_cell(ours, 'peak_mb', mib)} | {dprob} | {agree} | {thd0} |")
             print(lines[-1], flush=True)
     if a.out:
         write_text(a.out, lines)
