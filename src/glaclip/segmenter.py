@@ -29,6 +29,7 @@ from .methods import DEFAULT_METHOD, METHODS, Method
 from .models import CLIP_WEIGHTS_ENV, DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
 from .presets import Preset
 from .protocols import effective, resolve
+from .regions import fingerprint as region_fingerprint
 from .text import ClassQueries, ClassSpec, parse_classes, text_encoder
 from .towers import ClipTower, VfmTower
 from .windows import WindowGrid, crop_masks, crop_windows, stitch, window_grid
@@ -249,7 +250,7 @@ class Segmenter:
                 offset += grid.count
                 final = self.final_tokens(mine, grid, (gh, gw))
                 emb = F.normalize(self.family.embed(final).to(acc), dim=-1).view(grid.count, gh, gw, -1)
-                ident = dict(identity, masks=masks_fingerprint(m)) if self.method.needs_masks else identity
+                ident = dict(identity, masks=region_fingerprint(m)) if self.method.needs_masks else identity
                 out.append(ImageEncoding(emb, grid, tuple(size), x, ident, masks=m))
             i = j
         return out
@@ -326,14 +327,6 @@ def as_masks(masks: MaskInput, size: tuple[int, int]) -> torch.Tensor:
     from .regions import check_masks
 
     return torch.from_numpy(check_masks(masks, size, what="region mask map"))
-
-
-def masks_fingerprint(masks: torch.Tensor | None) -> str | None:
-    if masks is None:
-        return None
-    import hashlib
-
-    return hashlib.blake2b(repr(tuple(masks.shape)).encode() + masks.numpy().tobytes(), digest_size=16).hexdigest()
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
