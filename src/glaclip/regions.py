@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .devices import dtype_name
 from .errors import GlaclipError, one_line
 from .files import atomic_paths
 
@@ -73,8 +74,7 @@ def check_masks(masks: Any, size: Sequence[int] | None = None, what: str = "mask
     if isinstance(masks, torch.Tensor):
         t = masks.detach()
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise GlaclipError(f"{what} holds {str(t.dtype).replace('torch.', '')} values; region ids must be "
-                               "integers")
+            raise GlaclipError(f"{what} holds {dtype_name(t.dtype)} values; region ids must be integers")
         arr = t.cpu().numpy()
     elif isinstance(masks, Image.Image):
         if masks.mode not in _PNG_MODES:
@@ -298,7 +298,6 @@ class Sam2Masks:
     def identity(self) -> dict:
         """What the masks depend on: model name, weights by content ('random' plus this instance's id for
         random weights), precision and generator settings (JSON-serialisable)."""
-        from .devices import dtype_name
         from .text_cache import model_fingerprints, weights_fingerprint
 
         ident = {"generator": "sam2-amg", "model": self.name, "dtype": dtype_name(self.dtype),
