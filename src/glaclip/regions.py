@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .devices import dtype_name
 from .errors import GlaclipError, one_line
 from .files import atomic_paths
 
@@ -73,8 +74,7 @@ def check_masks(masks: Any, size: Sequence[int] | None = None, what: str = "mask
     if isinstance(masks, torch.Tensor):
         t = masks.detach()
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise GlaclipError(f"{what} holds {str(t.dtype).replace('torch.', '')} values; region ids must be "
-                               "integers")
+            raise GlaclipError(f"{what} holds {dtype_name(t.dtype)} values; region ids must be integers")
         arr = t.cpu().numpy()
     elif isinstance(masks, Image.Image):
         if masks.mode not in _PNG_MODES:
@@ -195,7 +195,8 @@ def mask_file_for(mask_dir: str | Path, relative: str | Path) -> Path:
 
 def save_masks(path: str | Path, masks: Any) -> None:
     """Write a region map atomically (temporary name, then rename) as `.npz` (compressed, int32 under
-    `instance_mask`) or 16-bit `.png` (ids over 65535 are an error). `load_masks` reads it back exactly."""
+    `instance_mask`) or 16-bit `.png` (ids over 65535 are an error). `load_masks` reads it back exactly.
+    A file already at `path` is replaced: whether that is allowed is the caller's decision."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MASK_SUFFIXES:
@@ -297,7 +298,6 @@ class Sam2Masks:
     def identity(self) -> dict:
         """What the masks depend on: model name, weights by content ('random' plus this instance's id for
         random weights), precision and generator settings (JSON-serialisable)."""
-        from .devices import dtype_name
         from .text_cache import model_fingerprints, weights_fingerprint
 
         ident = {"generator": "sam2-amg", "model": self.name, "dtype": dtype_name(self.dtype),
