@@ -314,8 +314,8 @@ def demo(
     try:
         seg = _load(clip, clip_weights, vfm, vfm_weights, effective(method)[0], device, dtype, text_cache=not no_cache)
         source = open_masks(request, seg, dtype, echo=_say)
-    except GlaclipError as exc:
-        problem = str(exc)
+    except GlaclipError as exc:  # missing weights (SAM 2's too): the page opens and names the files
+        seg, problem = None, str(exc)
         _say(f"glaclip: {problem}")
     _say(f"glaclip: demo on http://{host}:{port} (Ctrl+C to stop)")
     launch(seg, problem, host, port, method, sam=source)
