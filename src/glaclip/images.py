@@ -71,21 +71,26 @@ def load_image(image: ImageInput) -> np.ndarray:
     raise GlaclipError(f"unsupported image type {type(image).__name__}; give a path, PIL image, array or tensor")
 
 
+def open_header(path: Path) -> Image.Image:
+    """Image.open (the header only) with glaclip's pixel limit in place of Pillow's decompression-bomb
+    guard, which Image.open applies from a process-wide setting: the guard is lifted only around the
+    header read, one thread at a time. The caller checks the size (`check_size`) before loading."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
 def _open(path: Path) -> Image.Image:
     if not path.exists():
         raise GlaclipError(f"image not found: {path}")
     if path.is_dir():
         raise GlaclipError(f"expected an image file, got a directory: {path}")
     try:
-        # our own pixel limit replaces Pillow's decompression-bomb guard, which Image.open applies from a
-        # process-wide setting: lift it only around the header read, one thread at a time
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                img = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+        img = open_header(path)
         check_size(*img.size, what=f"image {path}")
         img.load()
     except UnidentifiedImageError:

@@ -140,18 +140,10 @@ def _read_npz(path: Path, size: Sequence[int] | None, what: str) -> np.ndarray:
 
 
 def _read_png(path: Path, size: Sequence[int] | None, what: str) -> np.ndarray:
-    from .images import _OPEN_LOCK, check_size
+    from .images import check_size, open_header
 
     try:
-        # as for images (images._open): glaclip's pixel limit replaces Pillow's process-wide bomb guard,
-        # lifted only around the header read, under the same lock
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                img = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+        img = open_header(path)  # glaclip's pixel limit in place of Pillow's bomb guard, as for images
         if img.format != "PNG":
             raise GlaclipError(f"{path}: not a PNG file (it is {img.format or 'of unknown format'})")
         if img.mode not in _PNG_MODES:
