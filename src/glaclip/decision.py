@@ -72,6 +72,13 @@ class Segmentation:
         with np.errstate(invalid="ignore"):
             return sums / counts
 
+    def to_supervision(self):
+        """This result as `supervision.Detections`, one detection per class present (needs the extra
+        `glaclip[supervision]`; see `glaclip.integrations.supervision`)."""
+        from .integrations.supervision import to_detections
+
+        return to_detections(self)
+
     def shares(self) -> dict[str, float]:
         """Fraction of the image's pixels given to each class."""
         counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
