@@ -1,9 +1,8 @@
 """Adapters from glaclip's public API to the tools people label and inspect data with.
 
-Each module is a thin layer over `Segmenter.from_pretrained` / `predict`, behind an optional extra
-where it needs another package: `supervision` (`glaclip[supervision]`), `pipeline` (the Hugging Face
-image-segmentation shape, no extra).
-Importing this package imports none of those tools.
+Each module is a thin layer over `Segmenter.from_pretrained` / `predict` behind an optional extra:
+`supervision` (`glaclip[supervision]`), `pipeline` (the Hugging Face image-segmentation shape, no
+extra), `cvat` (`glaclip[cvat]`). Importing this package imports none of those tools.
 """
 
 from __future__ import annotations
