@@ -1,5 +1,7 @@
 """What every integration reports (Segmentation.mean_probs) and the Hugging Face pipeline shape."""
 
+import sys
+
 import numpy as np
 import pytest
 from conftest import structured_image
@@ -88,3 +90,12 @@ def test_glaclip_pipeline_loads_through_from_pretrained(tiny_files):
     assert {e["label"] for e in out} <= {"a", "b"}
     with pytest.raises(GlaclipError):
         glaclip.pipeline(method="no-such-method", device="cpu", **tiny_files)
+
+
+def test_cvat_module_without_cvat_sdk_names_the_extra(monkeypatch):
+    from glaclip.integrations import cvat
+
+    monkeypatch.setitem(sys.modules, "cvat_sdk.masks", None)  # import cvat_sdk.masks -> ImportError
+    monkeypatch.setattr(cvat.Segmenter, "from_pretrained", None)  # and no model is loaded before saying so
+    with pytest.raises(GlaclipError, match=r"glaclip\[cvat\]"):
+        cvat.create("sky, road")

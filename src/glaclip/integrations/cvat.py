@@ -77,7 +77,8 @@ def create(classes: str, method: str | None = None, clip: str | None = None, cli
     classes: the class list in the class syntax ("sky, car; vehicle, road"); the other parameters
     as `Segmenter.from_pretrained` (None: its defaults). polygons: return polygons instead of masks.
     """
-    parse_classes(classes)  # a bad class list fails before the models load
+    parse_classes(classes)  # a bad class list or a missing extra fails before the models load
+    require("cvat_sdk.masks", "cvat")
     given = {"clip": clip, "clip_weights": clip_weights, "vfm": vfm, "vfm_weights": vfm_weights}
     seg = Segmenter.from_pretrained(method=method, device=device, dtype=dtype, dataset=dataset, protocol=protocol,
                                     progress=False, **{k: v for k, v in given.items() if v is not None})
