@@ -11,7 +11,7 @@ from conftest import structured_image
 from PIL import Image
 
 from glaclip import GlaclipError
-from glaclip.integrations.cvat import polygons
+from glaclip.integrations.cvat import mask_polygons
 
 cvataa = pytest.importorskip("cvat_sdk.auto_annotation")
 driver = pytest.importorskip("cvat_sdk.auto_annotation.driver")
@@ -102,7 +102,7 @@ def test_polygons_when_cvat_asks_and_when_the_function_is_told(function, tiny_fi
     validate(function, shapes, conv_mask_to_poly=True)
     assert {s.type.value for s in shapes} == {"polygon"}
     present = np.unique(seg.labels).tolist()
-    assert sorted({s.label_id for s in shapes}) == [c for c in present if polygons(seg.labels == c)]
+    assert sorted({s.label_id for s in shapes}) == [c for c in present if mask_polygons(seg.labels == c)]
     covered = np.zeros(seg.labels.shape, bool)
     for c in present:
         filled = np.zeros(seg.labels.shape, np.uint8)
@@ -123,7 +123,7 @@ def test_polygons_fill_back_to_the_mask(shape):
     mask = {"rectangle": (yy >= 10) & (yy < 40) & (xx >= 5) & (xx < 70),
             "disk": (yy - 30) ** 2 + (xx - 40) ** 2 <= 20**2,
             "two parts": ((yy - 15) ** 2 + (xx - 15) ** 2 <= 100) | ((yy >= 35) & (xx >= 50))}[shape]
-    polys = polygons(mask)
+    polys = mask_polygons(mask)
     assert len(polys) == (2 if shape == "two parts" else 1)
     filled = np.zeros(mask.shape, np.uint8)
     cv2.fillPoly(filled, [np.array(p).reshape(-1, 2).astype(np.int32) for p in polys], 1)

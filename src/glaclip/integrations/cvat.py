@@ -50,7 +50,7 @@ class GlaclipFunction:
                 continue
             mask = seg.labels == c
             if as_polygons:
-                shapes += [self._cvataa.polygon(c, points) for points in polygons(mask)]
+                shapes += [self._cvataa.polygon(c, points) for points in mask_polygons(mask)]
             else:
                 ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
                 box = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]  # x1, y1, x2, y2 (exclusive)
@@ -58,7 +58,7 @@ class GlaclipFunction:
         return shapes
 
 
-def polygons(mask: np.ndarray) -> list[list[float]]:
+def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     """The outer contours of a boolean H x W mask's connected parts, each as [x0, y0, x1, y1, ...]
     through its boundary pixels' centres (OpenCV, straight runs reduced to their ends); parts whose
     contour has fewer than 3 corners (one-pixel-wide lines, single pixels) are left out."""
