@@ -7,6 +7,7 @@
 """
 
 from .errors import GlaclipError
+from .integrations.pipeline import pipeline
 from .presets import AttentionConfig, DecisionConfig, Preset, WindowConfig
 from .protocols import PRESETS, effective, get_preset, resolve
 from .segmenter import Segmentation, Segmenter
@@ -16,5 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Segmenter", "Segmentation", "Preset", "PRESETS", "get_preset", "WindowConfig", "AttentionConfig",
-    "DecisionConfig", "GlaclipError", "resolve", "effective", "parse_classes", "read_class_file", "__version__",
+    "DecisionConfig", "GlaclipError", "resolve", "effective", "parse_classes", "read_class_file", "pipeline",
+    "__version__",
 ]

@@ -12,7 +12,7 @@ threshold). The area threshold (SCLIP), a rule over the whole image, is a first 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,10 +36,13 @@ class Segmentation:
     """
 
     def __init__(self, labels: np.ndarray, probs: np.ndarray | None, classes: list[str], preset: Preset,
-                 probs_fn: Callable[[], np.ndarray] | None = None):
+                 probs_fn: Callable[[], np.ndarray] | None = None,
+                 rows_fn: Callable[[int, int], np.ndarray] | None = None, bands: list[tuple[int, int]] | None = None):
         self.labels = labels
         self._probs = probs
         self._probs_fn = probs_fn
+        self._rows_fn = rows_fn  # rows y0..y1-1 of the probabilities, for the `bands` (lazy results only)
+        self._bands = bands
         self.classes = classes
         self.preset = preset
 
@@ -48,6 +51,35 @@ class Segmentation:
         if self._probs is None:
             self._probs = self._probs_fn()
         return self._probs
+
+    def prob_bands(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """The probabilities a band of rows at a time, (y0, y1, C x (y1 - y0) x W), without building
+        the whole C x H x W array of a large image when it has not been read yet."""
+        if self._probs is None and self._rows_fn is not None:
+            for y0, y1 in self._bands:
+                yield y0, y1, self._rows_fn(y0, y1)
+        else:
+            yield 0, self.labels.shape[0], self.probs
+
+    def mean_probs(self) -> np.ndarray:
+        """Each class's probability averaged over the pixels labelled with it (C, float64; NaN for a
+        class no pixel has): the confidence the integrations report for a class's mask."""
+        c = len(self.classes)
+        sums, counts = np.zeros(c), np.zeros(c)
+        for y0, y1, p in self.prob_bands():
+            lab = self.labels[y0:y1]
+            own = np.take_along_axis(p, lab[None], axis=0)[0]  # each pixel's probability of its own label
+            sums += np.bincount(lab.ravel(), weights=own.ravel().astype(np.float64), minlength=c)
+            counts += np.bincount(lab.ravel(), minlength=c)
+        with np.errstate(invalid="ignore"):
+            return sums / counts
+
+    def to_supervision(self):
+        """This result as `supervision.Detections`, one detection per class present (needs the extra
+        `glaclip[supervision]`; see `glaclip.integrations.supervision`)."""
+        from .integrations.supervision import to_detections
+
+        return to_detections(self)
 
     def shares(self) -> dict[str, float]:
         """Fraction of the image's pixels given to each class."""
@@ -143,4 +175,8 @@ def decide(canvas: torch.Tensor, resized: torch.Tensor, size: tuple[int, int], q
             out[:, y0:y1] = finish(band_probs(y0, y1)).cpu().numpy()
         return out
 
-    return Segmentation(labels, probs, list(queries.names), preset, probs_fn=None if eager else all_probs)
+    def rows(y0: int, y1: int) -> np.ndarray:
+        return finish(band_probs(y0, y1)).cpu().numpy().astype(out_dtype, copy=False)
+
+    return Segmentation(labels, probs, list(queries.names), preset, probs_fn=None if eager else all_probs,
+                        rows_fn=None if eager else rows, bands=bands)
