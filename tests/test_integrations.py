@@ -99,3 +99,19 @@ def test_cvat_module_without_cvat_sdk_names_the_extra(monkeypatch):
     monkeypatch.setattr(cvat.Segmenter, "from_pretrained", None)  # and no model is loaded before saying so
     with pytest.raises(GlaclipError, match=r"glaclip\[cvat\]"):
         cvat.create("sky, road")
+
+
+def test_pipeline_passes_region_masks_to_mask_methods(files6):
+    """A mask method through the pipeline: one map per image, the same result as predict(masks=)."""
+    from glaclip import Segmenter
+
+    seg = Segmenter.from_pretrained(method="corrclip", device="cpu", dtype="fp32", **files6)
+    images = [structured_image(60, 80, seed=7), structured_image(50, 70, seed=8)]
+    maps = [np.arange(60 * 80).reshape(60, 80) // 800, (np.arange(50 * 70).reshape(50, 70) // 500)[::-1].copy()]
+    pipe = SegmentationPipeline(seg)
+    check_entries(pipe(images[0], candidate_labels=CLASSES, masks=maps[0]),
+                  seg.predict(images[0], CLASSES, masks=maps[0]))
+    for entries, rgb, m in zip(pipe(images, candidate_labels=CLASSES, masks=maps), images, maps):
+        check_entries(entries, seg.predict(rgb, CLASSES, masks=m))
+    with pytest.raises(GlaclipError, match="mask"):
+        pipe(images[0], candidate_labels=CLASSES)  # a mask method without masks: the segmenter's one line

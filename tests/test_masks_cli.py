@@ -124,6 +124,12 @@ def test_resume_is_refused_when_the_mask_source_changes(files6, tmp_path):
     log = tmp_path / "o" / ".glaclip-progress" / "rank0.jsonl"
     again = segment(files6, *base, "--masks", str(tmp_path / "m1"))
     assert again.returncode == 0 and len(log.read_text().splitlines()) == 2  # resumed: nothing recomputed
+    # same folder, new content for one image: that image (only) is segmented again, and says so
+    _npz(tmp_path / "m1" / "im1.npz", region_map(48, 64, seed=7))
+    changed = segment(files6, *[a for a in base if a != "-q"], "--masks", str(tmp_path / "m1"))
+    assert changed.returncode == 0, changed.stderr
+    assert "1 finished image(s) have other region masks now than when segmented" in changed.stderr
+    assert [json.loads(r)["output"] for r in log.read_text().splitlines()][2:] == ["im1"]
     other = segment(files6, *base, "--masks", str(tmp_path / "m2"))
     assert other.returncode == 2 and "other settings (masks differ)" in other.stderr, other.stderr
     assert segment(files6, *base, "--masks", str(tmp_path / "m2"), "--overwrite").returncode == 0
@@ -155,6 +161,14 @@ def test_save_masks_writes_what_the_encoding_used(files6, tmp_path):
                     "-o", str(tmp_path / "again"), "-q", *SMALL)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again" / "b_labels.png").is_file()
+    # the output folder is a mask folder: --masks OUT finds sub/b.masks.npz for in/sub/b.png
+    reuse = segment(files6, str(data), "-m", "corrclip", "-c", "sky, road, car", "--masks", str(out),
+                    "-o", str(tmp_path / "reuse"), "-q", *SMALL)
+    assert reuse.returncode == 0, reuse.stderr
+    (rec2,) = map(json.loads, (tmp_path / "reuse" / ".glaclip-progress" / "rank0.jsonl").read_text().splitlines())
+    assert rec2["masks"] == rec["masks"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "reuse" / "sub" / "b_labels.png")),
+                                  np.asarray(Image.open(out / "sub" / "b_labels.png")))
 
 
 def test_eval_with_precomputed_masks_records_their_source(files6, tmp_path):

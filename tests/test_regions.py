@@ -202,14 +202,17 @@ def test_mask_file_for_mirrored_then_flat(tmp_path):
     assert mask_file_for(d, "a.jpg") == flat
     assert mask_file_for(d, tmp_path / "elsewhere" / "a.jpg") == flat  # absolute: by name only
     assert mask_file_for(d, "../a.jpg") == flat  # never outside the folder
+    saved = _touch(d / "sub" / "b.masks.npz")  # what --save-masks writes beside an image's outputs
+    assert mask_file_for(d, "sub/b.jpg") == saved
 
 
 def test_mask_file_for_errors(tmp_path):
     d = tmp_path / "masks"
     d.mkdir()
     msg = one_line_error(mask_file_for, d, "sub/a.jpg")
-    assert msg == f"no mask file for sub/a.jpg in {d} (looked for sub/a.npz, sub/a.png, a.npz, a.png)"
-    assert one_line_error(mask_file_for, d, "a.jpg") == f"no mask file for a.jpg in {d} (looked for a.npz, a.png)"
+    assert msg == f"no mask file for sub/a.jpg in {d} (looked for sub/a.npz, sub/a.png, sub/a.masks.npz, a.npz, a.png, a.masks.npz)"
+    assert one_line_error(mask_file_for, d, "a.jpg") == \
+        f"no mask file for a.jpg in {d} (looked for a.npz, a.png, a.masks.npz)"
     _touch(d / "sub" / "a.npz")
     Image.fromarray(ids().astype(np.uint16)).save(d / "sub" / "a.png")
     one_line_error(mask_file_for, d, "sub/a.jpg", must=[d / "sub" / "a.npz", d / "sub" / "a.png"])

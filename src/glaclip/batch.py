@@ -182,6 +182,19 @@ def _complete(rec: dict | None, it: Item, out: Path, opts: Options) -> bool:
     return kinds <= files.keys() and all((out / f).exists() for k, f in files.items() if k in _kept_kinds(opts))
 
 
+def _masks_changed(rec: dict | None, it: Item, opts: Options) -> bool:
+    """A finished image whose mask file now holds other masks than it was segmented with (the run's
+    identity has the mask folder's path, not its content): it is segmented again."""
+    if not rec or opts.masks is None or opts.masks.generates or is_encoding_file(it.path) or "masks" not in rec:
+        return False
+    from .regions import load_masks
+
+    try:
+        return fingerprint(load_masks(opts.masks.file_for(it.name))) != rec["masks"]
+    except GlaclipError:
+        return True  # gone or unreadable now: processing it again reports why
+
+
 def _file_name(it: Item, loaded: _Loaded, root: Path) -> str:
     """COCO's file_name: the image's path relative to the input root (for a saved encoding, the path
     of the image it was made from, relative to the root where it lies under it)."""
@@ -233,7 +246,17 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     mine = items[shard.rank :: shard.world]
     root = input_root(items)
 
-    todo = [it for it in mine if not _complete(started.done.get(it.rel), it, out, opts)]
+    todo, changed = [], []
+    for it in mine:
+        rec = started.done.get(it.rel)
+        if not _complete(rec, it, out, opts):
+            todo.append(it)
+        elif _masks_changed(rec, it, opts):
+            todo.append(it)
+            changed.append(it.name)
+    if changed and echo is not None:
+        echo(f"{len(changed)} finished image(s) have other region masks now than when segmented, segmenting "
+             f"them again (first: {changed[0]})")
     if todo:
         seg.query_embeddings(queries)  # once, with its own progress bar, before the images' bar starts
     palette = distinct_palette(len(queries))

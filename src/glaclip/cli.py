@@ -157,7 +157,8 @@ def segment(
     opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
                    batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding,
                    masks=source, save_masks=bool(request and request.save))
-    result = segment_collection(seg, items, queries, out, opts, shard=shard, progress=not quiet)
+    result = segment_collection(seg, items, queries, out, opts, shard=shard, progress=not quiet,
+                                echo=None if quiet else _say)
     if shard.rank == 0 and not quiet:
         _say(f"glaclip: {len(items) - result.get('failed', 0)} of {len(items)} images segmented into {out}"
              + (f"; summary in {out / 'summary.csv'}" if "summary" in result else ""))

@@ -35,7 +35,9 @@ def output_paths(out: Path, rel: str, save_probs: bool = False, overlay: bool = 
     if encoding:
         paths["encoding"] = base.with_name(base.name + SUFFIX)
     if masks:
-        paths["masks"] = base.with_name(base.name + ".masks.npz")
+        from .regions import SAVED_SUFFIX
+
+        paths["masks"] = base.with_name(base.name + SAVED_SUFFIX)
     return paths
 
 

@@ -37,6 +37,7 @@ __all__ = ["MASK_KEY", "MASK_SUFFIXES", "load_masks", "check_masks", "mask_file_
 
 MASK_KEY = "instance_mask"  # the array's name in a .npz mask file, as the release writes them
 MASK_SUFFIXES = (".npz", ".png")
+SAVED_SUFFIX = ".masks.npz"  # the masks an output folder keeps beside each image's outputs (`export.output_paths`)
 _INT32_MAX = int(np.iinfo(np.int32).max)
 _PNG_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B"}  # one channel of integers, read without conversion
 
@@ -163,8 +164,9 @@ def _read_png(path: Path, size: Sequence[int] | None, what: str) -> np.ndarray:
 def mask_file_for(mask_dir: str | Path, relative: str | Path) -> Path:
     """The mask file of the input image whose path relative to the input root is `relative`.
 
-    Looks for DIR/sub/a.npz or DIR/sub/a.png (mirrored like outputs), then the flat DIR/a.npz or
-    DIR/a.png (the release's region_masks folders are flat, named by image stem). None: GlaclipError
+    Looks for DIR/sub/a.npz, DIR/sub/a.png or DIR/sub/a.masks.npz (mirrored like outputs; the last
+    is what `--save-masks` writes, so an output folder is a mask folder), then the same names flat in
+    DIR (the release's region_masks folders are flat, named by image stem). None: GlaclipError
     naming the places looked at; an .npz and a .png at the same place: GlaclipError naming both."""
     mask_dir, relative = Path(mask_dir), Path(relative)
     if not mask_dir.is_dir():
@@ -174,7 +176,7 @@ def mask_file_for(mask_dir: str | Path, relative: str | Path) -> Path:
     places = [relative.parent] + ([Path()] if relative.parent != Path() else [])
     looked = []
     for place in places:
-        candidates = [place / (relative.stem + s) for s in MASK_SUFFIXES]
+        candidates = [place / (relative.stem + s) for s in (*MASK_SUFFIXES, SAVED_SUFFIX)]
         looked += candidates
         found = [mask_dir / c for c in candidates if (mask_dir / c).is_file()]
         if len(found) > 1:
