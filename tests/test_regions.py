@@ -210,7 +210,8 @@ def test_mask_file_for_errors(tmp_path):
     d = tmp_path / "masks"
     d.mkdir()
     msg = one_line_error(mask_file_for, d, "sub/a.jpg")
-    assert msg == f"no mask file for sub/a.jpg in {d} (looked for sub/a.npz, sub/a.png, sub/a.masks.npz, a.npz, a.png, a.masks.npz)"
+    assert msg == (f"no mask file for sub/a.jpg in {d} "
+                   "(looked for sub/a.npz, sub/a.png, sub/a.masks.npz, a.npz, a.png, a.masks.npz)")
     assert one_line_error(mask_file_for, d, "a.jpg") == \
         f"no mask file for a.jpg in {d} (looked for a.npz, a.png, a.masks.npz)"
     _touch(d / "sub" / "a.npz")
