@@ -1,0 +1,155 @@
+"""Several methods on one image, side by side: each method's map, time and peak memory (`glaclip compare`).
+
+Each method is loaded, run and released in turn, so its peak memory is its own. Region masks are
+read or generated (SAM 2) once and given to every method that reads them; generating them is timed
+as a row of its own. Text embeddings are made before the clock starts, as in `glaclip bench`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .bench import PeakMemory
+from .errors import GlaclipError
+from .visualize import _font, distinct_palette, overlay_with_legend
+
+__all__ = ["MethodRun", "compare", "comparison_figure", "table_lines"]
+
+
+@dataclass
+class MethodRun:
+    """One method's result on the image: its map and what it cost (`seconds`, `peak_mb`: `predict` only;
+    `load_seconds`: loading its models)."""
+
+    method: str
+    preset_line: str
+    models_line: str
+    classes: list[str]
+    labels: np.ndarray | None
+    seconds: float
+    peak_mb: float
+    load_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "seconds": self.seconds, "peak_mb": self.peak_mb,
+                "load_seconds": self.load_seconds, "preset": self.preset_line, "models": self.models_line,
+                "classes": self.classes}
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compare(rgb: np.ndarray, entries: Sequence[tuple], load: Callable, masks=None,
+            mask_source: Callable[[], object] | None = None, echo: Callable[[str], None] | None = None
+            ) -> list[MethodRun]:
+    """Run each method on one H x W x 3 uint8 image.
+
+    entries: (method name, preset, class queries) per method, in order (`protocols.effective`).
+    load(preset) -> Segmenter. masks: an H x W region map for the methods that read masks; else
+    mask_source() -> a generating `mask_source.MaskSource` (or None), asked after the first such
+    method loaded: the masks are made once, their time and peak memory a row of their own.
+    """
+    runs: list[MethodRun] = []
+    for method, preset, queries in entries:
+        start = time.perf_counter()
+        seg = load(preset)
+        load_seconds = time.perf_counter() - start
+        if seg.needs_masks and masks is None:
+            source = mask_source() if mask_source is not None else None
+            if source is None:
+                raise GlaclipError(f"method {method} needs region masks: give --masks FILE or --sam NAME")
+            with PeakMemory(seg.device) as peak:
+                start = time.perf_counter()
+                masks = source.generate(rgb, "the image")
+                seconds = time.perf_counter() - start
+            runs.append(MethodRun(f"masks: {source.request.sam}", source.describe(), "", [], None,
+                                  seconds, peak.mb, 0.0))
+        seg.query_embeddings(queries)  # text encoding is not part of the image's time
+        with PeakMemory(seg.device) as peak:
+            start = time.perf_counter()
+            result = seg.predict(rgb, queries, masks=masks if seg.needs_masks else None)
+            labels = result.labels
+            if seg.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        runs.append(MethodRun(method, seg.preset.describe(), seg.models_line(), list(queries.names), labels,
+                              seconds, peak.mb, load_seconds))
+        if echo is not None:
+            echo(f"glaclip: {method}: {seconds:.2f} s, peak {peak.mb:.0f} MiB")
+        device = seg.device
+        del seg, result
+        _release(device)
+    return runs
+
+
+def table_lines(runs: Sequence[MethodRun]) -> list[str]:
+    """A Markdown table of the runs: method, seconds, peak MiB, load seconds."""
+    lines = ["| method | seconds | peak MiB | load seconds |", "|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r.method} | {r.seconds:.2f} | {r.peak_mb:.0f} | {r.load_seconds:.1f} |")
+    return lines
+
+
+def comparison_figure(rgb: np.ndarray, runs: Sequence[MethodRun], columns: int = 3, alpha: float = 0.5,
+                      panel_width: int = 640) -> Image.Image:
+    """The image and each method's overlay (with its legend and its time and peak memory as a
+    title), `columns` panels a row, then the table of `table_lines`. A class name has one colour in
+    every panel."""
+    names: list[str] = []
+    for r in runs:
+        names += [n for n in r.classes if n not in names]
+    colours = dict(zip(names, distinct_palette(len(names))))
+    scale = min(1.0, panel_width / rgb.shape[1])
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+    panels = [("image", Image.fromarray(small))]
+    for r in runs:
+        if r.labels is None:
+            continue
+        labels = np.asarray(Image.fromarray(r.labels.astype(np.int32)).resize(size, Image.NEAREST))
+        palette = np.array([colours[n] for n in r.classes], dtype=np.uint8).reshape(-1, 3)
+        shares = np.bincount(labels.ravel(), minlength=len(r.classes)) / labels.size
+        panels.append((f"{r.method}: {r.seconds:.2f} s, {r.peak_mb:.0f} MiB",
+                       overlay_with_legend(small, labels, r.classes, palette, alpha, shares)))
+    title_font = _font(18, [p[0] for p in panels])
+    title_h, pad = 30, 8
+    cell_w = size[0] + 2 * pad
+    cell_h = max(p.height for _, p in panels) + title_h + pad
+    cols = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // cols)
+    header = ["method", "seconds", "peak MiB", "load seconds"]
+    cells = [header] + [[r.method, f"{r.seconds:.2f}", f"{r.peak_mb:.0f}", f"{r.load_seconds:.1f}"] for r in runs]
+    table_font = _font(16, [c for row in cells for c in row])
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    col_w = [max(int(probe.textlength(row[j], font=table_font)) for row in cells) + 24 for j in range(len(header))]
+    line_h = 22
+    width = max(cols * cell_w, 2 * pad + sum(col_w))
+    canvas = Image.new("RGB", (width, rows * cell_h + len(cells) * line_h + 3 * pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, (title, panel) in enumerate(panels):
+        x, y = (k % cols) * cell_w + pad, (k // cols) * cell_h
+        draw.text((x, y + title_h // 2), title, fill=(0, 0, 0), font=title_font, anchor="lm")
+        canvas.paste(panel, (x, y + title_h))
+    y = rows * cell_h + pad
+    for i, row in enumerate(cells):
+        x = pad
+        for j, text in enumerate(row):
+            if j:  # numbers right-aligned in their column
+                draw.text((x + col_w[j] - 12, y), text, fill=(0, 0, 0), font=table_font, anchor="ra")
+            else:
+                draw.text((x, y), text, fill=(0, 0, 0), font=table_font)
+            x += col_w[j]
+        if i == 0:
+            draw.line([(pad, y + line_h - 3), (pad + sum(col_w), y + line_h - 3)], fill=(0, 0, 0))
+        y += line_h
+    return canvas
