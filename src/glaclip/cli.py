@@ -1,4 +1,4 @@
-"""Command line: `glaclip segment`, `glaclip eval`, `glaclip presets`, `glaclip datasets`."""
+"""Command line: `glaclip segment`, `glaclip eval`, `glaclip presets`, `glaclip datasets`, `glaclip labelstudio`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from .cli_cache import cache_app
+from .cli_labelstudio import labelstudio_cmd
 from .cli_options import (
     ClipOpt,
     ClipWeightsOpt,
@@ -357,6 +358,7 @@ def presets(
 
 
 app.add_typer(cache_app, name="cache")
+app.command("labelstudio")(labelstudio_cmd)
 
 
 @app.command()
