@@ -93,7 +93,9 @@ def parse_label_config(xml: str) -> LabelConfig:
             for part in parts:  # each synonym once (case-insensitively), in order
                 if part:
                     group.setdefault(part.lower(), part)
-            synonyms.append(list(group.values()) or [name])
+            if not group:
+                raise GlaclipError(f"empty class name in label {name!r}")
+            synonyms.append(list(group.values()))
         if not labels:
             raise GlaclipError(f"{el.tag} {el.get('name')!r} has no <Label> children: they are the classes")
         return LabelConfig(CONTROLS[el.tag], el.get("name"), targets[0], value[1:], tuple(labels),
