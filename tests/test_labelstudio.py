@@ -15,9 +15,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -274,6 +276,22 @@ def test_one_error_per_failing_task(client, backend, image_file, tmp_path):
     assert bad["error"].startswith("task 1: the label config has no BrushLabels")
 
 
+def test_an_unexpected_failure_stays_in_its_task(segmenter, image_file, monkeypatch):
+    backend = Backend(segmenter)
+    calls = []
+
+    def flaky(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            raise RuntimeError("out of\nmemory")
+        return segmenter.predict(path, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "segmenter", SimpleNamespace(predict=flaky))
+    tasks = [{"id": i, "data": {"image": str(image_file)}} for i in (1, 2)]
+    first, second = backend.predict({"tasks": tasks, "label_config": BRUSH})["results"]
+    assert first == {"error": "task 1: internal error: RuntimeError: out of memory"} and second["result"]
+
+
 class _LabelStudioFiles(http.server.BaseHTTPRequestHandler):
     """Serves one image under /data/upload/ as Label Studio does: only with a valid token, legacy
     ("Token KEY") or an access token ("Bearer ...") traded at /api/token/refresh/ for a personal one."""
@@ -395,7 +413,8 @@ def _tail(log: Path) -> str:
 def test_end_to_end_with_a_real_label_studio_server(tmp_path, tiny_files, reference, image_file):
     """Project with a BrushLabels config, an image and a task whose image is missing, the backend
     connected through Label Studio's ML API, predictions retrieved by its data manager action, read
-    back from /api/predictions and decoded with Label Studio's own decoder to glaclip's label map."""
+    back from /api/predictions and decoded with Label Studio's own decoder to glaclip's label map;
+    then the image fetched with a personal access token."""
     import httpx
 
     exe = os.environ.get(LS_ENV) or shutil.which("label-studio")
@@ -420,7 +439,7 @@ def test_end_to_end_with_a_real_label_studio_server(tmp_path, tiny_files, refere
             assert _wait(f"http://127.0.0.1:{ml_port}/health", ml, 120) >= 0, _tail(ml_log)
             up = _wait(f"http://127.0.0.1:{ls_port}/health", ls, limit)
             if up < 0:
-                why = "exited" if up == -1 else f"did not answer within {limit:.0f} s"
+                why = f"exited with code {ls.returncode}" if up == -1 else f"did not answer within {limit:.0f} s"
                 pytest.skip(f"the Label Studio server {why} ({exe}): {_tail(ls_log)}")
             print(f"Label Studio up in {up:.1f} s")
             _run_end_to_end(httpx.Client(base_url=f"http://127.0.0.1:{ls_port}", timeout=120,
@@ -467,3 +486,10 @@ def _run_end_to_end(api, ml_port, seg, image_file, ml_log):
         decoded[mask] = labels.index(region["value"]["brushlabels"][0])
     np.testing.assert_array_equal(decoded, seg.labels)
     assert f"task {bad}: cannot fetch" in ml_log.read_text()
+    # a personal access token (what --api-key / LABEL_STUDIO_API_KEY usually holds) fetches the image too
+    pat = api.post("/api/token/")
+    assert pat.status_code in (200, 201), pat.text
+    image_url = next(url for url in tasks if "missing" not in url)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = ImageSource(str(api.base_url), pat.json()["token"]).fetch(image_url, None, Path(tmp))
+        assert path.read_bytes() == image_file.read_bytes()

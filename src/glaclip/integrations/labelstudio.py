@@ -286,7 +286,8 @@ class Backend:
 
     def predict(self, body: dict) -> dict:
         """/predict: one entry per task, in order: a prediction, or {"error": "one line"}."""
-        tasks = body.get("tasks") or []
+        tasks = body.get("tasks")
+        tasks = tasks if isinstance(tasks, list) else []
         try:
             config = parse_label_config(str(body.get("label_config") or ""))
         except GlaclipError as exc:
@@ -298,8 +299,10 @@ class Backend:
                 if config is None:
                     raise GlaclipError(problem)
                 results.append(self._predict_task(task, config, body.get("project")))
-            except GlaclipError as exc:
-                line = f"task {ident}: {one_line(exc)}"
+            except Exception as exc:  # one task's failure, whatever it is, is that task's alone
+                why = one_line(exc) if isinstance(exc, GlaclipError) else f"internal error: {type(exc).__name__}: " \
+                    f"{one_line(exc)}"
+                line = f"task {ident}: {why}"
                 self.echo(line)
                 results.append({"error": line})
         failed = sum("error" in r for r in results)
