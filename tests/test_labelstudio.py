@@ -363,11 +363,27 @@ def test_methods_reading_region_masks_are_refused(tiny_files):
         Backend(seg)
 
 
+def test_without_the_extra_one_line_names_it_before_models_load(backend, monkeypatch):
+    from typer.testing import CliRunner
+
+    from glaclip import Segmenter, cli
+    from glaclip.integrations.labelstudio import create_app
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
+    with pytest.raises(GlaclipError, match=r"glaclip\[labelstudio\]"):
+        create_app(backend)
+    monkeypatch.setattr(Segmenter, "from_pretrained", None)  # no model is loaded before saying so
+    done = CliRunner().invoke(cli.app, ["labelstudio", "--port", "9"])
+    assert isinstance(done.exception, GlaclipError) and "glaclip[labelstudio]" in str(done.exception)
+
+
 def test_cli_errors_before_loading_models(tmp_path):
     done = subprocess.run([sys.executable, "-m", "glaclip", "labelstudio", "--method", "nope",
                            "--clip-weights", str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "glaclip: error:" in done.stderr
     assert "nope" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "glaclip", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "labelstudio" in done.stdout
 
 
 # --- end to end against a real Label Studio server ------------------------------------------------------------
