@@ -120,8 +120,8 @@ def brush_rle(mask: np.ndarray) -> list[int]:
     bytes, a full zero byte when already whole (as Label Studio's encoder does).
     """
     flat = np.asarray(mask, dtype=bool).ravel()
-    if flat.size == 0:
-        raise GlaclipError("cannot encode an empty mask")
+    if flat.size == 0 or flat.size * 4 >= 2**32:
+        raise GlaclipError(f"Label Studio's brush format holds 1 to {2**30 - 1} pixels, not {flat.size}")
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     starts = np.concatenate([[0], edges])
     lengths = np.diff(np.concatenate([starts, [flat.size]])) * 4  # 4 channel values per pixel
