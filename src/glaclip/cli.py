@@ -1,4 +1,5 @@
-"""Command line: `glaclip segment`, `glaclip eval`, `glaclip compare`, `glaclip presets`, `glaclip datasets`."""
+"""Command line: `glaclip segment`, `glaclip eval`, `glaclip compare`, `glaclip presets`, `glaclip datasets`,
+`glaclip labelstudio`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import typer
 
 from .cli_cache import cache_app
 from .cli_compare import compare_cmd
+from .cli_labelstudio import labelstudio_cmd
 from .cli_options import (
     ClipOpt,
     ClipWeightsOpt,
@@ -360,6 +362,7 @@ def presets(
 
 app.add_typer(cache_app, name="cache")
 app.command("compare")(compare_cmd)
+app.command("labelstudio")(labelstudio_cmd)
 
 
 @app.command()

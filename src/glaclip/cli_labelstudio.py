@@ -1,0 +1,66 @@
+"""`glaclip labelstudio`: the options of the Label Studio ML backend (registered on `cli.app`); the
+backend itself is `integrations.labelstudio`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .cli_options import (
+    ClipOpt,
+    ClipWeightsOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MethodOpt,
+    NoCacheOpt,
+    ProtocolOpt,
+    SetOpt,
+    VfmOpt,
+    VfmWeightsOpt,
+    parse_overrides,
+)
+from .methods import DEFAULT_METHOD
+from .models import DEFAULT_VFM
+
+
+def labelstudio_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (0.0.0.0 for all)."),
+    port: int = typer.Option(9090, "--port", help="Port to serve on."),
+    url: Optional[str] = typer.Option(None, "--url", envvar="LABEL_STUDIO_URL", help="Label Studio's URL, to fetch "
+                                      "task images from (default: the hostname Label Studio sends on connecting)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False,
+                                          help="Label Studio API key: a personal access token or a legacy token "
+                                          "(default: the token Label Studio sends on connecting)."),
+    method: MethodOpt = DEFAULT_METHOD,
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Use this benchmark's protocol row."),
+    protocol: ProtocolOpt = None,
+    prob_thd: Optional[float] = typer.Option(None, "--prob-thd", help="Pixels whose top probability is below this get "
+                                             "the first label (list a background label first)."),
+    settings: SetOpt = [],
+    clip: ClipOpt = None,
+    clip_weights: ClipWeightsOpt = None,
+    vfm: VfmOpt = DEFAULT_VFM,
+    vfm_weights: VfmWeightsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Serve a Label Studio ML backend (needs: pip install 'glaclip\\[labelstudio]').
+
+    Classes are the Labels of the project's BrushLabels (brush masks) or PolygonLabels (polygons);
+    ';' in a label's value or its hint attribute gives synonyms. Connect it in the project's Model
+    settings (Label Studio on this machine needs ML_BLOCK_LOCAL_IP=false to reach a local backend).
+    """
+    from .cli import _load, _say
+    from .integrations import require
+    from .integrations.labelstudio import Backend, ImageSource, serve
+    from .protocols import effective
+
+    require("fastapi", "labelstudio"), require("uvicorn", "labelstudio")  # before the models load
+    preset, _ = effective(method, dataset, protocol, parse_overrides(settings))
+    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, text_cache=not no_cache)
+    backend = Backend(seg, ImageSource(url, api_key), prob_thd=prob_thd, echo=lambda line: _say(f"glaclip: {line}"))
+    _say(f"glaclip: Label Studio ML backend on http://{host}:{port} (model version {backend.version}; Ctrl+C to "
+         "stop)")
+    serve(backend, host, port)
