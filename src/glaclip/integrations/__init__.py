@@ -2,7 +2,8 @@
 
 Each module is a thin layer over `Segmenter.from_pretrained` / `predict` behind an optional extra:
 `supervision` (`glaclip[supervision]`), `pipeline` (the Hugging Face image-segmentation shape, no
-extra), `cvat` (`glaclip[cvat]`). Importing this package imports none of those tools.
+extra), `cvat` (`glaclip[cvat]`), `fiftyone` (`glaclip[fiftyone]`). Importing this package imports
+none of those tools.
 """
 
 from __future__ import annotations
