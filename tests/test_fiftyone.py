@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -18,20 +17,23 @@ from glaclip import GlaclipError
 from glaclip.collection import collect
 from glaclip.export import mask_image
 
-os.environ.pop("FIFTYONE_DATABASE_URI", None)  # never a database of the user's
-os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix="glaclip-test-fiftyone-db-")
-os.environ.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false",
-                  FIFTYONE_SHOW_PROGRESS_BARS="false")
-
 CLASSES = "background, sky, road; street, car; vehicle"
 NAMES = ["background", "sky", "road", "car"]
 
 
 @pytest.fixture(scope="module")
-def fo():
-    fo = pytest.importorskip("fiftyone", reason="fiftyone is not installed (pip install 'glaclip[fiftyone]')")
-    assert fo.config.database_dir == os.environ["FIFTYONE_DATABASE_DIR"], "FiftyOne was configured before this module"
-    return fo
+def fo(tmp_path_factory):
+    """FiftyOne, its database (the bundled MongoDB, started on first use) in pytest's temporary folder
+    (kept for the last 3 sessions, as pytest does), never the user's ~/.fiftyone nor a database URI."""
+    settings = {"database_dir": str(tmp_path_factory.mktemp("fiftyone-db")), "database_uri": None,
+                "do_not_track": True, "database_validation": False, "show_progress_bars": False}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("FIFTYONE_DATABASE_URI", raising=False)
+        mp.setenv("FIFTYONE_DATABASE_DIR", settings["database_dir"])  # read when fiftyone is imported
+        fo = pytest.importorskip("fiftyone", reason="fiftyone is not installed (pip install 'glaclip[fiftyone]')")
+        for key, value in settings.items():  # in case it was imported before
+            mp.setattr(fo.config, key, value)
+        yield fo
 
 
 @pytest.fixture(scope="module")
