@@ -1,6 +1,6 @@
 """Segmenting whole collections: `glaclip segment` over many images, resumable, sharded under
 torchrun, with background decoding, windows of consecutive images batched into one backbone forward,
-per-image outputs mirrored under --out, a COCO export and a run summary.
+per-image outputs mirrored under --out, a COCO or FiftyOne export and a run summary.
 
 Layout of --out: the per-image files (`export.output_paths`), `glaclip-run.json` (the manifest: the
 inputs and every setting that changes a file's content, which a resume must match, and the kinds of
@@ -8,8 +8,11 @@ extra outputs asked for), `.glaclip-progress/rank<R>.jsonl` (one fsynced line pe
 status, seconds, shares, its files by kind, COCO annotations), and at the end `summary.csv`,
 `summary.json` and with --export coco `coco.json`, written by rank 0 from the logs in input order,
 so an interrupted-and-resumed or a sharded run ends with exactly the files of a plain run.
+--export fiftyone also writes, per image, `fiftyone/data/NAME.EXT` (a hard link to the image, or a
+copy) and `fiftyone/labels/NAME.png` (the label map, grayscale), recorded in the log like the other
+files, and at the end `fiftyone/classes.json` (the class names in index order = mask values).
 
-A rerun that asks for other extra outputs (--save-probs, --save-encoding, --save-masks, --export coco) continues
+A rerun that asks for other extra outputs (--save-probs, --save-encoding, --save-masks, --export) continues
 the run: finished images that lack a newly asked-for kind are recomputed, and at the end rank 0
 removes every file the logs record that this run does not write (the kinds no longer asked for).
 --overwrite starts over: it lists the earlier run's recorded files in `.glaclip-progress/
@@ -42,7 +45,18 @@ from .collection import (
 from .devices import dtype_name
 from .encoding import ImageEncoding, is_encoding_file
 from .errors import GlaclipError
-from .export import coco_annotations, coco_document, image_record, output_paths, write_image_outputs, write_summary
+from .export import (
+    FIFTYONE,
+    FIFTYONE_CLASSES,
+    coco_annotations,
+    coco_document,
+    fiftyone_paths,
+    image_record,
+    output_paths,
+    write_fiftyone_sample,
+    write_image_outputs,
+    write_summary,
+)
 from .files import write_atomic
 from .images import load_image
 from .mask_source import MaskSource, fingerprint
@@ -58,7 +72,7 @@ SUPERSEDED = "superseded.json"  # in PROGRESS: files of an earlier run that the 
 class Options:
     save_probs: bool = False
     alpha: float = 0.5
-    export: str | None = None  # "coco"
+    export: str | None = None  # "coco" or "fiftyone"
     batch_images: int = 4  # images whose windows may share a backbone forward
     workers: int = 2  # background decoding threads
     overwrite: bool = False
@@ -94,9 +108,14 @@ def _extra(seg, opts: Options) -> dict:
 
 
 def _kept_kinds(opts: Options) -> set[str]:
-    """The kinds of per-image files this run writes (the overlay only where the image is at hand)."""
+    """The kinds of per-image files this run writes (the overlay and the FiftyOne image and labels
+    only where the image is at hand)."""
     return {"labels", "overlay", "json"} | ({"probs"} if opts.save_probs else set()) | (
-        {"encoding"} if opts.save_encoding else set()) | ({"masks"} if opts.save_masks else set())
+        {"encoding"} if opts.save_encoding else set()) | ({"masks"} if opts.save_masks else set()) | (
+        {"fiftyone_image", "fiftyone_labels"} if opts.export == FIFTYONE else set())
+
+
+_RUN_LEVEL = {"coco": "coco.json", FIFTYONE: FIFTYONE_CLASSES}  # each export's file written at the end
 
 
 def _files(rec: dict) -> dict[str, str]:
@@ -132,8 +151,8 @@ def _supersede(out: Path, old: dict | None, overwrite: bool) -> None:
     if overwrite:
         for rec in iter_logs(logs):
             listed |= set(_files(rec).values())
-    if old and (old.get("outputs") or {}).get("export") == "coco":
-        listed.add("coco.json")
+    if old and (old.get("outputs") or {}).get("export") in _RUN_LEVEL:
+        listed.add(_RUN_LEVEL[old["outputs"]["export"]])
     if listed:
         logs.mkdir(parents=True, exist_ok=True)
         write_atomic(logs / SUPERSEDED, json.dumps(sorted(listed), indent=0))
@@ -148,15 +167,18 @@ def _superseded(out: Path) -> list[str]:
 
 
 def _remove_recorded(out: Path, rels: set[str]) -> list[str]:
-    """Remove the files `rels` (relative to out) that carry this module's output names and lie inside
-    out (a folder replaced by a link to elsewhere is left alone); then their emptied folders."""
-    ours = output_suffixes() + ("coco.json",)
+    """Remove the files `rels` (relative to out) that carry this module's output names (or lie in the
+    FiftyOne export's data/ and labels/) inside out (a folder replaced by a link to elsewhere is left
+    alone); then their emptied folders. A FiftyOne data/ file is a link to (or copy of) an image:
+    removing it leaves the image alone."""
+    ours = output_suffixes() + tuple(_RUN_LEVEL.values())
     top = os.path.realpath(out)
     removed = []
     for rel in sorted(rels):
         p = PurePosixPath(rel)
         path = out / p
-        if p.is_absolute() or ".." in p.parts or not rel.endswith(ours) or \
+        fiftyone = len(p.parts) > 2 and p.parts[0] == FIFTYONE and p.parts[1] in ("data", "labels")
+        if p.is_absolute() or ".." in p.parts or not (rel.endswith(ours) or fiftyone) or \
                 os.path.commonpath([top, os.path.realpath(path.parent)]) != top:
             continue
         if path.is_symlink() or path.is_file():
@@ -179,6 +201,8 @@ def _complete(rec: dict | None, it: Item, out: Path, opts: Options) -> bool:
     files, kinds = _files(rec), _kept_kinds(opts)
     if is_encoding_file(it.path):
         kinds -= {"encoding", "overlay", "masks"}  # an encoding is not saved again; its overlay needs its image
+        if "overlay" not in files:  # nor can its FiftyOne files be written without the image
+            kinds -= {"fiftyone_image", "fiftyone_labels"}
     return kinds <= files.keys() and all((out / f).exists() for k, f in files.items() if k in _kept_kinds(opts))
 
 
@@ -193,6 +217,13 @@ def _masks_changed(rec: dict | None, it: Item, opts: Options) -> bool:
         return fingerprint(load_masks(opts.masks.file_for(it.name))) != rec["masks"]
     except GlaclipError:
         return True  # gone or unreadable now: processing it again reports why
+
+
+def _source_image(it: Item, loaded: _Loaded) -> Path | None:
+    """The image file an item was segmented from (for a saved encoding: its image, when still there)."""
+    if loaded.enc is None:
+        return Path(it.path)
+    return Path(loaded.enc.image_path) if loaded.rgb is not None else None
 
 
 def _file_name(it: Item, loaded: _Loaded, root: Path) -> str:
@@ -309,6 +340,11 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
                 record["masks"] = {"source": mask_line, "fingerprint": fingerprint(enc.masks)}
             write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
                                 res.probs if opts.save_probs else None, enc)
+            source = _source_image(it, loaded) if opts.export == FIFTYONE else None
+            if source is not None:
+                fo_paths = fiftyone_paths(out, it.rel, source.suffix)
+                write_fiftyone_sample(fo_paths, source, res.labels, len(queries))
+                paths.update(fo_paths)
             entry = {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "ok", "reason": "",
                      "seconds": round(per_image + time.perf_counter() - began, 3),
                      "file_name": _file_name(it, loaded, root),
@@ -337,11 +373,11 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
 
 def _finish(out: Path, items: list[Item], queries: ClassQueries, opts: Options, settings: dict,
             resumed: bool) -> dict:
-    """Summary (and COCO file) from every rank's log, in input order; then remove the files earlier
-    invocations recorded that this run does not write."""
+    """Summary (and COCO file, or FiftyOne class list) from every rank's log, in input order; then
+    remove the files earlier invocations recorded that this run does not write."""
     records = read_logs(out / PROGRESS, "output", order="attempt")
     rows, coco_images = [], []
-    keep = {MANIFEST, "summary.csv", "summary.json"} | ({"coco.json"} if opts.export == "coco" else set())
+    keep = {MANIFEST, "summary.csv", "summary.json"} | ({_RUN_LEVEL[opts.export]} if opts.export else set())
     for it in items:
         rec = records.get(it.rel) or {"status": "missing", "reason": "not processed", "seconds": None}
         rows.append({"image": str(it.path), "output": it.rel, "status": rec["status"], "reason": rec.get("reason", ""),
@@ -356,6 +392,9 @@ def _finish(out: Path, items: list[Item], queries: ClassQueries, opts: Options, 
     if opts.export == "coco":
         write_atomic(out / "coco.json", json.dumps(coco_document(coco_images, queries.names, settings)))
         written["coco"] = str(out / "coco.json")
+    if opts.export == FIFTYONE:
+        write_atomic(out / FIFTYONE_CLASSES, json.dumps(list(queries.names)))
+        written[FIFTYONE] = str(out / FIFTYONE)
     recorded = set(_superseded(out))
     for rec in iter_logs(out / PROGRESS):
         recorded |= set(_files(rec).values())

@@ -87,7 +87,9 @@ def segment(
     save_probs: bool = typer.Option(False, "--save-probs", help="Also write per-class probabilities (.npz, fp16)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Opacity of the colours in the overlay."),
     export: Optional[str] = typer.Option(None, "--export", help="coco: also write OUT/coco.json (one RLE mask per "
-                                         "class present per image)."),
+                                         "class present per image). fiftyone: also write OUT/fiftyone/, a FiftyOne "
+                                         "ImageSegmentationDirectory (data/: the images, hard-linked or copied; "
+                                         "labels/: the label maps) with classes.json (mask value -> class)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over: recompute every image, then remove the "
                                    "earlier run's files not rewritten (default: a rerun resumes, skipping finished "
                                    "images)."),
@@ -122,9 +124,9 @@ def segment(
     Writes, per image, NAME_labels.png (palette PNG, value = class index), NAME_overlay.png (colours
     over the image, legend below), NAME.json (per-class pixel shares and every setting), and with
     --save-probs NAME_probs.npz, mirroring the input folders under --out; then summary.csv/.json (and
-    coco.json with --export coco). A rerun resumes; --processes K (or torchrun --nproc-per-node K)
-    shards the images. Images that cannot be read, or whose region masks are missing or unfit,
-    are listed in the summary and the exit code is non-zero.
+    coco.json with --export coco, fiftyone/ with --export fiftyone). A rerun resumes; --processes K
+    (or torchrun --nproc-per-node K) shards the images. Images that cannot be read, or whose region
+    masks are missing or unfit, are listed in the summary and the exit code is non-zero.
     """
     from .batch import Options, segment_collection
     from .collection import barrier, collect, launch_ranks, leave, shard_from_env
@@ -143,8 +145,8 @@ def segment(
     preset, queries = effective(method, dataset, protocol, overrides, given)
     if queries is None:
         raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
-    if export not in (None, "coco"):
-        raise GlaclipError(f"--export takes coco, not {export!r}")
+    if export not in (None, "coco", "fiftyone"):
+        raise GlaclipError(f"--export takes coco or fiftyone, not {export!r}")
     items = collect(images)
     request = mask_request(masks, sam, sam_weights, preset, save_masks, one_image=len(items) == 1,
                            carried=all(is_encoding_file(it.path) for it in items))

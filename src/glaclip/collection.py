@@ -29,7 +29,7 @@ from .errors import GlaclipError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2")
 # the run's own files at the top of --out: no image's outputs may take these names
 MANIFEST, PROGRESS = "glaclip-run.json", ".glaclip-progress"
-RUN_FILES = (MANIFEST, PROGRESS, "summary.csv", "summary.json", "coco.json")
+RUN_FILES = (MANIFEST, PROGRESS, "summary.csv", "summary.json", "coco.json", "fiftyone")  # fiftyone: --export's folder
 
 
 @dataclass(frozen=True)

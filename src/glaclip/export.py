@@ -1,4 +1,5 @@
-"""Writing segmentation outputs: per-image files, COCO-style RLE annotations and run summaries.
+"""Writing segmentation outputs: per-image files, COCO-style RLE annotations, a FiftyOne image
+segmentation directory and run summaries.
 
 Every file goes through `files.atomic_paths` (temporary name, rename, permissions from the
 umask), so an interrupted run never leaves a half-written output.
@@ -9,10 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from .files import atomic_paths
 from .visualize import label_image, overlay_with_legend
@@ -134,6 +138,47 @@ def coco_document(images: list[dict], classes: Sequence[str], settings: dict) ->
                                        "category_id": ann["class_index"] + 1, "segmentation": ann["segmentation"],
                                        "area": ann["area"], "bbox": ann["bbox"], "iscrowd": 0})
     return doc
+
+
+# ------------------------------------------------------------------------------------ FiftyOne
+
+FIFTYONE = "fiftyone"  # --export fiftyone: OUT/fiftyone/{data,labels}/ (ImageSegmentationDirectory) + classes.json
+FIFTYONE_CLASSES = f"{FIFTYONE}/classes.json"
+
+
+def mask_targets(classes: Sequence[str]) -> dict[int, str]:
+    """FiftyOne's mask targets of a class list: mask value (= class index) -> display name."""
+    return dict(enumerate(classes))
+
+
+def fiftyone_paths(out: Path, rel: str, image_suffix: str) -> dict[str, Path]:
+    """The FiftyOne files of the image with output name `rel`: the image under data/ (its own suffix)
+    and its label map under labels/, with the same relative name, which is how FiftyOne's
+    ImageSegmentationDirectory pairs them."""
+    root = Path(out) / FIFTYONE
+    return {"fiftyone_image": root / "data" / (rel + image_suffix), "fiftyone_labels": root / "labels" / (rel + ".png")}
+
+
+def mask_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """The label map as a grayscale PNG image (value = class index): 8-bit up to 256 classes, else
+    16-bit (FiftyOne reads masks with OpenCV, which turns palette PNGs into colours)."""
+    return Image.fromarray(labels.astype(np.uint8 if num_classes <= 256 else np.uint16))
+
+
+def write_fiftyone_sample(paths: dict[str, Path], source: Path, labels: np.ndarray, num_classes: int) -> None:
+    """One image's FiftyOne files (see `fiftyone_paths`), each under a temporary name then renamed:
+    the image as a hard link to `source` (a copy where the file system cannot link), never opened
+    for writing; the label map as `mask_image`."""
+    image, label = paths["fiftyone_image"], paths["fiftyone_labels"]
+    if not (image.is_file() and os.path.samefile(image, source)):  # renaming a link onto itself would keep both
+        with atomic_paths([image]) as (tmp,):
+            tmp.unlink()
+            try:
+                os.link(source, tmp)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(source, tmp)
+    with atomic_paths([label]) as (tmp,):
+        mask_image(labels, num_classes).save(tmp, format="PNG")
 
 
 # ------------------------------------------------------------------------------------ summaries
