@@ -94,6 +94,12 @@ class SamTower:
     name: str
     weights: str
 
+    def __post_init__(self):
+        # segment_anything encodes prompt coordinates in float32 whatever the model's precision: in fp64
+        # its random Fourier features stay float32 (their products are then promoted to fp64)
+        if self.dtype == torch.float64:
+            self.model.prompt_encoder.pe_layer.float()
+
     @property
     def dtype(self) -> torch.dtype:
         return self.model.image_encoder.patch_embed.proj.weight.dtype
@@ -326,6 +332,9 @@ class Trident(Family):
 
     def prepare(self, rgb: np.ndarray, x: torch.Tensor, window) -> tuple[torch.Tensor, PendingSam]:
         """The CLIP input (`clip_input`) and the image's SAM state (`SamTower.context`, when needed)."""
+        if window.crop == 0 or window.pad_multiple > 1 and window.crop % window.pad_multiple:
+            raise GlaclipError(f"trident splices unpadded windows: crop ({window.crop}) must be a positive multiple "
+                               f"of pad_multiple ({window.pad_multiple})")
         return (clip_input(x, self.backbones.clip.patch_size, window.crop),
                 PendingSam(self.sam, rgb, self.attention.sam_halves))
 
