@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 import trident_reference as ref
 
 pytest.importorskip("segment_anything")
