@@ -343,3 +343,31 @@ def test_from_pretrained_names_missing_sam(tiny_files):
         Segmenter.from_pretrained(method="trident", device="cpu", dtype="fp32", **tiny_files)
     with pytest.raises(GlaclipError, match="Trident"):
         Segmenter.from_pretrained(method="proxyclip", device="cpu", dtype="fp32", sam_weights="random", **tiny_files)
+
+
+def test_cli_segment_with_sam(tiny_files, tmp_path, monkeypatch):
+    """--sam/--sam-weights go to Trident's SAM (here a tiny one in place of sam-vit-b); outputs are written."""
+    import cv2
+    from typer.testing import CliRunner
+
+    import glaclip.trident as trident
+    from glaclip.cli import app
+
+    seen = {}
+
+    def fake_load(name, weights, device="auto", dtype="auto"):
+        seen.update(name=name, weights=weights)
+        return tiny_sam(dtype=torch.float32)
+
+    monkeypatch.setattr(trident, "load_sam", fake_load)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), image()[..., ::-1])
+    args = ["segment", str(img), "-c", "sky, cat", "--method", "trident", "--sam-weights", "random", "-o",
+            str(tmp_path / "out"), "--clip", tiny_files["clip"], "--clip-weights", tiny_files["clip_weights"],
+            "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"], "--device", "cpu",
+            "--set", "short_side=112", "--set", "crop=112", "--set", "stride=48", "--set", "sam_iou_thresh=-1",
+            "--quiet", "--no-cache"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert seen == {"name": "sam-vit-b", "weights": "random"}
+    assert (tmp_path / "out" / "a_labels.png").is_file()

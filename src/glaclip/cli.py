@@ -53,6 +53,17 @@ def _announce(seg, quiet: bool) -> None:
         _say(f"glaclip: {seg.models_line()}")
 
 
+def _split_sam(preset, sam, sam_weights):
+    """--sam/--sam-weights: Trident's own SAM model (sam-vit-b) for a method that aggregates with SAM,
+    else the SAM 2 mask generator. Returns (the segmenter's sam arguments, the mask generator's sam,
+    sam_weights)."""
+    from .methods import METHODS
+
+    if METHODS[preset.method].needs_sam:
+        return {"sam": sam, "sam_weights": sam_weights}, None, None
+    return {}, sam, sam_weights
+
+
 def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, **kwargs):
     """The segmenter every command builds from its model options and an effective preset
     (`protocols.effective`); prints its settings unless quiet."""
@@ -106,7 +117,7 @@ def segment(
                                     "region masks each image was segmented with (key instance_mask)."),
     clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
-    vfm: VfmOpt = DEFAULT_VFM,
+    vfm: VfmOpt = None,
     vfm_weights: VfmWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -143,6 +154,7 @@ def segment(
     if export not in (None, "coco"):
         raise GlaclipError(f"--export takes coco, not {export!r}")
     items = collect(images)
+    own_sam, sam, sam_weights = _split_sam(preset, sam, sam_weights)
     request = mask_request(masks, sam, sam_weights, preset, save_masks, one_image=len(items) == 1,
                            carried=all(is_encoding_file(it.path) for it in items))
     check_writable(out)
@@ -152,7 +164,7 @@ def segment(
     shard = shard_from_env()
     device = rank_device(shard, device)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile, text_cache=not no_cache)
+                compile=compile, text_cache=not no_cache, **own_sam)
     source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
     opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
                    batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding,
@@ -197,7 +209,7 @@ def evaluate_cmd(
     sam_weights: SamWeightsOpt = None,
     clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
-    vfm: VfmOpt = DEFAULT_VFM,
+    vfm: VfmOpt = None,
     vfm_weights: VfmWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -222,6 +234,7 @@ def evaluate_cmd(
     # the protocol's row for this data set, then --set; bad settings fail before the models load
     own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
     preset, _ = effective(method, dataset, protocol, parse_overrides(settings), own)
+    own_sam, sam, sam_weights = _split_sam(preset, sam, sam_weights)
     request = mask_request(masks, sam, sam_weights, preset)
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
@@ -230,7 +243,7 @@ def evaluate_cmd(
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile, text_cache=not no_cache)
+                compile=compile, text_cache=not no_cache, **own_sam)
     source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard, masks=source)
     if shard.rank == 0 and not quiet:

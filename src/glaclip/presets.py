@@ -81,7 +81,7 @@ class DecisionConfig:
     mask_vote: bool = False
     sam_refine: bool = True  # Trident: SAM prompt refinement of the labels
     coarse_thresh: float = 0.2  # Trident: a class (and a pixel) prompts SAM from this probability on
-    sam_iou_thresh: float = 0.8  # Trident: SAM masks kept above this predicted IoU
+    sam_iou_thresh: float = 0.8  # Trident: SAM masks kept above this predicted IoU (any value: <0 keeps all)
     minimal_area: int = 225  # Trident: smallest component (pixels at half resolution) that prompts SAM
     sam_mask_coff: float = 0.005  # Trident: scale of the mask prompt
 
@@ -179,8 +179,8 @@ class Preset:
             problems.append(f"prob_thd must lie in [0, 1], got {d.prob_thd}")
         if d.area_thd is not None and not 0.0 <= d.area_thd <= 1.0:
             problems.append(f"area_thd must lie in [0, 1] (or none), got {d.area_thd}")
-        if not (0.0 <= d.coarse_thresh <= 1.0 and 0.0 <= d.sam_iou_thresh <= 1.0):
-            problems.append("coarse_thresh and sam_iou_thresh must lie in [0, 1]")
+        if not 0.0 <= d.coarse_thresh <= 1.0:
+            problems.append(f"coarse_thresh must lie in [0, 1], got {d.coarse_thresh}")
         if d.minimal_area < 0 or d.sam_mask_coff < 0:
             problems.append("minimal_area and sam_mask_coff must be >= 0")
         if d.pamr_steps < 0:

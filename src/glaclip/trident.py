@@ -33,12 +33,12 @@ import torch.nn.functional as F
 
 from .errors import GlaclipError
 from .families import Family, _vfm_features
+from .trident_refine import SAM_STRIDE, sam_size
 from .windows import WindowGrid
 
 SAM_MODELS = {"sam-vit-b": ("vit_b", "sam_vit_b_01ec64.pth"), "sam-vit-l": ("vit_l", "sam_vit_l_0b3195.pth"),
               "sam-vit-h": ("vit_h", "sam_vit_h_4b8939.pth")}
 DEFAULT_SAM = "sam-vit-b"
-SAM_STRIDE = 16  # SAM's patch size: the original image is resized up to multiples of it
 _NEEDS_SAM = "Trident needs the segment-anything package: pip install 'glaclip[trident]'"
 
 
@@ -154,7 +154,7 @@ class SamTower:
 def sam_input(rgb: np.ndarray) -> np.ndarray:
     """The image SAM sees: each side rounded up to a multiple of 16, OpenCV bilinear resize."""
     h, w = rgb.shape[:2]
-    th, tw = -(-h // SAM_STRIDE) * SAM_STRIDE, -(-w // SAM_STRIDE) * SAM_STRIDE
+    th, tw = sam_size(h, w)
     return cv2.resize(rgb, (tw, th)) if (th, tw) != (h, w) else rgb
 
 

@@ -21,6 +21,12 @@ import torch
 import torch.nn.functional as F
 
 DOWN = 2  # the release splits components at half resolution
+SAM_STRIDE = 16  # SAM's patch size: the original image is resized up to multiples of it
+
+
+def sam_size(h: int, w: int) -> tuple[int, int]:
+    """The size of the image SAM sees: each side rounded up to a multiple of 16."""
+    return -(-h // SAM_STRIDE) * SAM_STRIDE, -(-w // SAM_STRIDE) * SAM_STRIDE
 
 
 def components(mask: np.ndarray) -> list[np.ndarray]:
@@ -126,12 +132,10 @@ def refine_segmentation(seg, enc, sam, decision):
     """A Segmentation of a Trident encoding -> the same with refined labels (`sam_refinement`, with the
     encoding's SAM image embedding); `probs` stay the decision's, the refined scores go to
     `seg.sam_scores` (None when nothing changed)."""
-    from .trident import sam_input
-
     predictor = sam.predictor()
     features = enc.extras["sam_features"]
     predictor.features = features.to(sam.decoder_dtype)
-    th, tw = sam_input(np.zeros((*enc.size, 1), np.uint8)).shape[:2]
+    th, tw = sam_size(*enc.size)
     predictor.original_size = (th, tw)
     predictor.input_size = predictor.transform.get_preprocess_shape(th, tw, predictor.transform.target_length)
     predictor.is_image_set = True
