@@ -186,6 +186,74 @@ def make_inputs(folder: str | Path) -> None:
     print(f"wrote {folder}/clip.pt, dino16.pt, sam_vit_b.pt, classes.txt")
 
 
+def blob_probs(h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """Synthetic class probabilities (3 classes: a flat background and two sets of Gaussian blobs, x 4
+    through a softmax), so that the refinement has components of every kind to prompt with."""
+    yy, xx = np.mgrid[:h, :w] / max(h, w)
+    b1 = np.exp(-((yy - 0.3) ** 2 + (xx - 0.3) ** 2) / 0.02)
+    b2 = np.exp(-((yy - 0.5) ** 2 + (xx - 0.75) ** 2) / 0.01) + np.exp(-((yy - 0.15) ** 2 + (xx - 0.8) ** 2) / 0.004)
+    logits = torch.tensor(np.stack([0.5 * np.ones((h, w)), 2.5 * b1, 2.5 * b2]), dtype=dtype)
+    return (logits * 4).softmax(0)
+
+
+def prompt_ious(predictor, labels, probs, coarse) -> list[float]:
+    """SAM's predicted IoU of every prompt the refinement makes (to put a threshold between them)."""
+    import torch.nn.functional as F
+
+    from glaclip.trident_refine import coarse_regions, mask_prompt
+
+    h, w = labels.shape
+    dt = predictor.features.dtype
+    lab = F.interpolate(labels[None, None].double(), [h // 2, w // 2], mode="nearest")[0, 0].long()
+    pd = F.interpolate(probs[None], [h // 2, w // 2], mode="bilinear", align_corners=False)[0]
+    t, out = predictor.transform, []
+    for k, (_, boxes, points) in coarse_regions(lab, pd, coarse, 225).items():
+        m = mask_prompt(pd[k], (h, w), t, coarse, 0.005).to(dt)
+        _, s, _ = predictor.predict_torch(t.apply_coords_torch(points, [h // 2, w // 2]).unsqueeze(1).to(dt),
+                                          torch.ones(len(points), 1, dtype=dt),
+                                          t.apply_boxes_torch(boxes, [h // 2, w // 2]).to(dt), m,
+                                          multimask_output=False)
+        out += s.flatten().tolist()
+    return out
+
+
+def refine_case(release, dino_repo, skimage, kw) -> dict:
+    """The prompt refinement alone, the release's seg_utils.sam_refinement and glaclip's on the same
+    SAM predictor (real-size SAM ViT-B, the image's embedding), synthetic probabilities (`blob_probs`)."""
+    import cv2
+    from segment_anything import sam_model_registry
+
+    from glaclip.trident import SamTower, sam_input
+    from glaclip.trident_refine import sam_refinement
+
+    dtype = DTYPES[kw["dtype"]]
+    sam = sam_model_registry["vit_b"](checkpoint=None)
+    sam.load_state_dict(torch.load(kw["sam_ckpt"], map_location="cpu", weights_only=True), strict=True)
+    tower = SamTower(sam.eval().to(dtype), "sam-vit-b", kw["sam_ckpt"])
+    rgb = cv2.cvtColor(cv2.imread(str(kw["image"])), cv2.COLOR_BGR2RGB)
+    with torch.no_grad():
+        st = tower.encode(sam_input(rgb), keep_qkv=False)
+        predictor = tower.predictor()
+        predictor.features, predictor.input_size, predictor.original_size = st.features, st.input_size, \
+            st.original_size
+        predictor.is_image_set = True
+        probs = blob_probs(*rgb.shape[:2], dtype)
+        labels = probs.argmax(0)
+        scores = prompt_ious(predictor, labels, probs, kw["coarse_thresh"])
+        out = {"predicted IoUs": [round(v, 4) for v in scores]}
+        for name, iou in dict(kw["ious"], median=float(np.median(scores))).items():
+            ours, s_ours = sam_refinement(labels, probs, predictor, kw["coarse_thresh"], 225, 0.005, iou)
+            with release_imports(release, dino_repo, skimage), precision(dtype):
+                utils = sys.modules["seg_utils.utils"]
+                theirs, _, s_theirs, _ = utils.sam_refinement(str(kw["image"]), labels[None], probs, 3, predictor,
+                                                              kw["coarse_thresh"], 225, 0.005, iou)
+            out[name] = {"equal": float((ours == theirs[0]).double().mean()),
+                         "changed": float((ours != labels).double().mean()),
+                         "dscore": float((s_ours - s_theirs).abs().max()) if s_ours is not None and s_theirs is not None
+                         else ("both none" if s_ours is None and s_theirs is None else "one none")}
+    return out
+
+
 def _row(dtype, rel, ours) -> str:
     def cell(r, k, f="{:.1f}"):
         return r["error"] if "error" in r else f.format(r[k])
@@ -234,6 +302,8 @@ def main() -> None:
     ap.add_argument("--sam-iou-thresh", type=float, default=0.0, help="both sides (the release's 0.8 fails on "
                     "random weights)")
     ap.add_argument("--compare", action="store_true")
+    ap.add_argument("--refine-only", action="store_true", help="compare the prompt refinement alone on synthetic "
+                    "probabilities (all prompts kept, all failed, and a threshold between the two)")
     ap.add_argument("--out")
     ap.add_argument("--timeout", type=float, default=14400)
     a = ap.parse_args()
@@ -245,6 +315,12 @@ def main() -> None:
                 class_file=a.class_file, short_side=a.short_side, crop=a.crop, stride=a.stride, prob_thd=a.prob_thd,
                 coarse_thresh=a.coarse_thresh, cos_fac=a.cos_fac, refine_neg_cos=not a.no_refine_neg_cos,
                 iou=a.sam_iou_thresh)
+    if a.refine_only:
+        for dtype in a.dtypes or ["fp64"]:
+            kw = dict(image=a.image, sam_ckpt=a.sam_weights, coarse_thresh=a.coarse_thresh, dtype=dtype,
+                      ious={"all kept": -1e3, "all failed": 1e3})
+            print(dtype, isolated(refine_case, a.release, a.dino_repo, a.skimage, kw, timeout=a.timeout), flush=True)
+        return
     lines = [f"Machine: {machine_line('cpu')}; {a.image}; classes {a.class_file}; short side {a.short_side}, crop "
              f"{a.crop}, stride {a.stride}, prob_thd {a.prob_thd}, coarse_thresh {a.coarse_thresh}, cos_fac "
              f"{a.cos_fac}, sam_iou_thresh {a.sam_iou_thresh} (both sides).", "",

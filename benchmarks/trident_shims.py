@@ -16,7 +16,7 @@ from corrclip_shims import _stub_modules
 from torch import nn
 
 SHADOWED = ("open_clip", "segment_anything", "prompts", "myutils", "seg_utils", "pamr", "trident", "utils",
-            "vision_transformer", "mmseg", "mmengine", "skimage", "lazy_loader")
+            "vision_transformer", "mmseg", "mmengine", "openpyxl", "skimage", "lazy_loader")
 
 
 def _shadowed(name: str) -> bool:
@@ -35,7 +35,7 @@ def release_imports(release_dir: str | Path, dino_repo: str | Path, extra_path: 
             raise ValueError(f"no {path.name} in {path.parent}")
     saved_path, saved_env = list(sys.path), dict(os.environ)
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if _shadowed(k)}
-    sys.modules.update({k: v for k, v in _stub_modules().items() if k.startswith(("mmseg", "mmengine"))})
+    sys.modules.update({k: v for k, v in _stub_modules().items() if k.startswith(("mmseg", "mmengine", "openpyxl"))})
     try:
         sys.path.insert(0, str(dino))
         vit = importlib.import_module("vision_transformer")
