@@ -371,3 +371,18 @@ def test_cli_segment_with_sam(tiny_files, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seen == {"name": "sam-vit-b", "weights": "random"}
     assert (tmp_path / "out" / "a_labels.png").is_file()
+
+
+def test_cli_refuses_missing_sam_file_before_loading(tmp_path):
+    from typer.testing import CliRunner
+
+    from glaclip.cli import app
+
+    img = tmp_path / "a.png"
+    img.write_bytes(b"")
+    res = CliRunner().invoke(app, ["segment", str(img), "-c", "a, b", "--method", "trident", "--sam-weights",
+                                   str(tmp_path / "nope.pth"), "-o", str(tmp_path / "out")])
+    assert isinstance(res.exception, GlaclipError) and "nope.pth: file not found" in str(res.exception)
+    res = CliRunner().invoke(app, ["segment", str(img), "-c", "a, b", "--method", "trident", "--sam", "sam2-hiera-tiny",
+                                   "-o", str(tmp_path / "out")])
+    assert isinstance(res.exception, GlaclipError) and "unknown --sam" in str(res.exception)

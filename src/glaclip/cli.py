@@ -53,17 +53,6 @@ def _announce(seg, quiet: bool) -> None:
         _say(f"glaclip: {seg.models_line()}")
 
 
-def _split_sam(preset, sam, sam_weights):
-    """--sam/--sam-weights: Trident's own SAM model (sam-vit-b) for a method that aggregates with SAM,
-    else the SAM 2 mask generator. Returns (the segmenter's sam arguments, the mask generator's sam,
-    sam_weights)."""
-    from .methods import METHODS
-
-    if METHODS[preset.method].needs_sam:
-        return {"sam": sam, "sam_weights": sam_weights}, None, None
-    return {}, sam, sam_weights
-
-
 def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, **kwargs):
     """The segmenter every command builds from its model options and an effective preset
     (`protocols.effective`); prints its settings unless quiet."""
@@ -138,7 +127,7 @@ def segment(
     from .collection import barrier, collect, launch_ranks, leave, shard_from_env
     from .devices import rank_device
     from .encoding import is_encoding_file
-    from .mask_source import mask_request, open_masks
+    from .mask_source import mask_request, open_masks, split_sam
     from .protocols import effective
 
     overrides = parse_overrides(settings)
@@ -154,7 +143,7 @@ def segment(
     if export not in (None, "coco"):
         raise GlaclipError(f"--export takes coco, not {export!r}")
     items = collect(images)
-    own_sam, sam, sam_weights = _split_sam(preset, sam, sam_weights)
+    own_sam, sam, sam_weights = split_sam(preset, sam, sam_weights)
     request = mask_request(masks, sam, sam_weights, preset, save_masks, one_image=len(items) == 1,
                            carried=all(is_encoding_file(it.path) for it in items))
     check_writable(out)
@@ -228,13 +217,13 @@ def evaluate_cmd(
     from .datasets import open_dataset
     from .devices import rank_device
     from .evaluate import evaluate, to_markdown
-    from .mask_source import mask_request, open_masks
+    from .mask_source import mask_request, open_masks, split_sam
     from .protocols import effective
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load
     own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
     preset, _ = effective(method, dataset, protocol, parse_overrides(settings), own)
-    own_sam, sam, sam_weights = _split_sam(preset, sam, sam_weights)
+    own_sam, sam, sam_weights = split_sam(preset, sam, sam_weights)
     request = mask_request(masks, sam, sam_weights, preset)
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
