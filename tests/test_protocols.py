@@ -27,18 +27,23 @@ TABLE = {
     "corrclip": [(336, 336, 112, 40, 0.2), (336, 336, 112, 40, 0.15), (336, 336, 112, 40, 0.25),
                  (336, 336, 112, 40, 0), (336, 336, 112, 40, 0), (336, 336, 112, 40, 0), (448, 224, 112, 40, 0),
                  (448, 336, 112, 40, 0)],
+    # MASKHOSTS.md section 7 (Trident's configs)
+    "trident": [(448, 336, 224, 40, 0.2), (576, 336, 224, 40, 0.15), (448, 336, 224, 40, 0.25),
+                (336, 336, 112, 40, 0), (576, 336, 224, 40, 0), (448, 336, 224, 40, 0), (688, 336, 224, 40, 0),
+                (576, 336, 224, 40, 0)],
     "gla": [(336, 224, 112, 40, 0.1), (336, 224, 112, 40, 0.1), (336, 224, 112, 40, 0.1), (336, 224, 112, 40, 0),
             (336, 224, 112, 40, 0), (336, 224, 112, 40, 0), (560, 224, 112, 40, 0), (336, 224, 112, 40, 0)],
 }
 # 0: patch size, 1: no padding
-PAD = {"proxyclip": 56, "gla": 56, "corrclip": 56, "clearclip": 0, "sclip": 1, "naclip": 1}
+PAD = {"proxyclip": 56, "gla": 56, "corrclip": 56, "trident": 56, "clearclip": 0, "sclip": 1, "naclip": 1}
 # Query counts of each protocol's class files (BASELINES.md section 3).
 QUERIES = {("gla", "voc21"): 56, ("sclip", "voc21"): 56, ("naclip", "voc21"): 56, ("proxyclip", "voc21"): 46,
            ("clearclip", "voc21"): 21, ("proxyclip", "voc20"): 20, ("clearclip", "voc20"): 20,
            ("gla", "coco_object"): 113, ("proxyclip", "coco_object"): 97, ("clearclip", "coco_object"): 81,
-           ("corrclip", "voc21"): 46, ("corrclip", "coco_object"): 96}
+           ("corrclip", "voc21"): 46, ("corrclip", "coco_object"): 96, ("trident", "voc21"): 46,
+           ("trident", "coco_object"): 97}
 OWN = {"proxyclip": "proxyclip", "sclip": "sclip", "clearclip": "clearclip", "naclip": "naclip",
-       "corrclip": "corrclip", "gla-corrclip": "corrclip"}
+       "corrclip": "corrclip", "gla-corrclip": "corrclip", "trident": "trident"}
 HOST = {"gla-proxyclip": "proxyclip", "gla-sclip": "sclip", "gla-clearclip": "clearclip",
         "gla-clearclip-release": "clearclip", "gla-naclip": "naclip"}
 
@@ -65,7 +70,8 @@ def test_every_method_and_dataset_reports_its_protocol(method, dataset, protocol
         assert got[key] == value, (key, got[key], value)
     assert got["method"] == method and got["pamr_dilations"] == [8, 16]
     assert got["token_norm"] is (method != "proxyclip")
-    variant = (dataset in ("voc21", "voc20", "coco_object") and expected_protocol in ("proxyclip", "clearclip")
+    variant = (dataset in ("voc21", "voc20", "coco_object")
+               and expected_protocol in ("proxyclip", "clearclip", "trident")
                or expected_protocol == "corrclip")  # CorrCLIP's class files differ on every data set
     assert got["class_file"] == (f"{dataset}-{expected_protocol}.txt" if variant else f"{dataset}.txt")
     queries = packaged_classes(got["class_file"]).queries

@@ -111,7 +111,7 @@ def segment(
                                     "region masks each image was segmented with (key instance_mask)."),
     clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
-    vfm: VfmOpt = DEFAULT_VFM,
+    vfm: VfmOpt = None,
     vfm_weights: VfmWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -132,7 +132,7 @@ def segment(
     from .collection import barrier, collect, launch_ranks, leave, shard_from_env
     from .devices import rank_device
     from .encoding import is_encoding_file
-    from .mask_source import mask_request, open_masks
+    from .mask_source import mask_request, open_masks, split_sam
     from .protocols import effective
 
     overrides = parse_overrides(settings)
@@ -148,6 +148,7 @@ def segment(
     if export not in (None, "coco", "fiftyone"):
         raise GlaclipError(f"--export takes coco or fiftyone, not {export!r}")
     items = collect(images)
+    own_sam, sam, sam_weights = split_sam(preset, sam, sam_weights)
     request = mask_request(masks, sam, sam_weights, preset, save_masks, one_image=len(items) == 1,
                            carried=all(is_encoding_file(it.path) for it in items))
     check_writable(out)
@@ -157,7 +158,7 @@ def segment(
     shard = shard_from_env()
     device = rank_device(shard, device)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile, text_cache=not no_cache)
+                compile=compile, text_cache=not no_cache, **own_sam)
     source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
     opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
                    batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding,
@@ -203,7 +204,7 @@ def evaluate_cmd(
     sam_weights: SamWeightsOpt = None,
     clip: ClipOpt = None,
     clip_weights: ClipWeightsOpt = None,
-    vfm: VfmOpt = DEFAULT_VFM,
+    vfm: VfmOpt = None,
     vfm_weights: VfmWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -222,12 +223,13 @@ def evaluate_cmd(
     from .datasets import open_dataset
     from .devices import rank_device
     from .evaluate import evaluate, to_markdown
-    from .mask_source import mask_request, open_masks
+    from .mask_source import mask_request, open_masks, split_sam
     from .protocols import effective
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load
     own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
     preset, _ = effective(method, dataset, protocol, parse_overrides(settings), own)
+    own_sam, sam, sam_weights = split_sam(preset, sam, sam_weights)
     request = mask_request(masks, sam, sam_weights, preset)
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
@@ -236,7 +238,7 @@ def evaluate_cmd(
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile, text_cache=not no_cache)
+                compile=compile, text_cache=not no_cache, **own_sam)
     source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard, masks=source)
     if shard.rank == 0 and not quiet:

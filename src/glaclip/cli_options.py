@@ -17,7 +17,9 @@ ClipOpt = Annotated[Optional[str], typer.Option(
 ClipWeightsOpt = Annotated[Optional[str], typer.Option(
     "--clip-weights", help="Pretrained tag, local file, or 'random' (env GLACLIP_CLIP_WEIGHTS; default: the method's "
     "own: openai, metaclip_fullcc for corrclip).")]
-VfmOpt = Annotated[str, typer.Option("--vfm", help="timm model name (with tag) or a JSON file.")]
+VfmOpt = Annotated[Optional[str], typer.Option("--vfm", help="timm model name (with tag) or a JSON file (default: "
+                                               "the method's, vit_base_patch8_224.dino for all but Trident's "
+                                               "vit_base_patch16_224.dino).")]
 VfmWeightsOpt = Annotated[Optional[str], typer.Option(
     "--vfm-weights", help="Local file or 'random' (env GLACLIP_VFM_WEIGHTS; default: the timm hub).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
@@ -56,10 +58,12 @@ MasksOpt = Annotated[Optional[Path], typer.Option(
     "release's region_masks/voc); for a single image also one file.", show_default=False)]
 SamOpt = Annotated[Optional[str], typer.Option(
     "--sam", help="Generate the region masks with SAM 2 instead: sam2-hiera-large (the release's), -base-plus, -small "
-    "or -tiny (pip install 'glaclip\\[masks]').", show_default=False)]
+    "or -tiny (pip install 'glaclip\\[masks]'). For --method trident: its SAM, sam-vit-b (the default), -l or -h.",
+    show_default=False)]
 SamWeightsOpt = Annotated[Optional[str], typer.Option(
     "--sam-weights", help="SAM 2 checkpoint file (e.g. sam2_hiera_large.pt) or 'random' (default: the hub's, from "
-    "the local cache); alone it means --sam sam2-hiera-large.", show_default=False)]
+    "the local cache); alone it means --sam sam2-hiera-large. For --method trident: the SAM checkpoint "
+    "(sam_vit_b_01ec64.pth) or 'random'.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
                                           "images of one size, mostly on GPU).")]

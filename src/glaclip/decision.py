@@ -45,6 +45,7 @@ class Segmentation:
         self._bands = bands
         self.classes = classes
         self.preset = preset
+        self.sam_scores: np.ndarray | None = None  # Trident's refined per-class scores (C x H x W), when refined
 
     @property
     def probs(self) -> np.ndarray:

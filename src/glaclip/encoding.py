@@ -23,6 +23,7 @@ from .windows import WindowGrid
 
 FORMAT = 2  # 2: weights identified by content, a checksum of the tensors in the metadata
 SUFFIX = ".encoding.safetensors"  # a saved image encoding's file name ends so
+EXTRA = "extra."  # prefix of a method's extra tensors in a saved encoding
 
 
 @dataclass(repr=False)
@@ -31,7 +32,8 @@ class ImageEncoding:
     grid: the windows on the resized image; size: the original (height, width); resized: the resized,
     CLIP-normalised image 1 x 3 x h x w; identity: what made it (`Segmenter.encoding_identity`,
     with the region masks' fingerprint for mask-guided methods); image_path: the source file, when
-    known (for overlays); masks: the image's H x W int32 region-id map when it was given."""
+    known (for overlays); masks: the image's H x W int32 region-id map when it was given; extras: tensors
+    a method keeps for its steps after the decision (Trident: SAM's image embedding 'sam_features')."""
 
     embeddings: torch.Tensor
     grid: WindowGrid
@@ -40,6 +42,7 @@ class ImageEncoding:
     identity: dict
     image_path: str | None = None
     masks: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] | None = None
 
     def __repr__(self) -> str:
         n, gh, gw, e = self.embeddings.shape
@@ -71,8 +74,7 @@ class ImageEncoding:
 
     @property
     def nbytes(self) -> int:
-        return self.embeddings.numel() * self.embeddings.element_size() + \
-            self.resized.numel() * self.resized.element_size()
+        return sum(t.numel() * t.element_size() for t in [self.embeddings, self.resized, *(self.extras or {}).values()])
 
     def save(self, path: str | Path) -> Path:
         """Write as safetensors (tensors + JSON metadata), atomically."""
@@ -92,6 +94,8 @@ class ImageEncoding:
                    "resized": self.resized.detach().cpu().contiguous()}
         if self.masks is not None:
             tensors["masks"] = self.masks.detach().cpu().to(torch.int32).contiguous()
+        for name, t in (self.extras or {}).items():
+            tensors[EXTRA + name] = t.detach().cpu().contiguous()
         meta = {"format": str(FORMAT), "identity": json.dumps(self.identity), "size": json.dumps(list(self.size)),
                 "grid": json.dumps({"height": self.grid.height, "width": self.grid.width,
                                     "boxes": [list(b) for b in self.grid.boxes], "pad": list(self.grid.pad)}),
@@ -112,11 +116,12 @@ class ImageEncoding:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 names = set(f.keys())
-                tensors = {k: f.get_tensor(k) for k in ("embeddings", "resized", "masks") if k in names}
+                tensors = {k: f.get_tensor(k) for k in names if k in ("embeddings", "resized", "masks")
+                           or k.startswith(EXTRA)}
         except Exception:
             meta = None
-        if meta is None or "format" not in meta or not {"embeddings", "resized"} <= names <= \
-                {"embeddings", "resized", "masks"}:
+        if meta is None or "format" not in meta or not {"embeddings", "resized"} <= names or \
+                not {n for n in names if not n.startswith(EXTRA)} <= {"embeddings", "resized", "masks"}:
             raise GlaclipError(f"{path} is not a glaclip image encoding (written by --save-encoding / "
                                "ImageEncoding.save)")
         if meta["format"] != str(FORMAT):
@@ -135,8 +140,9 @@ class ImageEncoding:
         problem = _problem(tensors, grid, size, identity, checksum)
         if problem:
             raise GlaclipError(f"image encoding {path} is damaged ({problem}); encode the image again")
+        extras = {k[len(EXTRA) :]: v for k, v in tensors.items() if k.startswith(EXTRA)} or None
         return cls(tensors["embeddings"], grid, size, tensors["resized"], identity, meta.get("image_path") or None,
-                   tensors.get("masks"))
+                   tensors.get("masks"), extras)
 
 
 def _digest(text: str) -> str:

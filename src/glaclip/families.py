@@ -15,14 +15,15 @@ of the feature tensors are the family's own. `masks` (B x h x w region ids of th
 
 Families: window-local from a VFM (ProxyCLIP), window-local from CLIP's own q/k (CLIP, MaskCLIP,
 SCLIP, ClearCLIP, NACLIP), global over all windows (GLA, on VFM keys or on CLIP's q/k), and the
-mask-guided ones (CorrCLIP and GLA on it, in `corrclip.py`).
+mask-guided ones (CorrCLIP and GLA on it, in `corrclip.py`), and the SAM-aggregated one (Trident, in
+`trident.py`: per-image hooks `prepare`, `layout`, `extras`, `identity`, `refine`).
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from .attention import gla_attention, proxyclip_attention
 from .hosts import global_keys, local_tokens, smoothed_proxy
 from .images import clip_to_imagenet
-from .methods import CLIP_LOCAL, GLOBAL, MASK_GLOBAL, MASK_LOCAL, VFM_LOCAL, Method
+from .methods import CLIP_LOCAL, GLOBAL, MASK_GLOBAL, MASK_LOCAL, SAM_GLOBAL, VFM_LOCAL, Method
 from .presets import AttentionConfig
 from .towers import ClipTower, VfmTower
 from .windows import WindowGrid, token_index
@@ -47,6 +48,7 @@ class Backbones:
     vfm_features: Callable[[torch.Tensor], torch.Tensor] | None  # ImageNet-normalised crops -> B x C x gh x gw
     clip_values: Callable[[torch.Tensor], torch.Tensor]  # crops -> B x D x gh' x gw' (last block's values)
     clip_block_input: Callable[[torch.Tensor], tuple[torch.Tensor, tuple[int, int]]]  # tokens entering the last block
+    sam: Any = None  # trident.SamTower for the SAM-aggregated family
 
 
 class Family:
@@ -54,6 +56,7 @@ class Family:
 
     per_image = False  # True: `features` gets all windows of one image in one call
     mask_pad_id = 0  # region id of window padding in the masks given to `features`
+    single_map = False  # True: one token map per image (`layout`), resized straight to the image (no stitching)
 
     def __init__(self, method: Method, backbones: Backbones, attention: AttentionConfig, window_batch: int = 16):
         self.method, self.backbones, self.attention = method, backbones, attention
@@ -71,6 +74,29 @@ class Family:
 
     def embed(self, final: torch.Tensor) -> torch.Tensor:
         return self.backbones.clip.head(final)
+
+    # Per-image hooks of the families that need more than the windows (Trident: SAM); defaults do nothing.
+    def prepare(self, rgb, x: torch.Tensor, window) -> tuple[torch.Tensor, Any]:
+        """The original image (H x W x 3 uint8) and its resized CLIP input -> (the CLIP input to cut into
+        windows, a per-image context for `final_tokens`, or None)."""
+        return x, None
+
+    def layout(self, grid: WindowGrid, grid_hw: tuple[int, int], context: Any
+               ) -> tuple[WindowGrid, tuple[int, int, int]]:
+        """The encoding's window grid and token layout (windows, gh, gw) of `final_tokens`' output."""
+        return grid, (grid.count, *grid_hw)
+
+    def extras(self, context: Any) -> dict[str, torch.Tensor] | None:
+        """Tensors an encoding keeps for the steps after the decision (`refine`)."""
+        return None
+
+    def identity(self) -> dict:
+        """Models beyond CLIP and the VFM that the encodings depend on."""
+        return {}
+
+    def refine(self, seg, enc, preset):
+        """A Segmentation after the decision -> the final one (Trident: SAM prompt refinement)."""
+        return seg
 
 
 def _vfm_features(b: Backbones, crops: torch.Tensor) -> tuple[Features, tuple[int, int]]:
@@ -132,7 +158,8 @@ class Global(Family):
 
 # A family's class, or "module:Class" for the families in their own module (imported when first used).
 FAMILIES: dict[str, type[Family] | str] = {VFM_LOCAL: VfmLocal, CLIP_LOCAL: ClipLocal, GLOBAL: Global,
-                                           MASK_LOCAL: "corrclip:CorrClip", MASK_GLOBAL: "corrclip:GlaCorrClip"}
+                                           MASK_LOCAL: "corrclip:CorrClip", MASK_GLOBAL: "corrclip:GlaCorrClip",
+                                           SAM_GLOBAL: "trident:Trident"}
 
 
 def family_for(method: Method, backbones: Backbones, attention: AttentionConfig, window_batch: int = 16) -> Family:

@@ -38,6 +38,22 @@ class MaskRequest:
     save: bool = False
 
 
+def split_sam(preset, sam, sam_weights):
+    """--sam/--sam-weights: Trident's own SAM model (sam-vit-b) for a method that aggregates with SAM,
+    else the SAM 2 mask generator. Returns (the segmenter's sam arguments, the mask generator's sam,
+    sam_weights)."""
+    if METHODS[preset.method].needs_sam:
+        from .trident import SAM_MODELS
+
+        if sam is not None and sam not in SAM_MODELS:
+            raise GlaclipError(f"unknown --sam {sam!r} for {preset.method}; choose from {', '.join(SAM_MODELS)}")
+        if sam_weights not in (None, "random") and not Path(sam_weights).expanduser().is_file():
+            raise GlaclipError(f"--sam-weights {sam_weights}: file not found (a SAM checkpoint such as "
+                               "sam_vit_b_01ec64.pth, or 'random')")
+        return {"sam": sam, "sam_weights": sam_weights}, None, None
+    return {}, sam, sam_weights
+
+
 def mask_request(masks: str | Path | None, sam: str | None, sam_weights: str | None, preset,
                  save_masks: bool = False, one_image: bool = False, carried: bool = False) -> MaskRequest | None:
     """Check the mask options before any model loads; None when the run uses no masks.

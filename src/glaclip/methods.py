@@ -22,7 +22,8 @@ from .errors import GlaclipError
 # and the mask-guided ones (CorrCLIP: region masks per image; window-local, or global over all windows).
 VFM_LOCAL, CLIP_LOCAL, GLOBAL = "vfm-local", "clip-local", "global"
 MASK_LOCAL, MASK_GLOBAL = "mask-local", "mask-global"
-FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL, MASK_LOCAL, MASK_GLOBAL)
+SAM_GLOBAL = "sam-aggregated"  # Trident: window features spliced on the image, aggregated by SAM's attention
+FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL, MASK_LOCAL, MASK_GLOBAL, SAM_GLOBAL)
 MASK_FAMILIES = (MASK_LOCAL, MASK_GLOBAL)
 # Attention recipes. 'vfm': affinities of the VFM's tokens over CLIP's values; 'block': CLIP's unmodified
 # last block; 'value': the value path alone; otherwise '+'-joined CLIP affinities, each a softmax whose
@@ -43,7 +44,7 @@ class Method:
     settings: attention settings its formula fixes whatever the protocol (e.g. token_norm=False).
     clip: the (open_clip model, pretrained tag) it runs by default (None: `models.DEFAULT_CLIP` with the
     'openai' tag), e.g. CorrCLIP's MetaCLIP. pixel_norm: the (mean, std) on 0..255 its release normalises
-    the image with (None: CLIP's own constants).
+    the image with (None: CLIP's own constants). vfm: the VFM it runs by default (None: `models.DEFAULT_VFM`).
     """
 
     name: str
@@ -59,6 +60,7 @@ class Method:
     settings: Mapping[str, Any] = field(default_factory=dict)
     clip: tuple[str, str] | None = None
     pixel_norm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    vfm: str | None = None
 
     @property
     def needs_vfm(self) -> bool:
@@ -68,6 +70,11 @@ class Method:
     def needs_masks(self) -> bool:
         """Region masks are an input of the method itself (not only of mask voting)."""
         return self.family in MASK_FAMILIES
+
+    @property
+    def needs_sam(self) -> bool:
+        """SAM (segment-anything) is one of the method's models (Trident)."""
+        return self.family == SAM_GLOBAL
 
     @property
     def recipe(self) -> str:
@@ -82,7 +89,8 @@ class Method:
             problems.append(f"attention must be one of {', '.join(ATTENTIONS)}")
         if (self.family in MASK_FAMILIES) != (self.attention == "vfm-qk"):
             problems.append("the mask-guided families run attention 'vfm-qk', and only they")
-        elif self.family == VFM_LOCAL and not self.needs_vfm or self.family == CLIP_LOCAL and self.needs_vfm:
+        elif (self.family in (VFM_LOCAL, SAM_GLOBAL) and not self.needs_vfm or
+              self.family == CLIP_LOCAL and self.needs_vfm):
             problems.append(f"the {self.family} family cannot run attention {self.attention!r}")
         if self.family == GLOBAL and self.attention in ("block", "value", "q.k"):
             problems.append(f"global attention needs symmetric affinities, not {self.attention!r}")
@@ -185,6 +193,10 @@ for _entry in [
            "per image, scope and softmax(4 x cos) over the tokens of every window", "GLA on CorrCLIP (glaclip's own "
            "combination, in no paper)", protocol="corrclip", host="corrclip",
            clip=("ViT-B-16-quickgelu", "metaclip_fullcc"), pixel_norm=CORRCLIP_NORM),
+    Method("trident", SAM_GLOBAL, "vfm", "ProxyCLIP per window (DINO ViT-B/16 output tokens), windows spliced on the "
+           "image and aggregated by SAM ViT-B's last-block attention filtered by SAM value similarity, SAM prompt "
+           "refinement", "Trident (Shi et al., ICCV 2025) as released", protocol="trident", host="trident",
+           pixel_norm=CORRCLIP_NORM, vfm="vit_base_patch16_224.dino"),
     Variant("gla-proxyclip-paper", DEFAULT_METHOD, {"rho": 0.6}, "rho as the paper's text states"),
 ]:
     register(_entry)

@@ -58,6 +58,9 @@ class AttentionConfig:
     memory_mb: int = 512
     gaussian_std: float = 5.0  # NACLIP's neighbourhood, in patches
     token_norm: bool = True
+    cos_fac: float = 1.2  # Trident: SAM attention kept where cos(SAM v) > min(cos_fac x row mean, 0.9)
+    refine_neg_cos: bool = True  # Trident: False turns a negative threshold into 0.6
+    sam_halves: bool = False  # Trident: SAM on the left and right halves separately (its Cityscapes protocol)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ class DecisionConfig:
     pamr_steps: int = 0
     pamr_dilations: tuple[int, ...] = (8, 16)
     mask_vote: bool = False
+    sam_refine: bool = True  # Trident: SAM prompt refinement of the labels
+    coarse_thresh: float = 0.2  # Trident: a class (and a pixel) prompts SAM from this probability on
+    sam_iou_thresh: float = 0.8  # Trident: SAM masks kept above this predicted IoU (any value: <0 keeps all)
+    minimal_area: int = 225  # Trident: smallest component (pixels at half resolution) that prompts SAM
+    sam_mask_coff: float = 0.005  # Trident: scale of the mask prompt
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,9 @@ class Preset:
             "pad_multiple": w.pad_multiple, "logit_scale": d.logit_scale, "prob_thd": d.prob_thd,
             "area_thd": d.area_thd, "pamr_steps": d.pamr_steps, "pamr_dilations": list(d.pamr_dilations),
             "mask_vote": d.mask_vote,
+            "cos_fac": a.cos_fac, "refine_neg_cos": a.refine_neg_cos, "sam_halves": a.sam_halves,
+            "sam_refine": d.sam_refine, "coarse_thresh": d.coarse_thresh, "sam_iou_thresh": d.sam_iou_thresh,
+            "minimal_area": d.minimal_area, "sam_mask_coff": d.sam_mask_coff,
             "token_norm": a.token_norm, "rho": a.rho, "proxy_iters": a.proxy_iters, "dynamic": a.dynamic,
             "dynamic_beta": a.dynamic_beta, "class_file": self.class_file,
             "queries": list(queries) if queries is not None else None,
@@ -168,6 +179,10 @@ class Preset:
             problems.append(f"prob_thd must lie in [0, 1], got {d.prob_thd}")
         if d.area_thd is not None and not 0.0 <= d.area_thd <= 1.0:
             problems.append(f"area_thd must lie in [0, 1] (or none), got {d.area_thd}")
+        if not 0.0 <= d.coarse_thresh <= 1.0:
+            problems.append(f"coarse_thresh must lie in [0, 1], got {d.coarse_thresh}")
+        if d.minimal_area < 0 or d.sam_mask_coff < 0:
+            problems.append("minimal_area and sam_mask_coff must be >= 0")
         if d.pamr_steps < 0:
             problems.append("pamr_steps must be >= 0")
         if not d.pamr_dilations or min(d.pamr_dilations) <= 0:

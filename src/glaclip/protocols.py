@@ -30,7 +30,7 @@ from .text import ClassQueries, ClassSpec, parse_classes, read_class_file
 Classes = Union[ClassQueries, str, "os.PathLike[str]", Iterable[ClassSpec], None]
 
 DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
-PROTOCOLS = ("gla", "proxyclip", "sclip", "clearclip", "naclip", "corrclip")
+PROTOCOLS = ("gla", "proxyclip", "sclip", "clearclip", "naclip", "corrclip", "trident")
 
 # (short_side, crop, stride, logit_scale, prob_thd) per protocol and data set; crop 0 = whole image.
 _P, _S, _C, _N, _G = (336, 336, 112, 40.0, 0.0), (336, 224, 112, 40.0, 0.0), (448, 448, 224, 50.0, 0.0), \
@@ -51,6 +51,12 @@ TABLE: dict[str, dict[str | None, tuple[int, int, int, float, float]]] = {
     "corrclip": {None: _P, "voc21": (336, 336, 112, 40.0, 0.2), "context60": (336, 336, 112, 40.0, 0.15),
                  "coco_object": (336, 336, 112, 40.0, 0.25), "voc20": _P, "context59": _P, "coco_stuff": _P,
                  "cityscapes": (448, 224, 112, 40.0, 0.0), "ade20k": (448, 336, 112, 40.0, 0.0)},
+    # Trident (configs/cfg_*.py): crop 336, stride 224 (VOC20 112); a plain image as its base config
+    "trident": {None: (448, 336, 224, 40.0, 0.0), "voc21": (448, 336, 224, 40.0, 0.2),
+                "context60": (576, 336, 224, 40.0, 0.15), "coco_object": (448, 336, 224, 40.0, 0.25),
+                "voc20": (336, 336, 112, 40.0, 0.0), "context59": (576, 336, 224, 40.0, 0.0),
+                "coco_stuff": (448, 336, 224, 40.0, 0.0), "cityscapes": (688, 336, 224, 40.0, 0.0),
+                "ade20k": (576, 336, 224, 40.0, 0.0)},
     "gla": {None: _G, "voc21": (336, 224, 112, 40.0, 0.1), "context60": (336, 224, 112, 40.0, 0.1),
             "coco_object": (336, 224, 112, 40.0, 0.1), "voc20": _G, "context59": _G, "coco_stuff": _G,
             "cityscapes": (560, 224, 112, 40.0, 0.0), "ade20k": _G},
@@ -60,12 +66,21 @@ TABLE: dict[str, dict[str | None, tuple[int, int, int, float, float]]] = {
 EXTRAS: dict[str, dict[str, Any]] = {
     "proxyclip": {"pad_multiple": 56}, "sclip": {"pad_multiple": 1}, "clearclip": {"pad_multiple": 0},
     "naclip": {"pad_multiple": 1, "pamr_steps": 10, "pamr_dilations": (8, 16)}, "gla": {"pad_multiple": 56},
-    "corrclip": {"pad_multiple": 56, "mask_vote": True},
+    "corrclip": {"pad_multiple": 56, "mask_vote": True}, "trident": {"pad_multiple": 56},
+}
+# Settings of single rows (protocol, data set): Trident's refinement threshold and SAM attention filter.
+ROW_SETTINGS: dict[tuple[str, str | None], dict[str, Any]] = {
+    ("trident", None): {"coarse_thresh": 0.2}, ("trident", "voc21"): {"coarse_thresh": 0.2},
+    ("trident", "context60"): {"coarse_thresh": 0.15}, ("trident", "coco_object"): {"coarse_thresh": 0.25},
+    ("trident", "voc20"): {"coarse_thresh": 0.2, "cos_fac": 0.0}, ("trident", "context59"): {"coarse_thresh": 0.15},
+    ("trident", "coco_stuff"): {"coarse_thresh": 0.05},
+    ("trident", "cityscapes"): {"coarse_thresh": 0.1, "cos_fac": 3.0, "refine_neg_cos": False, "sam_halves": True},
+    ("trident", "ade20k"): {"coarse_thresh": 0.05, "refine_neg_cos": False},
 }
 AREA_THD = {("sclip", "voc21"): 0.1}
 # Data sets whose class file differs per protocol (BASELINES.md section 3); others share one file.
 CLASS_VARIANTS = {"proxyclip": ("voc21", "voc20", "coco_object"), "clearclip": ("voc21", "voc20", "coco_object"),
-                  "corrclip": DATASETS}
+                  "corrclip": DATASETS, "trident": ("voc21", "voc20", "coco_object")}
 
 
 def protocol_name(method: str, protocol: str | None = None) -> str:
@@ -126,7 +141,7 @@ def resolve(method: str, dataset: str | None = None, protocol: str | None = None
         name = f"{name}@{ds or 'image'}:{proto}"
     preset = Preset(name, method, window, attention, decision, protocol=proto, dataset=ds,
                     class_file=class_file(proto, ds))
-    preset = preset.with_overrides(**overrides)
+    preset = preset.with_overrides(**{**ROW_SETTINGS.get((proto, ds), {}), **overrides})
     preset.validate()
     return preset
 

@@ -40,13 +40,15 @@ class Segmenter:
     frozen CLIP and, for methods with VFM attention, a frozen VFM."""
 
     def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16,
-                 compile: bool = False, text_cache: bool = True, progress: bool = True):
+                 compile: bool = False, text_cache: bool = True, progress: bool = True, sam=None):
         """window_batch: windows per backbone forward (memory vs speed; results do not change).
         compile: run the backbones' window forwards through torch.compile (first call compiles).
         text_cache: keep query embeddings on disk across runs (`text_cache.cache_root()`); never for
-        random weights. progress: a progress bar when text encoding takes more than 2 s."""
+        random weights. progress: a progress bar when text encoding takes more than 2 s.
+        sam: `trident.SamTower` for the SAM-aggregated methods (Trident)."""
         self.clip = clip
         self.vfm = vfm
+        self.sam = sam
         self.preset = preset or resolve(DEFAULT_METHOD)
         self.preset.validate()
         self.window_batch = window_batch
@@ -54,25 +56,29 @@ class Segmenter:
         # The backbone forwards are the only fixed-shape, repeated work; everything else is cheap or global.
         wrap = torch.compile if compile else (lambda f: f)
         self.backbones = Backbones(clip, vfm, wrap(vfm.features) if vfm is not None else None,
-                                   wrap(clip.value_tokens), wrap(clip.last_block_input))
+                                   wrap(clip.value_tokens), wrap(clip.last_block_input), sam)
         self.device = clip.visual.conv1.weight.device
         self.text = text_encoder(clip, cache=text_cache, progress=progress)
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._check_grids()
 
     @classmethod
-    def from_pretrained(cls, clip: str | None = None, clip_weights: str | None = None, vfm: str = DEFAULT_VFM,
+    def from_pretrained(cls, clip: str | None = None, clip_weights: str | None = None, vfm: str | None = None,
                         vfm_weights: str | None = None, method: str | None = None, device: str = "auto",
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
                         dataset: str | None = None, protocol: str | None = None, text_cache: bool = True,
-                        progress: bool = True, preset: Preset | None = None, **overrides: Any) -> "Segmenter":
+                        progress: bool = True, preset: Preset | None = None, sam: str | None = None,
+                        sam_weights: str | None = None, **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file); None: the method's
             default (`methods.Method.clip`, e.g. MetaCLIP ViT-B/16 for CorrCLIP), else ViT-B-16-quickgelu.
         clip_weights: a pretrained tag ('openai'), a local file, or 'random'; None -> $GLACLIP_CLIP_WEIGHTS,
             else the method's default tag when clip is None, else 'openai'.
-        vfm: timm model name with tag; vfm_weights: a local file, 'random', or None -> $GLACLIP_VFM_WEIGHTS or the hub.
+        vfm: timm model name with tag (None: the method's, e.g. DINO ViT-B/16 for Trident, else DEFAULT_VFM);
+            vfm_weights: a local file, 'random', or None -> $GLACLIP_VFM_WEIGHTS or the hub.
+        sam, sam_weights: for Trident, the SAM model ('sam-vit-b', the default) and its checkpoint file
+            (`segment_anything.sam_model_registry` state dict) or 'random'.
         method: a method or named preset (`glaclip presets`; None: `methods.DEFAULT_METHOD`); methods
             without VFM attention load no VFM.
         dataset, protocol: take the settings of that data set's row of the protocol table
@@ -99,26 +105,43 @@ class Segmenter:
             tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
         except MissingWeights as exc:
             missing.append(exc)
+        vfm = vfm or entry.vfm or DEFAULT_VFM
         if entry.needs_vfm:
             try:
                 vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device if tower else device,
                                      dtype=tower.dtype if tower else dtype)
             except MissingWeights as exc:
                 missing.append(exc)
+        sam_tower = None
+        if entry.needs_sam:
+            from .trident import DEFAULT_SAM, load_sam
+
+            try:
+                sam_tower = load_sam(sam or DEFAULT_SAM, sam_weights,
+                                     device=tower.visual.conv1.weight.device if tower else device,
+                                     dtype=tower.dtype if tower else dtype)
+            except MissingWeights as exc:
+                missing.append(exc)
+        elif sam is not None or sam_weights is not None:
+            raise GlaclipError(f"sam/sam_weights are models of Trident, not of method {preset.method}")
         if missing:
             raise MissingWeights.combine(missing)
         return cls(tower, vfm_tower, preset, window_batch=window_batch, compile=compile, text_cache=text_cache,
-                   progress=progress)
+                   progress=progress, sam=sam_tower)
 
     def models(self) -> dict:
         """Which models (and weights) this segmenter runs; the VFM is None for CLIP-only methods."""
         vfm = {"model": self.vfm.name, "weights": self.vfm.weights} if self.vfm is not None else None
-        return {"clip": {"model": self.clip.name, "weights": self.clip.weights}, "vfm": vfm}
+        out = {"clip": {"model": self.clip.name, "weights": self.clip.weights}, "vfm": vfm}
+        if self.sam is not None:
+            out["sam"] = {"model": self.sam.name, "weights": self.sam.weights}
+        return out
 
     def models_line(self) -> str:
         m = self.models()
         vfm = f"{m['vfm']['model']}:{m['vfm']['weights']}" if m["vfm"] else "none"
-        return (f"clip={m['clip']['model']}:{m['clip']['weights']} vfm={vfm} device={self.device} "
+        sam = f" sam={m['sam']['model']}:{m['sam']['weights']}" if "sam" in m else ""
+        return (f"clip={m['clip']['model']}:{m['clip']['weights']} vfm={vfm}{sam} device={self.device} "
                 f"dtype={dtype_name(self.clip.dtype)}")
 
     @property
@@ -177,15 +200,21 @@ class Segmenter:
                 parts.setdefault(name, []).append(t)
         return {name: torch.cat(ts) for name, ts in parts.items()}, grid_hw
 
-    def final_tokens(self, feats: dict[str, torch.Tensor], grid: WindowGrid, grid_hw: tuple[int, int]) -> torch.Tensor:
-        """One image's window features -> its N x D final patch tokens (the attention of step 5)."""
-        return self.family.final_tokens(feats, grid, grid_hw)
+    def final_tokens(self, feats: dict[str, torch.Tensor], grid: WindowGrid, grid_hw: tuple[int, int],
+                     context: Any = None) -> torch.Tensor:
+        """One image's window features -> its N x D final patch tokens (the attention of step 5);
+        context: what the family's `prepare` gave for the image (Trident: its SAM state)."""
+        if context is None:
+            return self.family.final_tokens(feats, grid, grid_hw)
+        return self.family.final_tokens(feats, grid, grid_hw, context)
 
     def encoding_identity(self) -> dict:
         """What an image encoding depends on: models (weights), precision, method, window and
         attention settings (the decision settings apply after the text product and may differ)."""
         models = ImageEncoding.model_identity(self.clip, self.vfm)  # weights by content, not by path
-        if "random" in (self.clip.weights, self.vfm.weights if self.vfm is not None else None):
+        models.update(self.family.identity())
+        if "random" in (self.clip.weights, self.vfm.weights if self.vfm is not None else None,
+                        self.sam.weights if self.sam is not None else None):
             models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
         p = self.preset
         return json.loads(json.dumps({"models": models, "dtype": dtype_name(self.clip.dtype),
@@ -226,7 +255,8 @@ class Segmenter:
                 raise GlaclipError(f"method {self.preset.method} needs region masks: give masks=... (an H x W id "
                                    "map), --masks DIR or --sam NAME")
             x = preprocess(rgb, w.short_side, w.max_long_side, acc, self.method.pixel_norm)
-            prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3]), m))
+            x, context = self.family.prepare(rgb, x, w)
+            prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3]), m, context))
         limit = max_windows or 4 * self.window_batch
         identity = self.encoding_identity()
         out = []
@@ -237,21 +267,23 @@ class Segmenter:
                    prepared[j][2].padded_size == prepared[i][2].padded_size and total + prepared[j][2].count <= limit):
                 total += prepared[j][2].count
                 j += 1
-            crops = torch.cat([crop_windows(x.to(self.device), grid) for _, x, grid, _ in prepared[i:j]])
+            crops = torch.cat([crop_windows(x.to(self.device), grid) for _, x, grid, _, _ in prepared[i:j]])
             window_masks = None
             if self.method.needs_masks:
                 window_masks = torch.cat([crop_masks(resize_masks(m, (x.shape[2], x.shape[3])), grid,
                                                      self.family.mask_pad_id)
-                                          for _, x, grid, m in prepared[i:j]]).to(self.device)
+                                          for _, x, grid, m, _ in prepared[i:j]]).to(self.device)
             feats, (gh, gw) = self.window_features(crops, window_masks)
             offset = 0
-            for size, x, grid, m in prepared[i:j]:
+            for size, x, grid, m, context in prepared[i:j]:
                 mine = {k: v[offset : offset + grid.count] for k, v in feats.items()}
                 offset += grid.count
-                final = self.final_tokens(mine, grid, (gh, gw))
-                emb = F.normalize(self.family.embed(final).to(acc), dim=-1).view(grid.count, gh, gw, -1)
+                final = self.final_tokens(mine, grid, (gh, gw), context)
+                enc_grid, shape = self.family.layout(grid, (gh, gw), context)
+                emb = F.normalize(self.family.embed(final).to(acc), dim=-1).view(*shape, -1)
                 ident = dict(identity, masks=region_fingerprint(m)) if self.method.needs_masks else identity
-                out.append(ImageEncoding(emb, grid, tuple(size), x, ident, masks=m))
+                out.append(ImageEncoding(emb, enc_grid, tuple(size), x, ident, masks=m,
+                                         extras=self.family.extras(context)))
             i = j
         return out
 
@@ -274,7 +306,8 @@ class Segmenter:
         token grid for whole-image inference), before the final resize."""
         text = self.query_embeddings(queries).to(enc.embeddings.device, enc.embeddings.dtype)
         logits = (enc.embeddings @ text.T).permute(0, 3, 1, 2)
-        if self.preset.window.crop == 0 and not any(enc.grid.pad):  # whole image: the grid straight to the original
+        if self.family.single_map or (self.preset.window.crop == 0 and not any(enc.grid.pad)):
+            # one token map (whole image, or Trident's SAM grid): straight to the original
             return logits[0]
         return stitch(logits, enc.grid)
 
@@ -315,7 +348,8 @@ class Segmenter:
         if preset.decision.mask_vote and enc.masks is None:
             raise GlaclipError(f"mask_vote (map correction, on for {preset.method}) needs region masks: give "
                                "masks=..., --masks DIR or --sam NAME, or set mask_vote=false")
-        return decide(self.canvas(enc, queries), enc.resized, enc.size, queries, preset, enc.masks)
+        seg = decide(self.canvas(enc, queries), enc.resized, enc.size, queries, preset, enc.masks)
+        return self.family.refine(seg, enc, preset)
 
 
 MaskInput = Union[np.ndarray, torch.Tensor]
