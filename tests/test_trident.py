@@ -386,3 +386,40 @@ def test_cli_refuses_missing_sam_file_before_loading(tmp_path):
     res = CliRunner().invoke(app, ["segment", str(img), "-c", "a, b", "--method", "trident", "--sam", "sam2-hiera-tiny",
                                    "-o", str(tmp_path / "out")])
     assert isinstance(res.exception, GlaclipError) and "unknown --sam" in str(res.exception)
+
+
+def test_compare_trident_beside_mask_and_window_methods(files6, tmp_path, monkeypatch):
+    """`glaclip compare`: --sam-weights go to Trident's SAM, the mask method takes --masks FILE, and each
+    panel's numbers are written."""
+    import json
+
+    import cv2
+    from typer.testing import CliRunner
+
+    import glaclip.trident as trident
+    from glaclip.cli import app
+
+    seen = {}
+
+    def fake_load(name, weights, device="auto", dtype="auto"):
+        seen.update(name=name, weights=weights)
+        return tiny_sam(dtype=torch.float32)
+
+    monkeypatch.setattr(trident, "load_sam", fake_load)
+    img, masks = tmp_path / "a.png", tmp_path / "m.npz"
+    rgb = image()
+    cv2.imwrite(str(img), rgb[..., ::-1])
+    np.savez_compressed(masks, instance_mask=(np.arange(rgb.shape[0])[:, None] // 20
+                                              + np.arange(rgb.shape[1])[None, :] // 30).astype(np.int32))
+    out = tmp_path / "cmp.png"
+    args = ["compare", str(img), "-m", "proxyclip,trident,corrclip", "-c", "sky, cat", "--sam-weights", "random",
+            "--masks", str(masks), "-o", str(out), "--clip", files6["clip"], "--clip-weights", files6["clip_weights"],
+            "--vfm", files6["vfm"], "--vfm-weights", files6["vfm_weights"], "--device", "cpu",
+            "--set", "short_side=112", "--set", "crop=112", "--set", "stride=48", "--set", "sam_iou_thresh=-1",
+            "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert seen == {"name": "sam-vit-b", "weights": "random"}
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [r["method"] for r in runs] == ["proxyclip", "trident", "corrclip"]
+    assert out.is_file()

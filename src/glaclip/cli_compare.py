@@ -54,11 +54,13 @@ def compare_cmd(
 ) -> None:
     """Run several methods on one image with the same classes and weights: writes one figure (the
     image, each method's overlay with its time and peak memory, and a table of them) and prints the
-    table. Each method is loaded, run and released in turn; --set applies to every method."""
+    table. Each method is loaded, run and released in turn; --set applies to every method.
+    --sam/--sam-weights name Trident's SAM when trident is among the methods (mask methods then take
+    --masks FILE), else the SAM 2 model that makes the region masks."""
     from .compare import compare, comparison_figure, table_lines
     from .files import atomic_paths
     from .images import load_image
-    from .mask_source import mask_request, open_masks
+    from .mask_source import mask_request, open_masks, split_sam
     from .methods import METHODS
     from .protocols import effective
     from .regions import load_masks
@@ -81,8 +83,13 @@ def compare_cmd(
             raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
         entries.append((name, preset, queries))
     readers = [p for _, p, _ in entries if METHODS[p.method].needs_masks or p.decision.mask_vote]
-    request = mask_request(masks, sam, sam_weights, readers[0], one_image=True) if readers else None
-    if not readers and (masks is not None or sam is not None or sam_weights is not None):
+    sam_users = [p for _, p, _ in entries if METHODS[p.method].needs_sam]
+    # --sam/--sam-weights: the SAM of the methods that aggregate with one (Trident) when there is one
+    # among them (mask methods then take --masks FILE), else the SAM 2 mask generator
+    own_sam = split_sam(sam_users[0], sam, sam_weights)[0] if sam_users else {}
+    gen_sam, gen_weights = (None, None) if sam_users else (sam, sam_weights)
+    request = mask_request(masks, gen_sam, gen_weights, readers[0], one_image=True) if readers else None
+    if not readers and (masks is not None or gen_sam is not None or gen_weights is not None):
         say("glaclip: warning: none of these methods reads region masks; --masks/--sam are ignored")
     rgb = load_image(image)
     region_map = load_masks(request.path, rgb.shape[:2]) if request is not None and request.path else None
@@ -92,7 +99,9 @@ def compare_cmd(
     source = {}
 
     def load(preset):
-        seg = Segmenter.from_pretrained(preset=preset, device=device, dtype=dtype, progress=not quiet, **models)
+        extra = own_sam if METHODS[preset.method].needs_sam else {}
+        seg = Segmenter.from_pretrained(preset=preset, device=device, dtype=dtype, progress=not quiet, **models,
+                                        **extra)
         if request is not None and request.sam is not None and "gen" not in source and seg.needs_masks:
             source["gen"] = open_masks(request, seg, dtype, echo=say)
         return seg
