@@ -30,6 +30,8 @@ from .cli_options import (
     SetOpt,
     VfmOpt,
     VfmWeightsOpt,
+    _load,
+    _say,
     check_writable,
     parse_overrides,
 )
@@ -44,27 +46,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _say(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
-def _announce(seg, quiet: bool) -> None:
-    if not quiet:
-        _say(f"glaclip: {seg.preset.describe()}")
-        _say(f"glaclip: {seg.models_line()}")
-
-
-def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, **kwargs):
-    """The segmenter every command builds from its model options and an effective preset
-    (`protocols.effective`); prints its settings unless quiet."""
-    from .segmenter import Segmenter
-
-    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    preset=preset, device=device, dtype=dtype, progress=not quiet, **kwargs)
-    _announce(seg, quiet)
-    return seg
 
 
 @app.command()

@@ -52,7 +52,7 @@ def labelstudio_cmd(
     ';' in a label's value or its hint attribute gives synonyms. Connect it in the project's Model
     settings (Label Studio on this machine needs ML_BLOCK_LOCAL_IP=false to reach a local backend).
     """
-    from .cli import _load, _say
+    from .cli_options import _load, _say
     from .integrations import require
     from .integrations.labelstudio import Backend, ImageSource, serve
     from .protocols import effective

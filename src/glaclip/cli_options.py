@@ -1,5 +1,5 @@
-"""The options the commands share (typer declarations) and their early checks, so `cli.py` holds only the
-commands."""
+"""The options the commands share (typer declarations), their early checks and the model loading every
+command does, so `cli.py` (and the `cli_*` modules of single commands) hold only the commands."""
 
 from __future__ import annotations
 
@@ -92,3 +92,24 @@ def check_writable(folder: Path) -> None:
             pass
     except OSError as exc:
         raise GlaclipError(f"cannot write to --out {folder}: {exc.strerror or exc}") from None
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _announce(seg, quiet: bool) -> None:
+    if not quiet:
+        _say(f"glaclip: {seg.preset.describe()}")
+        _say(f"glaclip: {seg.models_line()}")
+
+
+def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, **kwargs):
+    """The segmenter every command builds from its model options and an effective preset
+    (`protocols.effective`); prints its settings unless quiet."""
+    from .segmenter import Segmenter
+
+    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
+                                    preset=preset, device=device, dtype=dtype, progress=not quiet, **kwargs)
+    _announce(seg, quiet)
+    return seg
