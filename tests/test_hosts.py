@@ -183,10 +183,18 @@ def test_single_window_gla_reduces_to_window_local_proxyclip():
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_runs_through_predict(segmenter, files6, name):
+def test_every_method_runs_through_predict(segmenter, files6, name, monkeypatch):
     seg, masks = segmenter, None
     if METHODS[name].needs_masks:  # CorrCLIP needs region masks and a CLIP of >= 5 blocks
         seg, masks = Segmenter.from_pretrained(method=name, device="cpu", **files6), block_masks(150, 260)
+    if METHODS[name].needs_sam:  # Trident aggregates with SAM: a tiny random one in place of SAM ViT-B
+        pytest.importorskip("segment_anything")
+        from test_trident import tiny_sam
+
+        import glaclip.trident as trident
+
+        monkeypatch.setattr(trident, "load_sam", lambda *a, **k: tiny_sam(dtype=torch.float32))
+        seg = Segmenter.from_pretrained(method=name, device="cpu", sam_weights="random", **files6)
     result = seg.with_preset(get_preset(name)).predict(structured_image(150, 260), CLASSES, masks=masks)
     assert result.labels.shape == (150, 260) and result.probs.shape == (4, 150, 260)
     np.testing.assert_allclose(result.probs.sum(0), 1.0, atol=1e-5)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 import torch.nn.functional as F
 import trident_reference as ref
 
-pytest.importorskip("segment_anything")
+if not os.environ.get("CI"):  # CI installs the masks extra (.ci/run): there a missing package fails
+    pytest.importorskip("segment_anything")
 
 from glaclip.errors import GlaclipError  # noqa: E402
 from glaclip.images import clip_to_imagenet, preprocess  # noqa: E402
