@@ -206,19 +206,6 @@ def _complete(rec: dict | None, it: Item, out: Path, opts: Options) -> bool:
     return kinds <= files.keys() and all((out / f).exists() for k, f in files.items() if k in _kept_kinds(opts))
 
 
-def _masks_changed(rec: dict | None, it: Item, opts: Options) -> bool:
-    """A finished image whose mask file now holds other masks than it was segmented with (the run's
-    identity has the mask folder's path, not its content): it is segmented again."""
-    if not rec or opts.masks is None or opts.masks.generates or is_encoding_file(it.path) or "masks" not in rec:
-        return False
-    from .regions import load_masks
-
-    try:
-        return fingerprint(load_masks(opts.masks.file_for(it.name))) != rec["masks"]
-    except GlaclipError:
-        return True  # gone or unreadable now: processing it again reports why
-
-
 def _source_image(it: Item, loaded: _Loaded) -> Path | None:
     """The image file an item was segmented from (for a saved encoding: its image, when still there)."""
     if loaded.enc is None:
@@ -282,7 +269,8 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
         rec = started.done.get(it.rel)
         if not _complete(rec, it, out, opts):
             todo.append(it)
-        elif _masks_changed(rec, it, opts):
+        elif opts.masks is not None and "masks" in rec and not is_encoding_file(it.path) \
+                and opts.masks.changed(it.name, rec["masks"]):  # same folder, other content
             todo.append(it)
             changed.append(it.name)
     if changed and echo is not None:

@@ -148,6 +148,19 @@ class MaskSource:
         path = self.request.path
         return path if path.is_file() else mask_file_for(path, Path(relative))
 
+    def changed(self, relative: str | PurePath, recorded: str | None) -> bool:
+        """Whether the mask file of the image at `relative` now holds other masks than the fingerprint
+        `recorded` when it was segmented (a run's identity names the folder, not its content); a file
+        gone or unreadable counts as changed (processing the image again says why). Generated: False."""
+        if self.generates:
+            return False
+        from .regions import load_masks
+
+        try:
+            return fingerprint(load_masks(self.file_for(relative))) != recorded
+        except GlaclipError:
+            return True
+
     def read(self, image: str | Path, relative: str | PurePath, size: tuple[int, int]) -> np.ndarray | None:
         """The H x W int32 masks of an image of `size` (H, W) from its file; None when generated
         (`generate`, later). Missing file, wrong size, unreadable file: one line naming both."""
