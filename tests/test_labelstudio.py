@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -181,9 +180,15 @@ def reference(segmenter, image_file):
 
 
 @pytest.fixture(scope="module")
-def backend(segmenter):
+def tmp_root(tmp_path_factory):
+    """The folder every tmp_path of the session lies under: the backend's --allow-root in these tests."""
+    return tmp_path_factory.getbasetemp()
+
+
+@pytest.fixture(scope="module")
+def backend(segmenter, tmp_root):
     lines: list[str] = []
-    b = Backend(segmenter, echo=lines.append)
+    b = Backend(segmenter, ImageSource(allow_roots=[tmp_root]), echo=lines.append)
     b.lines = lines
     return b
 
@@ -268,8 +273,9 @@ def test_one_error_per_failing_task(client, backend, image_file, tmp_path):
     results = client.post("/predict", json={"tasks": tasks, "label_config": BRUSH, "project": "99.1"}).json()["results"]
     assert len(results) == 6 and results[0]["result"] and all(set(r) == {"error"} for r in results[1:])
     errors = [r["error"] for r in results[1:]]
-    for ident, error, words in zip(range(2, 7), errors, ["image not found", "no data field 'image'", "s3://",
-                                                           "not a recognised image format", "URL is unknown"]):
+    expected = ["nope.png is not read: local files are read only", "no data field 'image'", "s3://",
+                "not a recognised image format", "start the backend with --url"]
+    for ident, error, words in zip(range(2, 7), errors, expected):
         assert error.startswith(f"task {ident}: ") and words in error and "\n" not in error
     assert backend.lines[-6:] == errors + ["project 99.1: 1 of 6 tasks predicted"]
     (bad,) = client.post("/predict", json={"tasks": [tasks[0]], "label_config": "<View/>"}).json()["results"]
@@ -277,7 +283,7 @@ def test_one_error_per_failing_task(client, backend, image_file, tmp_path):
 
 
 def test_an_unexpected_failure_stays_in_its_task(segmenter, image_file, monkeypatch):
-    backend = Backend(segmenter)
+    backend = Backend(segmenter, ImageSource(allow_roots=[image_file.parent]))
     calls = []
 
     def flaky(path, *args, **kwargs):
@@ -330,7 +336,8 @@ def files_server(image_file):
 
 @pytest.mark.parametrize("how", ["token from /setup", "legacy token option", "personal access token option"])
 def test_images_fetched_from_label_studio_with_its_token(segmenter, reference, files_server, how):
-    source = {"token from /setup": ImageSource(), "legacy token option": ImageSource(files_server + "/", TOKEN),
+    source = {"token from /setup": ImageSource(files_server),
+              "legacy token option": ImageSource(files_server + "/", TOKEN),
               "personal access token option": ImageSource(files_server, "aaa.bbb.ccc")}[how]
     backend = Backend(segmenter, source)
     backend.setup({"project": "5.17", "schema": BRUSH, "hostname": files_server, "access_token": TOKEN})
@@ -349,7 +356,7 @@ def test_wrong_token_and_token_sent_only_to_label_studio(segmenter, files_server
     (err,) = backend.predict({"tasks": [{"id": 1, "data": {"image": "/data/upload/1/street.png"}}],
                               "label_config": BRUSH})["results"]
     assert "HTTP 401" in err["error"] and "check the API key" in err["error"]
-    backend = Backend(segmenter, ImageSource("http://label-studio.invalid:8080", TOKEN))  # another host: no token
+    backend = Backend(segmenter, ImageSource("http://label-studio.invalid:8080", TOKEN, allow_hosts=[files_server]))
     (err,) = backend.predict({"tasks": [{"id": 1, "data": {"image": files_server + "/data/upload/1/street.png"}}],
                               "label_config": BRUSH})["results"]
     assert "HTTP 401" in err["error"]
@@ -440,7 +447,7 @@ def test_end_to_end_with_a_real_label_studio_server(tmp_path, tiny_files, refere
     ml_log, ls_log = tmp_path / "backend.log", tmp_path / "label-studio.log"
     models = [a for k, v in tiny_files.items() for a in (f"--{k.replace('_', '-')}", v)]
     backend_cmd = [sys.executable, "-m", "glaclip", "labelstudio", "--port", str(ml_port), "--device", "cpu",
-                   "--dtype", "fp32", "--no-cache", *models]
+                   "--dtype", "fp32", "--no-cache", "--url", f"http://127.0.0.1:{ls_port}", *models]
     env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(tmp_path / "ls-data"), HOME=str(tmp_path),
                LABEL_STUDIO_USERNAME="glaclip@example.com", LABEL_STUDIO_PASSWORD=secrets.token_hex(8),
                LABEL_STUDIO_USER_TOKEN=TOKEN, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
@@ -506,6 +513,4 @@ def _run_end_to_end(api, ml_port, seg, image_file, ml_log):
     pat = api.post("/api/token/")
     assert pat.status_code in (200, 201), pat.text
     image_url = next(url for url in tasks if "missing" not in url)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = ImageSource(str(api.base_url), pat.json()["token"]).fetch(image_url, None, Path(tmp))
-        assert path.read_bytes() == image_file.read_bytes()
+    assert ImageSource(str(api.base_url), pat.json()["token"]).read(image_url) == image_file.read_bytes()

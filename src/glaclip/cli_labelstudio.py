@@ -3,7 +3,8 @@ backend itself is `integrations.labelstudio`."""
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -27,11 +28,16 @@ from .models import DEFAULT_VFM
 def labelstudio_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (0.0.0.0 for all)."),
     port: int = typer.Option(9090, "--port", help="Port to serve on."),
-    url: Optional[str] = typer.Option(None, "--url", envvar="LABEL_STUDIO_URL", help="Label Studio's URL, to fetch "
-                                      "task images from (default: the hostname Label Studio sends on connecting)."),
+    url: Optional[str] = typer.Option(None, "--url", envvar="LABEL_STUDIO_URL", help="Label Studio's URL: the only "
+                                      "host its files (/data/...) are fetched from and the API key is sent to."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LABEL_STUDIO_API_KEY", show_default=False,
                                           help="Label Studio API key: a personal access token or a legacy token "
-                                          "(default: the token Label Studio sends on connecting)."),
+                                          "(default: the token Label Studio sends on connecting). Needs --url."),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="Also fetch task image URLs from this host "
+                                         "(HOST, HOST:PORT or http(s)://HOST[:PORT]; repeatable), with no "
+                                         "credential. Default: none."),
+    allow_root: List[Path] = typer.Option([], "--allow-root", help="Read task images given as local paths under "
+                                          "this folder (repeatable). Default: none."),
     method: MethodOpt = DEFAULT_METHOD,
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Use this benchmark's protocol row."),
     protocol: ProtocolOpt = None,
@@ -58,9 +64,11 @@ def labelstudio_cmd(
     from .protocols import effective
 
     require("fastapi", "labelstudio"), require("uvicorn", "labelstudio")  # before the models load
+    source = ImageSource(url, api_key, allow_host, allow_root)
     preset, _ = effective(method, dataset, protocol, parse_overrides(settings))
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, text_cache=not no_cache)
-    backend = Backend(seg, ImageSource(url, api_key), prob_thd=prob_thd, echo=lambda line: _say(f"glaclip: {line}"))
+    backend = Backend(seg, source, prob_thd=prob_thd, echo=lambda line: _say(f"glaclip: {line}"))
     _say(f"glaclip: Label Studio ML backend on http://{host}:{port} (model version {backend.version}; Ctrl+C to "
          "stop)")
+    _say(f"glaclip: reads {source.describe()}")
     serve(backend, host, port)

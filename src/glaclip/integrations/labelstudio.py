@@ -17,40 +17,39 @@ coordinates; each region's score is the class's mean probability over its mask, 
 mean over all pixels of the probability of the class each pixel got. model_version =
 `method-<12 hex digits>` of the models (weights by content) and every setting.
 
-Images: task data URLs Label Studio serves (/data/upload/..., /data/local-files/?d=...) are fetched
-from the Label Studio URL (--url / LABEL_STUDIO_URL, else the hostname /setup sends) with the API key
-(--api-key / LABEL_STUDIO_API_KEY: a legacy token or a personal access token, else the token /setup
-sends); other http(s) URLs are fetched as they are (the key only goes to the Label Studio host);
-anything else (a path, file://) is read from this machine's disk. A task that fails gets
-`{"error": "..."}` (no "result", so Label Studio skips it and logs the line) and the line is printed
-here; the other tasks are predicted.
+Images (`sources.ImageSource`): Label Studio's files (/data/upload/..., /data/local-files/?d=...) from
+the URL the operator names (--url / LABEL_STUDIO_URL) with the API key (--api-key /
+LABEL_STUDIO_API_KEY: a legacy token or a personal access token, else the token /setup sends), never
+from a host a request names; other URLs only from --allow-host hosts, local files only under
+--allow-root folders; every read within a total deadline and a size limit. An image is read and
+decoded before the models are taken, so a slow or hostile one holds up no other request. A task
+that fails gets `{"error": "..."}` (no "result", so Label Studio skips it and logs the line) and the
+line is printed here; the other tasks are predicted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import tempfile
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import GlaclipError, one_line
+from ..images import load_image
 from ..segmenter import Segmenter
 from ..text import ClassQueries, parse_classes
 from . import require
+from .sources import ImageSource
+
+__all__ = ["Backend", "ImageSource", "LabelConfig", "brush_rle", "create_app", "model_version", "parse_label_config",
+           "prediction", "serve"]
 
 CONTROLS = {"BrushLabels": "brushlabels", "PolygonLabels": "polygonlabels"}
-MAX_DOWNLOAD = 512 * 2**20  # bytes of one image fetched from a URL
-TIMEOUT = 60.0  # seconds per image download
-LS_PREFIXES = ("/data/", "/tasks/", "/storage-data/")  # paths Label Studio serves task files under
 
 
 @dataclass(frozen=True)
@@ -178,89 +177,6 @@ def prediction(seg_result, config: LabelConfig, version: str) -> dict:
     return {"result": regions, "score": score, "model_version": version}
 
 
-class ImageSource:
-    """Where task images come from: Label Studio's URL and API key (fixed, or per project from /setup)."""
-
-    def __init__(self, url: str | None = None, api_key: str | None = None):
-        self.url, self.api_key = (url or "").rstrip("/") or None, api_key or None
-        self._projects: dict[str, tuple[str | None, str | None]] = {}
-        self._access: dict[str, str] = {}  # personal access token -> short-lived access token
-        self._lock = threading.Lock()
-
-    def remember(self, project: str, hostname: str | None, token: str | None) -> None:
-        """The hostname and token /setup sent for a project ("ID.TIMESTAMP"; used after the options)."""
-        with self._lock:
-            self._projects[str(project).split(".")[0]] = ((hostname or "").rstrip("/") or None, token or None)
-
-    def fetch(self, value: Any, project: str | None, folder: Path) -> Path:
-        """A task's image value -> a local file (downloaded into folder, or the local path itself)."""
-        if not isinstance(value, str) or not value.strip():
-            raise GlaclipError(f"the image field is {value!r}, not a URL or path")
-        scheme = urllib.parse.urlsplit(value).scheme.lower()
-        if scheme not in ("http", "https") and not value.startswith(LS_PREFIXES):
-            if len(scheme) > 1 and scheme != "file":
-                raise GlaclipError(f"cannot read {scheme}:// URLs ({value}); let Label Studio serve the files "
-                                   "(pre-signed URLs or its /data/ URLs)")
-            return Path(urllib.parse.urlsplit(value).path if scheme == "file" else value)
-        host, key = self._project(project)
-        if scheme:
-            same = host is not None and urllib.parse.urlsplit(value)[:2] == urllib.parse.urlsplit(host)[:2]
-            return self._download(value, key if same else None, host, folder)
-        if host is None:
-            raise GlaclipError(f"{value} is on the Label Studio server, whose URL is unknown: give --url or "
-                               "LABEL_STUDIO_URL (or connect the backend so that /setup sends it)")
-        return self._download(host + value, key, host, folder)
-
-    def _project(self, project: str | None) -> tuple[str | None, str | None]:
-        with self._lock:
-            host, token = self._projects.get(str(project or "").split(".")[0], (None, None))
-        return self.url or host, self.api_key or token
-
-    def _download(self, url: str, key: str | None, host: str | None, folder: Path, retry: bool = True) -> Path:
-        headers = {"Authorization": self._authorization(key, host)} if key else {}
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT) as resp:
-                data = resp.read(MAX_DOWNLOAD + 1)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 401 and retry and key and _is_jwt(key):  # the access token expired: refresh it once
-                with self._lock:
-                    self._access.pop(key, None)
-                return self._download(url, key, host, folder, retry=False)
-            hint = " (check the API key: --api-key or LABEL_STUDIO_API_KEY)" if exc.code in (401, 403) else ""
-            raise GlaclipError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}{hint}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise GlaclipError(f"cannot fetch {url}: {one_line(getattr(exc, 'reason', exc))}") from None
-        if len(data) > MAX_DOWNLOAD:
-            raise GlaclipError(f"{url} is over {MAX_DOWNLOAD // 2**20} MiB")
-        path = folder / ("image" + Path(urllib.parse.urlsplit(url).path).suffix[:10])
-        path.write_bytes(data)
-        return path
-
-    def _authorization(self, key: str, host: str | None) -> str:
-        """A legacy token as `Token KEY`; a personal access token (a JWT) traded for an access token."""
-        if not _is_jwt(key):
-            return f"Token {key}"
-        with self._lock:
-            access = self._access.get(key)
-        if access is None:
-            body = json.dumps({"refresh": key}).encode()
-            request = urllib.request.Request(f"{host}/api/token/refresh/", data=body,
-                                             headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
-                    access = json.loads(resp.read())["access"]
-            except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-                raise GlaclipError(f"cannot trade the personal access token for an access token at {host}: "
-                                   f"{one_line(exc)}") from None
-            with self._lock:
-                self._access[key] = access
-        return f"Bearer {access}"
-
-
-def _is_jwt(key: str) -> bool:
-    return key.count(".") == 2
-
-
 class Backend:
     """The ML backend's logic over a loaded segmenter, apart from the web framework."""
 
@@ -277,9 +193,14 @@ class Backend:
         self._lock = threading.Lock()  # one prediction at a time on the models
 
     def setup(self, body: dict) -> dict:
-        """/setup: check the label config, remember where the project's images are; -> model_version."""
+        """/setup: check the label config, remember the project's token; -> model_version. The hostname
+        it names is not used: images come only from where the operator said (`sources`)."""
         config = parse_label_config(str(body.get("schema") or ""))
-        self.source.remember(str(body.get("project", "")), body.get("hostname"), body.get("access_token"))
+        self.source.remember(str(body.get("project", "")), body.get("access_token"))
+        said = str(body.get("hostname") or "").rstrip("/")
+        if said and said != self.source.url:
+            self.echo(f"project {body.get('project')}: /setup names Label Studio at {said}; files are fetched "
+                      f"only from --url ({self.source.url or 'not given'})")
         self.echo(f"project {body.get('project')}: {config.kind} {config.from_name!r} with "
                   f"{len(config.labels)} classes: {', '.join(config.labels)}")
         return {"model_version": self.version}
@@ -313,11 +234,28 @@ class Backend:
         data = task.get("data") if isinstance(task, dict) else None
         if not isinstance(data, dict) or config.data_key not in data:
             raise GlaclipError(f"the task has no data field {config.data_key!r} (the Image's value)")
-        with tempfile.TemporaryDirectory(prefix="glaclip-ls-") as tmp:
-            path = self.source.fetch(data[config.data_key], project, Path(tmp))
-            with self._lock:
-                seg = self.segmenter.predict(path, config.queries, prob_thd=self.prob_thd)
+        value = data[config.data_key]
+        rgb = decode(self.source.read(value, project), value)
+        with self._lock:  # the models, one prediction at a time: taken only once the image is in memory
+            seg = self.segmenter.predict(rgb, config.queries, prob_thd=self.prob_thd)
         return prediction(seg, config, self.version)
+
+
+def decode(data: bytes, name: str) -> np.ndarray:
+    """Image bytes -> H x W x 3 uint8, as `load_image` decodes a file (EXIF orientation, pixel limit)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..images import check_size, open_header
+
+    try:
+        img = open_header(io.BytesIO(data))
+        check_size(*img.size, what=f"image {name}")
+        img.load()
+    except UnidentifiedImageError:
+        raise GlaclipError(f"cannot read image {name}: not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise GlaclipError(f"cannot read image {name}: {one_line(exc)}") from None
+    return load_image(img)
 
 
 def create_app(backend: Backend):
@@ -326,15 +264,17 @@ def create_app(backend: Backend):
     from fastapi.responses import JSONResponse
 
     app = fastapi.FastAPI(title="glaclip Label Studio ML backend", docs_url=None, redoc_url=None)
+    # every route but /predict is async, on the event loop: /predict's worker threads, however many are
+    # busy (reading a slow image, waiting for the models), never keep /health from answering
     status = {"status": "UP", "model_class": "glaclip", "model_version": backend.version}
 
     @app.get("/")
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         return status
 
     @app.post("/setup")
-    def setup(body: dict = fastapi.Body(...)):
+    async def setup(body: dict = fastapi.Body(...)):
         try:
             return backend.setup(body)
         except GlaclipError as exc:
@@ -342,7 +282,7 @@ def create_app(backend: Backend):
             return JSONResponse({"error": str(exc)}, status_code=422)
 
     @app.post("/validate")
-    def validate(body: dict = fastapi.Body(...)):
+    async def validate(body: dict = fastapi.Body(...)):
         try:
             parse_label_config(str(body.get("config") or ""))
         except GlaclipError as exc:
@@ -354,15 +294,15 @@ def create_app(backend: Backend):
         return backend.predict(body)
 
     @app.get("/versions")
-    def versions() -> dict:
+    async def versions() -> dict:
         return {"versions": [backend.version], "model_version": backend.version}
 
     @app.post("/webhook")
-    def webhook() -> dict:  # Label Studio posts its events (START_TRAINING, ...) here; glaclip does not train
+    async def webhook() -> dict:  # Label Studio posts its events (START_TRAINING, ...) here; glaclip does not train
         return {}
 
     @app.get("/metrics")
-    def metrics() -> dict:
+    async def metrics() -> dict:
         return {}
 
     return app
