@@ -1,7 +1,7 @@
 """Label Studio (https://labelstud.io): an ML backend that pre-labels a project's images.
 
     pip install 'glaclip[labelstudio]'
-    glaclip labelstudio --port 9090 [--method ... --device cuda ...]   # then connect http://HOST:9090 in the project
+    glaclip labelstudio --port 9090 --url http://LABEL_STUDIO:8080 [--method ...]   # then connect http://HOST:9090
 
 The protocol is the one Label Studio speaks to ML backends (`label_studio/ml/api_connector.py`):
 GET /health, POST /setup (-> model_version), POST /predict ({"tasks", "label_config"} -> one
