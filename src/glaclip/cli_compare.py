@@ -20,6 +20,7 @@ from .cli_options import (
     SamWeightsOpt,
     SetOpt,
     VfmWeightsOpt,
+    check_file_out,
     parse_overrides,
 )
 from .errors import GlaclipError
@@ -93,7 +94,7 @@ def compare_cmd(
         say("glaclip: warning: none of these methods reads region masks; --masks/--sam are ignored")
     rgb = load_image(image)
     region_map = load_masks(request.path, rgb.shape[:2]) if request is not None and request.path else None
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_file_out(out)
     models = {k: v for k, v in dict(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights).items()
               if v is not None}
     source = {}
