@@ -178,6 +178,8 @@ def test_16_bit_images_with_small_values_are_scaled_by_their_bit_depth(tmp_path,
     monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
     with Image.open(tmp_path / "cv.png") as im:
         assert im.mode == "I"
+        im.load()  # decoded: the PNG header still tells
+        np.testing.assert_array_equal(load_image(im), want)
     np.testing.assert_array_equal(load_image(tmp_path / "cv.png"), want)
     # 8-bit data is unchanged, and so are generic 32/64-bit integer arrays (their values decide)
     np.testing.assert_array_equal(load_image(gray.astype(np.uint8)), np.repeat(gray.astype(np.uint8)[..., None], 3, -1))
