@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
@@ -115,6 +116,7 @@ def segment(
     from .encoding import is_encoding_file
     from .mask_source import mask_request, open_masks, split_sam
     from .protocols import effective
+    from .runlock import hold
 
     overrides = parse_overrides(settings)
     if prob_thd is not None:
@@ -134,34 +136,37 @@ def segment(
                            carried=all(is_encoding_file(it.path) for it in items))
     check_writable(out)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
+        with hold(out):  # refused here rather than in process 0, after the others started
+            pass
         launch_ranks(processes)
         return
     shard = shard_from_env()
-    device = rank_device(shard, device)
-    seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile, text_cache=not no_cache, **own_sam)
-    source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
-    opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
-                   batch_images=batch_images or (4 if seg.device.type == "cuda" else 1), save_encoding=save_encoding,
-                   masks=source, save_masks=bool(request and request.save))
-    result = segment_collection(seg, items, queries, out, opts, shard=shard, progress=not quiet,
-                                echo=None if quiet else _say)
-    if shard.rank == 0 and not quiet:
-        _say(f"glaclip: {len(items) - result.get('failed', 0)} of {len(items)} images segmented into {out}"
-             + (f"; summary in {out / 'summary.csv'}" if "summary" in result else ""))
-    failed = result.get("failed", len(result["failures"]))
-    first = result["failures"][0] if result["failures"] else "see summary.csv"
-    msg = None if not failed else f"{failed} of {len(items)} images failed (others were written): {first}" \
-        if shard.rank == 0 else f"process {shard.rank}: {failed} of its images failed: {first}"
-    if shard.distributed:  # every rank's line is out before any rank exits (the launcher stops the rest then)
-        if msg:
-            _say(f"glaclip: error: {msg}")
-        barrier(shard)
-        leave(shard)
-        if msg:
-            raise typer.Exit(2)
-    elif msg:
-        raise GlaclipError(msg)
+    with hold(out) if shard.rank == 0 else nullcontext():  # one run at a time per --out
+        device = rank_device(shard, device)
+        seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
+                    compile=compile, text_cache=not no_cache, **own_sam)
+        source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
+        opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
+                       batch_images=batch_images or (4 if seg.device.type == "cuda" else 1),
+                       save_encoding=save_encoding, masks=source, save_masks=bool(request and request.save))
+        result = segment_collection(seg, items, queries, out, opts, shard=shard, progress=not quiet,
+                                    echo=None if quiet else _say)
+        if shard.rank == 0 and not quiet:
+            _say(f"glaclip: {len(items) - result.get('failed', 0)} of {len(items)} images segmented into {out}"
+                 + (f"; summary in {out / 'summary.csv'}" if "summary" in result else ""))
+        failed = result.get("failed", len(result["failures"]))
+        first = result["failures"][0] if result["failures"] else "see summary.csv"
+        msg = None if not failed else f"{failed} of {len(items)} images failed (others were written): {first}" \
+            if shard.rank == 0 else f"process {shard.rank}: {failed} of its images failed: {first}"
+        if shard.distributed:  # every rank's line is out before any rank exits (the launcher stops the rest then)
+            if msg:
+                _say(f"glaclip: error: {msg}")
+            barrier(shard)
+            leave(shard)
+            if msg:
+                raise typer.Exit(2)
+        elif msg:
+            raise GlaclipError(msg)
 
 
 @app.command("eval")

@@ -20,6 +20,7 @@ from .cli_options import (
     SamWeightsOpt,
     SetOpt,
     VfmWeightsOpt,
+    check_file_out,
     parse_overrides,
 )
 from .errors import GlaclipError
@@ -58,9 +59,10 @@ def compare_cmd(
     --sam/--sam-weights name Trident's SAM when trident is among the methods (mask methods then take
     --masks FILE), else the SAM 2 model that makes the region masks."""
     from .compare import compare, comparison_figure, table_lines
+    from .devices import resolve_device
     from .files import atomic_paths
     from .images import load_image
-    from .mask_source import mask_request, open_masks, split_sam
+    from .mask_source import MaskSource, mask_request, split_sam
     from .methods import METHODS
     from .protocols import effective
     from .regions import load_masks
@@ -93,20 +95,29 @@ def compare_cmd(
         say("glaclip: warning: none of these methods reads region masks; --masks/--sam are ignored")
     rgb = load_image(image)
     region_map = load_masks(request.path, rgb.shape[:2]) if request is not None and request.path else None
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_file_out(out)
     models = {k: v for k, v in dict(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights).items()
               if v is not None}
-    source = {}
+    dev = resolve_device(device)
 
     def load(preset):
         extra = own_sam if METHODS[preset.method].needs_sam else {}
-        seg = Segmenter.from_pretrained(preset=preset, device=device, dtype=dtype, progress=not quiet, **models,
-                                        **extra)
-        if request is not None and request.sam is not None and "gen" not in source and seg.needs_masks:
-            source["gen"] = open_masks(request, seg, dtype, echo=say)
-        return seg
+        return Segmenter.from_pretrained(preset=preset, device=dev, dtype=dtype, progress=not quiet, **models,
+                                         **extra)
 
-    runs = compare(rgb, entries, load, masks=region_map, mask_source=lambda: source.get("gen"), echo=say)
+    def generator():
+        """SAM 2 on the methods' device (`compare` times its load)."""
+        if request is None or request.sam is None:
+            return None
+        from .regions import load_sam2
+
+        source = MaskSource(request, load_sam2(request.sam, request.sam_weights, device=dev, dtype=dtype))
+        say(f"glaclip: region masks {source.describe()}")
+        return source
+
+    import open_clip  # noqa: F401  (a library every method imports: not part of the first method's load)
+
+    runs = compare(rgb, entries, load, masks=region_map, mask_source=generator, echo=say, device=dev)
     figure = comparison_figure(rgb, runs, columns=columns)
     numbers = {"image": str(image), "runs": [r.to_dict() for r in runs]}
     with atomic_paths([out, out.with_suffix(".json")]) as (tmp_png, tmp_json):

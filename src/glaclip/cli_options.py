@@ -80,18 +80,29 @@ def parse_overrides(settings: List[str]) -> dict:
     return out
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before any model loads when the output folder cannot be made or written."""
+def check_writable(folder: Path, name: str | None = None) -> None:
+    """Fail before any model loads when the output folder cannot be made or written (name: how
+    messages call it; default: --out FOLDER)."""
     import tempfile
 
+    name = name or f"--out {folder}"
     if folder.exists() and not folder.is_dir():
-        raise GlaclipError(f"--out {folder} exists and is not a folder")
+        raise GlaclipError(f"{name} exists and is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise GlaclipError(f"cannot write to --out {folder}: {exc.strerror or exc}") from None
+        raise GlaclipError(f"cannot write to {name}: {exc.strerror or exc}") from None
+
+
+def check_file_out(out: Path) -> None:
+    """`check_writable` for an output file and its .json sibling: their folder, and no folder in their place."""
+    if out.is_dir():
+        raise GlaclipError(f"--out {out} is a folder; name a file in it")
+    if out.with_suffix(".json").is_dir():
+        raise GlaclipError(f"--out {out}: {out.with_suffix('.json')}, where its numbers go, is a folder")
+    check_writable(out.parent, f"the folder of --out {out} ({out.parent})")
 
 
 def _say(msg: str) -> None:

@@ -25,11 +25,13 @@ import torch
 
 from .encoding import SUFFIX as ENCODING_SUFFIX  # a saved image encoding counts as an image
 from .errors import GlaclipError
+from .runlock import LOCK
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2")
 # the run's own files at the top of --out: no image's outputs may take these names
 MANIFEST, PROGRESS = "glaclip-run.json", ".glaclip-progress"
-RUN_FILES = (MANIFEST, PROGRESS, "summary.csv", "summary.json", "coco.json", "fiftyone")  # fiftyone: --export's folder
+RUN_FILES = (MANIFEST, PROGRESS, "summary.csv", "summary.json", "coco.json", "fiftyone",  # fiftyone: --export's folder
+             LOCK)
 
 
 @dataclass(frozen=True)

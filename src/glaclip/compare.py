@@ -1,13 +1,17 @@
 """Several methods on one image, side by side: each method's map, time and peak memory (`glaclip compare`).
 
-Each method is loaded, run and released in turn, so its peak memory is its own. Region masks are
-read or generated (SAM 2) once and given to every method that reads them; generating them is timed
-as a row of its own. Text embeddings are made before the clock starts, as in `glaclip bench`.
+Each method is loaded, run and released in turn, so its peak memory is its own: from before its
+models load to the end of its `predict`. Region masks are read or generated (SAM 2) once, before
+the first method that reads them loads, and given to every such method; SAM 2's load, its time and
+peak memory are a row of their own. Text embeddings are made before the clock starts, as in
+`glaclip bench`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -17,7 +21,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from .bench import PeakMemory
+from .devices import resolve_device
 from .errors import GlaclipError
+from .methods import METHODS
 from .visualize import _font, distinct_palette, overlay_with_legend
 
 __all__ = ["MethodRun", "compare", "comparison_figure", "table_lines"]
@@ -25,8 +31,9 @@ __all__ = ["MethodRun", "compare", "comparison_figure", "table_lines"]
 
 @dataclass
 class MethodRun:
-    """One method's result on the image: its map and what it cost (`seconds`, `peak_mb`: `predict` only;
-    `load_seconds`: loading its models)."""
+    """One method's result on the image: its map and what it cost (`seconds`: `predict`; `peak_mb`: its
+    models' loading through `predict`; `load_seconds`: loading its models). The row of generated
+    masks: SAM 2's generation, load and their peak."""
 
     method: str
     preset_line: str
@@ -44,38 +51,62 @@ class MethodRun:
 
 
 def _release(device: torch.device) -> None:
+    """Free what the last method held, back to the system (so the next one's peak is its own)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    elif sys.platform.startswith("linux"):
+        try:  # glibc keeps freed heap memory, which the next method would reuse without a rise of the RSS
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _masks_row(rgb: np.ndarray, method: str, mask_source: Callable[[], object] | None,
+               device: torch.device) -> tuple[np.ndarray, MethodRun]:
+    """Load the mask generator (mask_source()), generate the image's masks and release it."""
+    with PeakMemory(device) as peak:
+        start = time.perf_counter()
+        source = mask_source() if mask_source is not None else None
+        load_seconds = time.perf_counter() - start
+        if source is None:
+            raise GlaclipError(f"method {method} needs region masks: give --masks FILE or --sam NAME")
+        start = time.perf_counter()
+        masks = source.generate(rgb, "the image")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    row = MethodRun(f"masks: {source.request.sam}", source.describe(), "", [], None, seconds, peak.mb, load_seconds)
+    del source
+    _release(device)
+    return masks, row
 
 
 def compare(rgb: np.ndarray, entries: Sequence[tuple], load: Callable, masks=None,
-            mask_source: Callable[[], object] | None = None, echo: Callable[[str], None] | None = None
-            ) -> list[MethodRun]:
+            mask_source: Callable[[], object] | None = None, echo: Callable[[str], None] | None = None,
+            device: str | torch.device = "auto") -> list[MethodRun]:
     """Run each method on one H x W x 3 uint8 image.
 
     entries: (method name, preset, class queries) per method, in order (`protocols.effective`).
-    load(preset) -> Segmenter. masks: an H x W region map for the methods that read masks; else
-    mask_source() -> a generating `mask_source.MaskSource` (or None), asked after the first such
-    method loaded: the masks are made once, their time and peak memory a row of their own.
+    load(preset) -> Segmenter on `device`. masks: an H x W region map for the methods that read
+    masks; else mask_source() -> a generating `mask_source.MaskSource` (or None), which loads its
+    model, called before the first such method loads: the masks are made once, SAM 2's load, their
+    time and peak memory a row of their own.
     """
+    device = resolve_device(device)
     runs: list[MethodRun] = []
     for method, preset, queries in entries:
-        start = time.perf_counter()
-        seg = load(preset)
-        load_seconds = time.perf_counter() - start
-        if seg.needs_masks and masks is None:
-            source = mask_source() if mask_source is not None else None
-            if source is None:
-                raise GlaclipError(f"method {method} needs region masks: give --masks FILE or --sam NAME")
-            with PeakMemory(seg.device) as peak:
-                start = time.perf_counter()
-                masks = source.generate(rgb, "the image")
-                seconds = time.perf_counter() - start
-            runs.append(MethodRun(f"masks: {source.request.sam}", source.describe(), "", [], None,
-                                  seconds, peak.mb, 0.0))
-        seg.query_embeddings(queries)  # text encoding is not part of the image's time
-        with PeakMemory(seg.device) as peak:
+        _release(device)
+        if masks is None and (METHODS[preset.method].needs_masks or preset.decision.mask_vote):
+            masks, row = _masks_row(rgb, method, mask_source, device)
+            runs.append(row)
+            if echo is not None:
+                echo(f"glaclip: {row.method}: {row.seconds:.2f} s, peak {row.peak_mb:.0f} MiB")
+        with PeakMemory(device) as peak:
+            start = time.perf_counter()
+            seg = load(preset)
+            load_seconds = time.perf_counter() - start
+            seg.query_embeddings(queries)  # text encoding is not part of the image's time
             start = time.perf_counter()
             result = seg.predict(rgb, queries, masks=masks if seg.needs_masks else None)
             labels = result.labels
@@ -86,9 +117,8 @@ def compare(rgb: np.ndarray, entries: Sequence[tuple], load: Callable, masks=Non
                               seconds, peak.mb, load_seconds))
         if echo is not None:
             echo(f"glaclip: {method}: {seconds:.2f} s, peak {peak.mb:.0f} MiB")
-        device = seg.device
         del seg, result
-        _release(device)
+    _release(device)
     return runs
 
 

@@ -54,13 +54,16 @@ def load_image(image: ImageInput) -> np.ndarray:
 
     Grayscale, RGBA/LA (alpha dropped), palette, CMYK and 16-bit or float images are converted.
     Arrays may be HxW, HxWx1/3/4; tensors may also be 3xHxW. Floats must lie in [0, 1] (anything
-    else is an error); uint8 is 0..255; 16-bit integers are scaled to 8 bits.
+    else is an error); uint8 is 0..255. 16-bit data (uint16 arrays, Pillow's I;16 modes, mode I
+    decoded from 16-bit samples such as a 16-bit PNG) is divided by 257 whatever its values; other
+    integer arrays (int32, int64, ...) by 257 only when a value exceeds 255, else taken as 0..255.
     """
     if isinstance(image, (str, os.PathLike)):
-        return _pil_to_rgb(_open(Path(image)))
+        img, bits = _open(Path(image))
+        return _pil_to_rgb(img, bits)
     if isinstance(image, Image.Image):
         check_size(*image.size)
-        return _pil_to_rgb(image)
+        return _pil_to_rgb(image, _bit_depth(image))
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
@@ -84,7 +87,8 @@ def open_header(path: Path) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path) -> tuple[Image.Image, int | None]:
+    """The decoded image and its sample bit depth where it matters (`_bit_depth`, read before decoding)."""
     if not path.exists():
         raise GlaclipError(f"image not found: {path}")
     if path.is_dir():
@@ -92,21 +96,45 @@ def _open(path: Path) -> Image.Image:
     try:
         img = open_header(path)
         check_size(*img.size, what=f"image {path}")
+        bits = _bit_depth(img)
         img.load()
     except UnidentifiedImageError:
         raise GlaclipError(f"cannot read image {path}: not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise GlaclipError(f"cannot read image {path}: {one_line(exc)}") from None
-    return img
+    return img, bits
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+def _bit_depth(img: Image.Image) -> int | None:
+    """16 for 16-bit samples: the I;16 modes, or mode I decoded from 16-bit raw data (a 16-bit PNG as
+    older Pillow opens it); else None (the values decide, `_array_to_rgb`)."""
+    if img.mode.startswith("I;16"):
+        return 16
+    if img.mode != "I":
+        return None
+    for tile in img.tile or ():  # before decoding: the raw mode of the samples
+        args = tile[-1]
+        raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+        if isinstance(raw, str) and raw.startswith("I;16"):
+            return 16
+    if img.format == "PNG" and getattr(img, "filename", None):
+        try:
+            with open(img.filename, "rb") as f:
+                head = f.read(26)
+        except OSError:
+            return None
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return int(head[24])
+    return None
+
+
+def _pil_to_rgb(img: Image.Image, bits: int | None = None) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF must not make an image unreadable
         pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _array_to_rgb(np.array(img))
+        return _array_to_rgb(np.array(img), bits)
     if img.mode != "RGB":
         if "transparency" in img.info:  # palette/gray with a transparent colour: via RGBA, alpha dropped
             img = img.convert("RGBA")
@@ -114,7 +142,8 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+def _array_to_rgb(arr: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """bits: 16 when the data is 16-bit whatever its dtype (uint16 arrays are)."""
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -141,7 +170,7 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
         peak = int(arr.max()) if arr.size else 0
         if arr.min() < 0:
             raise GlaclipError("image array has negative values")
-        if peak > 255:  # 16-bit data: scale to 8 bits
+        if bits == 16 or arr.dtype.kind == "u" and arr.dtype.itemsize == 2 or peak > 255:  # 16-bit: to 8 bits
             return np.ascontiguousarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8))
         return np.ascontiguousarray(arr.astype(np.uint8))
     raise GlaclipError(f"unsupported image array dtype {arr.dtype}")

@@ -14,9 +14,29 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence
 
 from .errors import GlaclipError
-from .methods import DEFAULT_METHOD, METHODS, VFM_LOCAL
+from .methods import (
+    CLIP_LOCAL,
+    DEFAULT_METHOD,
+    GLOBAL,
+    MASK_GLOBAL,
+    MASK_LOCAL,
+    METHODS,
+    SAM_GLOBAL,
+    VFM_LOCAL,
+)
 
 ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
+# the attention and decision settings each family reads (every method reads the window settings and
+# DECISION); `Preset.describe` lists these only
+DECISION = ("logit_scale", "prob_thd", "area_thd", "pamr_steps", "pamr_dilations", "mask_vote")
+GLA = ("rho", "proxy_iters", "dynamic", "dynamic_beta", "alpha_beta", "alpha_gamma", "beta", "gamma", "block_rows",
+       "memory_mb")
+FAMILY_SETTINGS = {
+    GLOBAL: GLA, VFM_LOCAL: ("beta", "gamma", "memory_mb", "token_norm"), CLIP_LOCAL: (), MASK_LOCAL: (),
+    MASK_GLOBAL: ("block_rows", "memory_mb"),
+    SAM_GLOBAL: ("beta", "gamma", "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_thresh",
+                 "sam_iou_thresh", "minimal_area", "sam_mask_coff"),
+}
 
 
 @dataclass(frozen=True)
@@ -125,11 +145,12 @@ class Preset:
         }
 
     def describe(self) -> str:
-        """One line with every hyperparameter, e.g. for logs and result files."""
+        """One line with every setting the method uses (`used_settings`), e.g. for logs and result files."""
         parts = [f"preset={self.name}", f"method={self.method}", f"protocol={self.protocol}",
                  f"dataset={self.dataset or 'none'}"]
+        used = used_settings(self.method)
         for group in (self.window, self.attention, self.decision):
-            parts += [f"{f.name}={getattr(group, f.name)}" for f in fields(group)]
+            parts += [f"{f.name}={getattr(group, f.name)}" for f in fields(group) if f.name in used]
         return " ".join(parts)
 
     def with_overrides(self, **overrides: Any) -> "Preset":
@@ -228,6 +249,16 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
     except (TypeError, ValueError):
         raise GlaclipError(f"setting {key!r} needs a {base} value (finite), got {value!r}") from None
     return value
+
+
+def used_settings(method: str) -> set[str]:
+    """The settings a method reads: the window settings, its family's (`FAMILY_SETTINGS`), the decision's,
+    NACLIP's gaussian_std where it adds the neighbourhood (an unknown method or family: all)."""
+    entry = METHODS.get(method)
+    if entry is None or entry.family not in FAMILY_SETTINGS:
+        return set(setting_names())
+    return {f.name for f in fields(WindowConfig)} | set(FAMILY_SETTINGS[entry.family]) | set(DECISION) | (
+        {"gaussian_std"} if entry.neighbourhood else set())
 
 
 def setting_names() -> list[str]:
