@@ -60,7 +60,7 @@ def compare_cmd(
     from .compare import compare, comparison_figure, table_lines
     from .files import atomic_paths
     from .images import load_image
-    from .mask_source import mask_request, open_masks, split_sam
+    from .mask_source import load_segmenter, mask_request, open_masks, split_sam
     from .methods import METHODS
     from .protocols import effective
     from .regions import load_masks
@@ -100,8 +100,8 @@ def compare_cmd(
 
     def load(preset):
         extra = own_sam if METHODS[preset.method].needs_sam else {}
-        seg = Segmenter.from_pretrained(preset=preset, device=device, dtype=dtype, progress=not quiet, **models,
-                                        **extra)
+        seg = load_segmenter(request if "gen" not in source else None, lambda: Segmenter.from_pretrained(
+            preset=preset, device=device, dtype=dtype, progress=not quiet, **models, **extra))
         if request is not None and request.sam is not None and "gen" not in source and seg.needs_masks:
             source["gen"] = open_masks(request, seg, dtype, echo=say)
         return seg

@@ -72,7 +72,7 @@ def compare(rgb: np.ndarray, entries: Sequence[tuple], load: Callable, masks=Non
                 start = time.perf_counter()
                 masks = source.generate(rgb, "the image")
                 seconds = time.perf_counter() - start
-            runs.append(MethodRun(f"masks: {source.request.sam}", source.describe(), "", [], None,
+            runs.append(MethodRun(f"masks: {source.generator.name}", source.describe(), "", [], None,
                                   seconds, peak.mb, 0.0))
         seg.query_embeddings(queries)  # text encoding is not part of the image's time
         with PeakMemory(seg.device) as peak:
