@@ -159,3 +159,70 @@ def test_missing_trident_sam_named_with_clips(offline, tiny_files):
     vfm = {k: v for k, v in tiny_files.items() if k.startswith("vfm")}
     msg = one_line_error(Segmenter.from_pretrained, method="trident", device="cpu", dtype="fp32", **vfm)
     assert "CLIP" in msg and "sam_vit_b_01ec64.pth" in msg
+
+
+# ----------------------------------------------------------------------------------- 3. CVAT
+
+
+cvat_common = pytest.importorskip("cvat_cli._internal.common") if importlib.util.find_spec("cvat_cli") else None
+
+
+def cvat_load(*params):
+    from cvat_cli._internal import common, parsers
+
+    args = [f"classes=str:{CLASSES}", "device=str:cpu", "dtype=str:fp32", *params]
+    parameters = dict(parsers.parse_function_parameter(a) for a in args)
+    return common.FunctionLoader("glaclip.integrations.cvat", None, parameters).load()
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Segmenter.from_pretrained recording its arguments instead of loading models."""
+    from glaclip.integrations import cvat
+
+    calls = []
+    monkeypatch.setattr(cvat.Segmenter, "from_pretrained",
+                        lambda **kw: calls.append(kw) or SimpleNamespace(preset=kw.get("preset")))
+    return calls
+
+
+@pytest.mark.skipif(cvat_common is None, reason="cvat-cli is not installed")
+@pytest.mark.parametrize("param,words", [("method=str:corrclip", "region masks"),
+                                         ("prob_thd=float:1.5", "prob_thd"),
+                                         ("prob_thd=float:nan", "prob_thd"),
+                                         ("prob_thd=str:high", "prob_thd"),
+                                         ("polygons=str:false-ish", "polygons"),
+                                         ("method=str:proxyclip", "sam")])
+def test_cvat_bad_parameters_fail_at_create(spy, param, words):
+    extra = ["sam_weights=str:random"] if "proxyclip" in param else []
+    with pytest.raises(GlaclipError) as exc:
+        cvat_load(param, *extra)
+    msg = str(exc.value)
+    assert "\n" not in msg and words in msg, msg
+    assert not spy  # before any model loads
+    cvat_load("method=str:sclip", "prob_thd=float:0.5")  # valid ones load
+    assert len(spy) == 1
+
+
+@pytest.mark.skipif(cvat_common is None, reason="cvat-cli is not installed")
+def test_cvat_strict_booleans_and_numbers(spy):
+    for text, kind in [("false", "mask"), ("False", "mask"), ("0", "mask"), ("no", "mask"),
+                       ("true", "polygon"), ("YES", "polygon"), ("1", "polygon")]:
+        fn = cvat_load(f"polygons=str:{text}")
+        assert {lab.type for lab in fn.spec.labels} == {kind}, text
+    assert {lab.type for lab in cvat_load("polygons=bool:false").spec.labels} == {"mask"}
+    fn = cvat_load("prob_thd=str:0.25")
+    assert fn.prob_thd == 0.25 and spy[-1]["preset"].decision.prob_thd == 0.25
+
+
+@pytest.mark.skipif(cvat_common is None, reason="cvat-cli is not installed")
+def test_cvat_routes_sam_to_trident(spy, tmp_path):
+    weights = tmp_path / "sam_vit_b.pth"
+    weights.write_bytes(b"x")
+    cvat_load("method=str:trident", f"sam_weights=str:{weights}", "sam=str:sam-vit-b")
+    assert spy[-1]["sam"] == "sam-vit-b" and spy[-1]["sam_weights"] == str(weights)
+    with pytest.raises(GlaclipError, match="file not found"):
+        cvat_load("method=str:trident", f"sam_weights=str:{tmp_path / 'none.pth'}")
+    with pytest.raises(GlaclipError, match="unknown --sam"):
+        cvat_load("method=str:trident", "sam=str:sam-vit-z")
+    assert len(spy) == 1
