@@ -226,3 +226,28 @@ def test_cvat_routes_sam_to_trident(spy, tmp_path):
     with pytest.raises(GlaclipError, match="unknown --sam"):
         cvat_load("method=str:trident", "sam=str:sam-vit-z")
     assert len(spy) == 1
+
+
+# ---------------------------------------------------------------------------- 4. pipeline masks
+
+
+def test_pipeline_reads_a_mask_file(files6, tmp_path):
+    from glaclip import Segmenter
+    from glaclip.integrations.pipeline import SegmentationPipeline
+
+    seg = Segmenter.from_pretrained(method="corrclip", device="cpu", dtype="fp32", short_side=112, **files6)
+    rgb = structured_image(60, 80, seed=7)
+    regions = (np.arange(60 * 80).reshape(60, 80) // 800).astype(np.int32)
+    np.savez(tmp_path / "a.npz", instance_mask=regions)
+    Image.fromarray(regions.astype(np.uint16)).save(tmp_path / "a.png")
+    pipe = SegmentationPipeline(seg)
+    want = pipe(rgb, candidate_labels=CLASSES, masks=regions)
+    for given in (str(tmp_path / "a.npz"), tmp_path / "a.png"):
+        got = pipe(rgb, candidate_labels=CLASSES, masks=given)
+        assert [(e["label"], e["score"]) for e in got] == [(e["label"], e["score"]) for e in want]
+        assert all(np.array_equal(np.asarray(a["mask"]), np.asarray(b["mask"])) for a, b in zip(got, want))
+    assert len(pipe([rgb, rgb], candidate_labels=CLASSES, masks=[str(tmp_path / "a.npz"), regions])) == 2
+    one_line_error(pipe, structured_image(50, 80), candidate_labels=CLASSES, masks=str(tmp_path / "a.npz"),
+                   must=["a.npz", "80x60", "80x50"])
+    one_line_error(pipe, rgb, candidate_labels=CLASSES, masks=str(tmp_path / "none.npz"), must=["none.npz"])
+    one_line_error(pipe, [rgb, rgb], candidate_labels=CLASSES, masks=str(tmp_path / "a.npz"), must=["one per image"])
