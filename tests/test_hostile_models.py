@@ -251,3 +251,24 @@ def test_pipeline_reads_a_mask_file(files6, tmp_path):
                    must=["a.npz", "80x60", "80x50"])
     one_line_error(pipe, rgb, candidate_labels=CLASSES, masks=str(tmp_path / "none.npz"), must=["none.npz"])
     one_line_error(pipe, [rgb, rgb], candidate_labels=CLASSES, masks=str(tmp_path / "a.npz"), must=["one per image"])
+
+
+# ------------------------------------------------------------------------------------------ 5. URLs
+
+
+@pytest.mark.parametrize("url", ["https://example.com/a.png", "http://example.com//x/b.jpg"])
+def test_url_images_keep_their_text(url, tiny_files, tmp_path):
+    from glaclip.images import load_image
+
+    one_line_error(load_image, url, must=[url, "URL"])
+    msg = cli("segment", url, "-c", CLASSES, "-o", tmp_path / "out", *model_args(tiny_files))
+    assert url in msg and "URL" in msg
+    msg = cli("compare", url, "--methods", "sclip", "-c", CLASSES, "-o", tmp_path / "c.png", *model_args(tiny_files))
+    assert url in msg and "URL" in msg
+
+
+def test_missing_image_keeps_its_text(tmp_path):
+    from glaclip.images import load_image
+
+    text = str(tmp_path) + "//nope.png"
+    assert one_line(one_line_error(load_image, text, must=[text]))

@@ -26,7 +26,7 @@ from .errors import GlaclipError
 
 
 def compare_cmd(
-    image: Path = typer.Argument(..., help="One image file.", show_default=False),
+    image: str = typer.Argument(..., help="One image file.", show_default=False),
     methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods or named presets, e.g. "
                                 "gla-proxyclip,proxyclip,corrclip (glaclip methods lists them).", show_default=False),
     classes: List[str] = typer.Option([], "--classes", "-c", help="Comma-separated class names; synonyms of one class "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -57,7 +58,7 @@ def load_image(image: ImageInput) -> np.ndarray:
     else is an error); uint8 is 0..255; 16-bit integers are scaled to 8 bits.
     """
     if isinstance(image, (str, os.PathLike)):
-        return _pil_to_rgb(_open(Path(image)))
+        return _pil_to_rgb(_open(Path(image), str(image)))
     if isinstance(image, Image.Image):
         check_size(*image.size)
         return _pil_to_rgb(image)
@@ -84,19 +85,28 @@ def open_header(path: Path) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _open(path: Path) -> Image.Image:
+def not_found(text: str) -> GlaclipError:
+    """'image not found' naming the image as the user typed it (Path() would turn '//' into '/')."""
+    url = " (URLs are not read: download the image and give its path)" if _URL.match(text) else ""
+    return GlaclipError(f"image not found: {text}{url}")
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _open(path: Path, text: str) -> Image.Image:
     if not path.exists():
-        raise GlaclipError(f"image not found: {path}")
+        raise not_found(text)
     if path.is_dir():
-        raise GlaclipError(f"expected an image file, got a directory: {path}")
+        raise GlaclipError(f"expected an image file, got a directory: {text}")
     try:
         img = open_header(path)
-        check_size(*img.size, what=f"image {path}")
+        check_size(*img.size, what=f"image {text}")
         img.load()
     except UnidentifiedImageError:
-        raise GlaclipError(f"cannot read image {path}: not a recognised image format") from None
+        raise GlaclipError(f"cannot read image {text}: not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise GlaclipError(f"cannot read image {path}: {one_line(exc)}") from None
+        raise GlaclipError(f"cannot read image {text}: {one_line(exc)}") from None
     return img
 
 
