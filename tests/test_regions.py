@@ -411,7 +411,7 @@ def test_sam2_weights_files_and_identity(tiny_sam, tmp_path):
     one_line_error(load_sam2, "sam2-hiera-tiny", tmp_path / "none.pt", must=[tmp_path / "none.pt"])
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     one_line_error(load_sam2, "sam2-hiera-tiny", tmp_path / "bad.pt", must=[tmp_path / "bad.pt"])
-    one_line_error(load_sam2, "sam2-hiera-small", path, must=[path, "do not fit"])
+    one_line_error(load_sam2, "sam2-hiera-small", path, must=[path, "fits sam2-hiera-tiny, not sam2-hiera-small"])
     one_line_error(load_sam2, "sam3", "random", must=["sam2-hiera-large"])
     one_line_error(sam.generate, np.zeros((4, 4, 3), np.float32), must=["uint8"])
 

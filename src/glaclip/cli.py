@@ -144,7 +144,7 @@ def segment(
     with hold(out) if shard.rank == 0 else nullcontext():  # one run at a time per --out
         device = rank_device(shard, device)
         seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                    compile=compile, text_cache=not no_cache, **own_sam)
+                    compile=compile, text_cache=not no_cache, masks=request, **own_sam)
         source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
         opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
                        batch_images=batch_images or (4 if seg.device.type == "cuda" else 1),
@@ -224,7 +224,7 @@ def evaluate_cmd(
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     check_writable(out)
     seg = _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile, text_cache=not no_cache, **own_sam)
+                compile=compile, text_cache=not no_cache, masks=request, **own_sam)
     source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else _say)
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard, masks=source)
     if shard.rank == 0 and not quiet:
@@ -306,7 +306,8 @@ def demo(
     request = sam_request(sam, sam_weights)
     seg, problem, source = None, None, None
     try:
-        seg = _load(clip, clip_weights, vfm, vfm_weights, effective(method)[0], device, dtype, text_cache=not no_cache)
+        seg = _load(clip, clip_weights, vfm, vfm_weights, effective(method)[0], device, dtype, text_cache=not no_cache,
+                    masks=request)
         source = open_masks(request, seg, dtype, echo=_say)
     except GlaclipError as exc:  # missing weights (SAM 2's too): the page opens and names the files
         seg, problem = None, str(exc)

@@ -27,7 +27,7 @@ from .errors import GlaclipError
 
 
 def compare_cmd(
-    image: Path = typer.Argument(..., help="One image file.", show_default=False),
+    image: str = typer.Argument(..., help="One image file.", show_default=False),
     methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods or named presets, e.g. "
                                 "gla-proxyclip,proxyclip,corrclip (glaclip methods lists them).", show_default=False),
     classes: List[str] = typer.Option([], "--classes", "-c", help="Comma-separated class names; synonyms of one class "
@@ -111,7 +111,8 @@ def compare_cmd(
             return None
         from .regions import load_sam2
 
-        source = MaskSource(request, load_sam2(request.sam, request.sam_weights, device=dev, dtype=dtype))
+        sam = None if request.fit else request.sam  # --sam-weights alone: the model the file fits
+        source = MaskSource(request, load_sam2(sam, request.sam_weights, device=dev, dtype=dtype))
         say(f"glaclip: region masks {source.describe()}")
         return source
 

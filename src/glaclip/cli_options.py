@@ -115,12 +115,15 @@ def _announce(seg, quiet: bool) -> None:
         _say(f"glaclip: {seg.models_line()}")
 
 
-def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, **kwargs):
+def _load(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet=False, masks=None, **kwargs):
     """The segmenter every command builds from its model options and an effective preset
-    (`protocols.effective`); prints its settings unless quiet."""
+    (`protocols.effective`); prints its settings unless quiet. masks: the command's checked
+    `MaskRequest`, whose missing SAM 2 weights are named with the segmenter's."""
+    from .mask_source import load_segmenter
     from .segmenter import Segmenter
 
-    seg = Segmenter.from_pretrained(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights,
-                                    preset=preset, device=device, dtype=dtype, progress=not quiet, **kwargs)
+    seg = load_segmenter(masks, lambda: Segmenter.from_pretrained(
+        clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights, preset=preset, device=device,
+        dtype=dtype, progress=not quiet, **kwargs))
     _announce(seg, quiet)
     return seg

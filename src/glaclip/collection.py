@@ -101,7 +101,9 @@ def collect(inputs: list[str | Path]) -> list[Item]:
             base = base if base.is_dir() else base.parent
             found += [(m, base) for m in matches]
         else:
-            raise GlaclipError(f"image not found: {p}")
+            from .images import not_found
+
+            raise not_found(text)
     if not found:
         raise GlaclipError("no input images")
     roots = [os.path.abspath(r) for _, r in found]

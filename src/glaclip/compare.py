@@ -76,7 +76,7 @@ def _masks_row(rgb: np.ndarray, method: str, mask_source: Callable[[], object] |
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    row = MethodRun(f"masks: {source.request.sam}", source.describe(), "", [], None, seconds, peak.mb, load_seconds)
+    row = MethodRun(f"masks: {source.generator.name}", source.describe(), "", [], None, seconds, peak.mb, load_seconds)
     del source
     _release(device)
     return masks, row

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -59,7 +61,7 @@ def load_image(image: ImageInput) -> np.ndarray:
     integer arrays (int32, int64, ...) by 257 only when a value exceeds 255, else taken as 0..255.
     """
     if isinstance(image, (str, os.PathLike)):
-        img, bits = _open(Path(image))
+        img, bits = _open(Path(image), str(image))
         return _pil_to_rgb(img, bits)
     if isinstance(image, Image.Image):
         check_size(*image.size)
@@ -87,21 +89,40 @@ def open_header(path: Path) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _open(path: Path) -> tuple[Image.Image, int | None]:
+def not_found(text: str) -> GlaclipError:
+    """'image not found' naming the image as the user typed it (Path() would turn '//' into '/')."""
+    url = " (URLs are not read: download the image and give its path)" if _URL.match(text) else ""
+    return GlaclipError(f"image not found: {text}{url}")
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _open(path: Path, text: str) -> tuple[Image.Image, int | None]:
     """The decoded image and its sample bit depth where it matters (`_bit_depth`, read before decoding)."""
     if not path.exists():
-        raise GlaclipError(f"image not found: {path}")
+        raise not_found(text)
     if path.is_dir():
-        raise GlaclipError(f"expected an image file, got a directory: {path}")
+        raise GlaclipError(f"expected an image file, got a directory: {text}")
+    return _decode(path, text)
+
+
+def decode_bytes(data: bytes, name: str) -> np.ndarray:
+    """The bytes of an image file -> HxWx3 uint8 RGB, exactly as `load_image` reads that file (`name`
+    stands for it in messages)."""
+    return _pil_to_rgb(*_decode(io.BytesIO(data), name))
+
+
+def _decode(source, text: str) -> tuple[Image.Image, int | None]:
     try:
-        img = open_header(path)
-        check_size(*img.size, what=f"image {path}")
+        img = open_header(source)
+        check_size(*img.size, what=f"image {text}")
         bits = _bit_depth(img)
         img.load()
     except UnidentifiedImageError:
-        raise GlaclipError(f"cannot read image {path}: not a recognised image format") from None
+        raise GlaclipError(f"cannot read image {text}: not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise GlaclipError(f"cannot read image {path}: {one_line(exc)}") from None
+        raise GlaclipError(f"cannot read image {text}: {one_line(exc)}") from None
     return img, bits
 
 

@@ -10,7 +10,8 @@ Segmenter.
 
 SAM 2 generation (`load_sam2`, optional package `sam2`) follows the release: sam2's automatic mask
 generator with its settings (`AMG_SETTINGS`), masks painted by ascending area with ids 1..K (larger
-ones overwrite; an id wholly covered by larger masks does not appear, as in the release).
+ones overwrite; an id wholly covered by larger masks does not appear, as in the release). Its models
+and checkpoints: `sam2_weights`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import threading
 import uuid
 import warnings
 import zipfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from PIL import Image
 from .devices import dtype_name
 from .errors import GlaclipError, one_line
 from .files import atomic_paths
+from .sam2_weights import DEFAULT_SAM, SAM2_MODELS, Sam2Model, quiet, sam2_model
 
 __all__ = ["MASK_KEY", "MASK_SUFFIXES", "load_masks", "check_masks", "mask_file_for", "save_masks", "fingerprint",
            "paint_masks", "Sam2Model", "SAM2_MODELS", "DEFAULT_SAM", "AMG_SETTINGS", "Sam2Masks", "load_sam2"]
@@ -231,41 +233,15 @@ def paint_masks(anns: Iterable[dict], size: Sequence[int]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ SAM 2
 
 
-class Sam2Model(NamedTuple):
-    """A SAM 2 checkpoint: the sam2 package's config name, its Hugging Face repository and file."""
-
-    config: str
-    hub_id: str
-    filename: str
-
-
-SAM2_MODELS = {  # as sam2 1.1.0's build_sam.HF_MODEL_ID_TO_FILENAMES (the SAM 2.0 checkpoints the release used)
-    "sam2-hiera-tiny": Sam2Model("configs/sam2/sam2_hiera_t.yaml", "facebook/sam2-hiera-tiny", "sam2_hiera_tiny.pt"),
-    "sam2-hiera-small": Sam2Model("configs/sam2/sam2_hiera_s.yaml", "facebook/sam2-hiera-small",
-                                  "sam2_hiera_small.pt"),
-    "sam2-hiera-base-plus": Sam2Model("configs/sam2/sam2_hiera_b+.yaml", "facebook/sam2-hiera-base-plus",
-                                      "sam2_hiera_base_plus.pt"),
-    "sam2-hiera-large": Sam2Model("configs/sam2/sam2_hiera_l.yaml", "facebook/sam2-hiera-large",
-                                  "sam2_hiera_large.pt"),
-}
-DEFAULT_SAM = "sam2-hiera-large"
 # the release's automatic-mask-generator settings (CorrCLIPv1 set_mask_generator); all others sam2's defaults
 AMG_SETTINGS = {"points_per_side": 8, "pred_iou_thresh": 0.4, "stability_score_thresh": 0.4, "multimask_output": False}
 _NEEDS_SAM2 = "SAM 2 mask generation needs the sam2 package: pip install 'glaclip[masks]'"
 
 
-@contextmanager
-def _quiet():
-    """sam2, hydra and torch warn on import, build and generation (deprecations, kernels): not shown."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def _sam2():
     """(build_sam2, SAM2AutomaticMaskGenerator), or the one-line install hint."""
     try:
-        with _quiet():
+        with quiet():
             from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
             from sam2.build_sam import build_sam2
     except ImportError:
@@ -282,7 +258,7 @@ class Sam2Masks:
     def __init__(self, model: torch.nn.Module, generator_cls, name: str, weights: str, device: torch.device,
                  dtype: torch.dtype):
         self.model, self.name, self.weights, self.device, self.dtype = model, name, weights, device, dtype
-        with _quiet():  # its image transforms are TorchScript: a deprecation warning per module
+        with quiet():  # its image transforms are TorchScript: a deprecation warning per module
             self.generator = generator_cls(model, **AMG_SETTINGS)
         self._instance = uuid.uuid4().hex  # random weights: this generator's own, never another process's
         self._lock = threading.Lock()
@@ -312,7 +288,7 @@ class Sam2Masks:
             raise GlaclipError(f"SAM 2 mask generation needs an H x W x 3 uint8 RGB array, got {got}")
         half = self.device.type == "cuda" and self.dtype != torch.float32  # the release: fp16 autocast on CUDA
         cast = torch.autocast(device_type="cuda", dtype=self.dtype) if half else nullcontext()
-        with self._lock, _quiet(), torch.inference_mode(), cast:
+        with self._lock, quiet(), torch.inference_mode(), cast:
             anns = self.generator.generate(np.ascontiguousarray(rgb))
         return paint_masks(anns, rgb.shape[:2])
 
@@ -354,58 +330,22 @@ def _sam_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     return dt if device.type == "cuda" and dt in (torch.float16, torch.bfloat16) else torch.float32
 
 
-def _hub_checkpoint(name: str, spec: Sam2Model) -> Path:
-    """The checkpoint from the local Hugging Face cache, else downloaded when the hub answers."""
-    from .checkpoints import cached_hub_file, hub_reachable
-    from .models import MissingWeights
-
-    missing = MissingWeights(f"SAM 2 {name} (get {spec.filename} from hub repo {spec.hub_id}; "
-                             f"--sam-weights FILE, or 'random' to try)")
-    path = cached_hub_file(spec.hub_id, [spec.filename])
-    if path is not None:
-        return Path(path)
-    if not hub_reachable():
-        raise missing
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(spec.hub_id, spec.filename))
-    except Exception:
-        raise missing from None
-
-
-def load_sam2(name: str = DEFAULT_SAM, weights: str | Path | None = None, device: str | torch.device = "auto",
-              dtype: str | torch.dtype = "auto") -> Sam2Masks:
+def load_sam2(name: str | None = DEFAULT_SAM, weights: str | Path | None = None,
+              device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> Sam2Masks:
     """Build SAM 2 (`SAM2_MODELS` name) and its automatic mask generator with the release's settings.
 
     weights: None -> the model's checkpoint from the Hugging Face hub (local cache first; none and no
     hub: `MissingWeights`, naming the hub repo and file); a checkpoint file (`{"model": state_dict}`
-    as released, or a plain state dict); or "random" (random initialisation, for tests).
+    as released, or a plain state dict); or "random" (random initialisation, for tests). A file of
+    another architecture than `name`: one line naming both; name None: the one the file fits.
     device/dtype: as elsewhere ('auto': CUDA in fp16 autocast as the release, else the CPU in fp32)."""
-    from .checkpoints import build, load_into, read_state_dict
     from .devices import resolve_device
 
-    if name not in SAM2_MODELS:
+    if name is not None and name not in SAM2_MODELS:
         raise GlaclipError(f"unknown SAM 2 model {name!r}; use one of {', '.join(SAM2_MODELS)}")
-    spec = SAM2_MODELS[name]
     build_sam2, generator_cls = _sam2()
     dev = resolve_device(device)
     dt = _sam_dtype(dtype, dev)
-
-    def make(where: str) -> torch.nn.Module:
-        try:
-            with _quiet():
-                return build_sam2(spec.config, None, device=where, apply_postprocessing=False)
-        except Exception as exc:
-            raise GlaclipError(f"cannot build SAM 2 {name}: {one_line(exc)}") from None
-
-    if str(weights) == "random":
-        model, source = make("cpu"), "random"
-    else:
-        path = Path(weights).expanduser() if weights is not None else _hub_checkpoint(name, spec)
-        sd, _ = read_state_dict(path, "SAM 2")  # one line for a missing or unreadable file
-        model = build(make, empty=True)  # the checkpoint replaces every parameter: no random init
-        load_into(model, sd, path, "SAM 2", lambda: make("cpu"))
-        source = str(weights) if weights is not None else spec.hub_id
+    name, model, source = sam2_model(name, weights, build_sam2)
     model = model.eval().requires_grad_(False).to(device=dev, dtype=dt)
     return Sam2Masks(model, generator_cls, name, source, dev, dt)

@@ -2,6 +2,7 @@
 
     cvat-cli task auto-annotate TASK_ID --function-module glaclip.integrations.cvat \\
         -p classes=str:"sky, road; street, car"  [-p method=str:sclip -p device=str:cuda ...]
+        [-p method=str:trident -p sam_weights=str:sam_vit_b_01ec64.pth]
 
 `create(...)` (which cvat-cli calls with the `-p` parameters) loads a segmenter once; its `spec`
 declares one mask label per class (id = class index, name = the class's display name, which CVAT
@@ -19,6 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GlaclipError
+from ..mask_source import split_sam
+from ..methods import DEFAULT_METHOD, METHODS
+from ..protocols import effective
 from ..segmenter import Segmenter
 from ..text import parse_classes
 from . import require
@@ -68,18 +73,43 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     return [c.reshape(-1, 2).astype(float).ravel().tolist() for c in contours if len(c) >= 3]
 
 
+def flag(value: Any, name: str) -> bool:
+    """A boolean parameter: a bool, or true/false, 1/0, yes/no in any case (cvat-cli's `str:` and `int:`
+    give strings and numbers); anything else is an error."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise GlaclipError(f"{name} must be true or false (or 1/0, yes/no), got {value!r}")
+
+
 def create(classes: str, method: str | None = None, clip: str | None = None, clip_weights: str | None = None,
            vfm: str | None = None, vfm_weights: str | None = None, device: str = "auto", dtype: str = "auto",
            dataset: str | None = None, protocol: str | None = None, prob_thd: float | None = None,
-           polygons: bool = False) -> GlaclipFunction:
+           polygons: bool | str = False, sam: str | None = None, sam_weights: str | None = None) -> GlaclipFunction:
     """The function cvat-cli loads (`--function-module glaclip.integrations.cvat`, parameters with `-p`).
 
     classes: the class list in the class syntax ("sky, car; vehicle, road"); the other parameters
-    as `Segmenter.from_pretrained` (None: its defaults). polygons: return polygons instead of masks.
+    as `Segmenter.from_pretrained` (None: its defaults; sam, sam_weights: Trident's SAM). polygons:
+    return polygons instead of masks. Every parameter is checked here, before the models load; methods
+    that read region masks are refused (CVAT gives none).
     """
     parse_classes(classes)  # a bad class list or a missing extra fails before the models load
     require("cvat_sdk.masks", "cvat")
+    polygons = flag(polygons, "polygons")
+    overrides = {} if prob_thd is None else {"prob_thd": prob_thd}
+    preset, _ = effective(method or DEFAULT_METHOD, dataset, protocol, overrides)
+    if METHODS[preset.method].needs_masks or preset.decision.mask_vote:
+        raise GlaclipError(f"method {preset.method} reads region masks, which CVAT cannot give it; choose a method "
+                           "that reads none (glaclip methods)")
+    own_sam, gen_sam, gen_weights = split_sam(preset, sam, sam_weights)
+    if gen_sam is not None or gen_weights is not None:
+        raise GlaclipError(f"sam/sam_weights are Trident's SAM; method {preset.method} uses none")
     given = {"clip": clip, "clip_weights": clip_weights, "vfm": vfm, "vfm_weights": vfm_weights}
-    seg = Segmenter.from_pretrained(method=method, device=device, dtype=dtype, dataset=dataset, protocol=protocol,
-                                    progress=False, **{k: v for k, v in given.items() if v is not None})
-    return GlaclipFunction(seg, classes, polygons=polygons, prob_thd=prob_thd)
+    seg = Segmenter.from_pretrained(preset=preset, device=device, dtype=dtype, progress=False, **own_sam,
+                                    **{k: v for k, v in given.items() if v is not None})
+    return GlaclipFunction(seg, classes, polygons=polygons,
+                           prob_thd=None if prob_thd is None else preset.decision.prob_thd)

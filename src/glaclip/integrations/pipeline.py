@@ -13,6 +13,7 @@ mask (`Segmentation.mean_probs`). No extra needed.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable
 
 import numpy as np
@@ -20,6 +21,8 @@ from PIL import Image
 
 from ..encoding import ImageEncoding
 from ..errors import GlaclipError
+from ..images import load_image
+from ..regions import load_masks
 from ..segmenter import Segmentation, Segmenter
 from ..text import ClassQueries, ClassSpec, parse_classes
 
@@ -34,18 +37,31 @@ class SegmentationPipeline:
                  prob_thd: float | None = None) -> list[dict] | list[list[dict]]:
         """image: what `Segmenter.predict` takes (path, PIL image, array, tensor, encoding), or a list
         of them. candidate_labels: class names in the class syntax (`glaclip.parse_classes`).
-        masks: the image's region-id map, for methods that read region masks (a list for a list).
+        masks: the image's region-id map, or a mask file (.npz/.png, as `--masks FILE`), for methods
+        that read region masks (a list for a list).
         prob_thd: the background threshold (default: the preset's)."""
         queries = candidate_labels if isinstance(candidate_labels, ClassQueries) else parse_classes(candidate_labels)
         if not isinstance(image, list):
+            if isinstance(masks, (str, os.PathLike)):
+                image, masks = _with_mask_file(image, masks)
             extra = {} if masks is None else {"masks": masks}
             return entries(self.segmenter.predict(image, queries, prob_thd=prob_thd, **extra))
         if masks is None and not any(isinstance(im, ImageEncoding) for im in image):
             return [entries(s) for s in self.segmenter.predict_many(image, queries, prob_thd=prob_thd)]
+        if isinstance(masks, (str, os.PathLike)):
+            raise GlaclipError(f"masks={masks!s} is one mask file for {len(image)} images; give a list, one per image")
         masks = [None] * len(image) if masks is None else list(masks)
         if len(masks) != len(image):
             raise GlaclipError(f"got {len(masks)} mask maps for {len(image)} images")
         return [self(im, queries, m, prob_thd) for im, m in zip(image, masks)]
+
+
+def _with_mask_file(image: Any, path: str | os.PathLike) -> tuple[Any, np.ndarray]:
+    """(the image, read; its region map from a mask file as `--masks FILE` reads it, at its size)."""
+    if isinstance(image, ImageEncoding):
+        return image, load_masks(path, image.size)
+    rgb = load_image(image)
+    return rgb, load_masks(path, rgb.shape[:2])
 
 
 def entries(seg: Segmentation) -> list[dict]:
