@@ -211,6 +211,9 @@ def test_compare_peak_memory_includes_the_methods_models(tiny_files):
 class _SlowSam2:
     identity = {"model": "fake", "weights": "random"}
 
+    def __init__(self, name):
+        self.name = name
+
     def generate(self, rgb):
         return (np.arange(rgb.shape[0])[:, None] // 10 * 10 + np.arange(rgb.shape[1])[None, :] // 12).astype(np.int32)
 
@@ -225,7 +228,7 @@ def test_compare_times_the_sam2_load_in_the_masks_row(files6, tmp_path, monkeypa
 
     def slow_load(name, weights=None, device="auto", dtype="auto"):
         time.sleep(pause)
-        return _SlowSam2()
+        return _SlowSam2(name)
 
     monkeypatch.setattr(glaclip.regions, "load_sam2", slow_load)
     image, out = tmp_path / "im.png", tmp_path / "cmp.png"

@@ -30,7 +30,6 @@ line is printed here; the other tasks are predicted.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
 import xml.etree.ElementTree as ET
@@ -40,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import GlaclipError, one_line
-from ..images import load_image
+from ..images import decode_bytes
 from ..segmenter import Segmenter
 from ..text import ClassQueries, parse_classes
 from . import require
@@ -235,27 +234,10 @@ class Backend:
         if not isinstance(data, dict) or config.data_key not in data:
             raise GlaclipError(f"the task has no data field {config.data_key!r} (the Image's value)")
         value = data[config.data_key]
-        rgb = decode(self.source.read(value, project), value)
+        rgb = decode_bytes(self.source.read(value, project), value)
         with self._lock:  # the models, one prediction at a time: taken only once the image is in memory
             seg = self.segmenter.predict(rgb, config.queries, prob_thd=self.prob_thd)
         return prediction(seg, config, self.version)
-
-
-def decode(data: bytes, name: str) -> np.ndarray:
-    """Image bytes -> H x W x 3 uint8, as `load_image` decodes a file (EXIF orientation, pixel limit)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from ..images import check_size, open_header
-
-    try:
-        img = open_header(io.BytesIO(data))
-        check_size(*img.size, what=f"image {name}")
-        img.load()
-    except UnidentifiedImageError:
-        raise GlaclipError(f"cannot read image {name}: not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise GlaclipError(f"cannot read image {name}: {one_line(exc)}") from None
-    return load_image(img)
 
 
 def create_app(backend: Backend):
