@@ -60,10 +60,9 @@ def compare_cmd(
     from .compare import compare, comparison_figure, table_lines
     from .files import atomic_paths
     from .images import load_image
-    from .mask_source import mask_request, open_masks, split_sam
+    from .mask_source import MaskSource, mask_request, open_masks, split_sam
     from .methods import METHODS
     from .protocols import effective
-    from .regions import load_masks
     from .segmenter import Segmenter
 
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
@@ -92,7 +91,8 @@ def compare_cmd(
     if not readers and (masks is not None or gen_sam is not None or gen_weights is not None):
         say("glaclip: warning: none of these methods reads region masks; --masks/--sam are ignored")
     rgb = load_image(image)
-    region_map = load_masks(request.path, rgb.shape[:2]) if request is not None and request.path else None
+    region_map = MaskSource(request).read(image, image.name, rgb.shape[:2]) if request is not None and request.path \
+        else None
     out.parent.mkdir(parents=True, exist_ok=True)
     models = {k: v for k, v in dict(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights).items()
               if v is not None}
