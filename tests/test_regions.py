@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from glaclip.errors import GlaclipError
+from glaclip.mask_lookup import mask_file_for
 from glaclip.regions import (
     AMG_SETTINGS,
     MASK_KEY,
@@ -23,7 +24,6 @@ from glaclip.regions import (
     check_masks,
     fingerprint,
     load_masks,
-    mask_file_for,
     paint_masks,
     save_masks,
 )

@@ -26,9 +26,10 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from .batch_items import Loaded, file_name, load_item, source_image
 from .collection import (
     MANIFEST,
     PROGRESS,
@@ -43,7 +44,7 @@ from .collection import (
     refuse_other_settings,
 )
 from .devices import dtype_name
-from .encoding import ImageEncoding, is_encoding_file
+from .encoding import is_encoding_file
 from .errors import GlaclipError
 from .export import (
     FIFTYONE,
@@ -58,7 +59,6 @@ from .export import (
     write_summary,
 )
 from .files import write_atomic
-from .images import load_image
 from .mask_source import MaskSource, fingerprint
 from .runner import Run, begin, model_identity, run_items
 from .text import ClassQueries
@@ -79,16 +79,6 @@ class Options:
     save_encoding: bool = False  # also write NAME.encoding.safetensors (re-segment later without the backbones)
     masks: MaskSource | None = None  # each image's region masks (files or SAM 2), for methods that read them
     save_masks: bool = False  # also write NAME.masks.npz: the masks each image's encoding used
-
-
-@dataclass
-class _Loaded:
-    """A decoded item: an image (rgb) with its masks when read from a file, or a saved encoding with
-    its source image (rgb None when that file is gone)."""
-
-    rgb: object
-    enc: ImageEncoding | None = None
-    masks: object = None
 
 
 def _identity(seg, queries: ClassQueries, opts: Options, items: list[Item]) -> dict:
@@ -206,44 +196,6 @@ def _complete(rec: dict | None, it: Item, out: Path, opts: Options) -> bool:
     return kinds <= files.keys() and all((out / f).exists() for k, f in files.items() if k in _kept_kinds(opts))
 
 
-def _source_image(it: Item, loaded: _Loaded) -> Path | None:
-    """The image file an item was segmented from (for a saved encoding: its image, when still there)."""
-    if loaded.enc is None:
-        return Path(it.path)
-    return Path(loaded.enc.image_path) if loaded.rgb is not None else None
-
-
-def _file_name(it: Item, loaded: _Loaded, root: Path) -> str:
-    """COCO's file_name: the image's path relative to the input root (for a saved encoding, the path
-    of the image it was made from, relative to the root where it lies under it)."""
-    image = loaded.enc.image_path if loaded.enc is not None else None
-    if not image:
-        return it.name
-    image = Path(os.path.abspath(image))
-    return image.relative_to(root).as_posix() if image.is_relative_to(root) else image.as_posix()
-
-
-def _load_item(item: Item, masks: MaskSource | None = None) -> _Loaded:
-    """An image as an array with its masks read from their file (when `masks` reads files), or a saved
-    encoding (which holds its masks) with its source image (None when that file is gone)."""
-    if not is_encoding_file(item.path):
-        rgb = load_image(item.path)
-        return _Loaded(rgb, masks=masks.read(item.path, item.name, rgb.shape[:2]) if masks is not None else None)
-    enc = ImageEncoding.load(item.path)
-    rgb = None
-    if enc.image_path and Path(enc.image_path).is_file():
-        try:
-            rgb = load_image(enc.image_path)
-        except GlaclipError:
-            rgb = None
-    if rgb is not None and rgb.shape[:2] != tuple(enc.size):
-        rgb = None  # the file at that path is another image now
-    if rgb is None:
-        warnings.warn(f"the image of encoding {item.path} ({enc.image_path or 'unknown'}) is gone or changed; "
-                      "writing its outputs without the overlay", RuntimeWarning, stacklevel=2)
-    return _Loaded(rgb, enc)
-
-
 def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path, opts: Options,
                        shard: Shard | None = None, progress: bool = True, echo=None) -> dict:
     """Segment `items` into `out`; returns {"images", "done", "failed", "skipped", "failures": [...]}.
@@ -253,6 +205,7 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     shard = shard or Shard()
     if opts.masks is not None:
         opts.masks.check_shard(shard)
+        opts = replace(opts, masks=opts.masks.indexed(items))  # looked up by output names
     out = Path(out)
     run = Run(out, MANIFEST, PROGRESS, key="output", restart="--overwrite", order="attempt",
               what="segmentation run")
@@ -267,12 +220,14 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     todo, changed = [], []
     for it in mine:
         rec = started.done.get(it.rel)
-        if not _complete(rec, it, out, opts):
-            todo.append(it)
-        elif opts.masks is not None and "masks" in rec and not is_encoding_file(it.path) \
-                and opts.masks.changed(it.name, rec["masks"]):  # same folder, other content
-            todo.append(it)
+        other = False  # masks of an image segmented before: other now (True), or unreadable (None: kept as is)
+        if rec and rec["status"] == "ok" and "masks" in rec and opts.masks is not None and \
+                not is_encoding_file(it.path):
+            other = opts.masks.changed(it.path, it.name, rec["masks"], (rec["height"], rec["width"]))
+        if other:
             changed.append(it.name)
+        if other or (other is not None and not _complete(rec, it, out, opts)):
+            todo.append(it)
     if changed and echo is not None:
         echo(f"{len(changed)} finished image(s) have other region masks now than when segmented, segmenting "
              f"them again (first: {changed[0]})")
@@ -283,7 +238,7 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
     preset_dict, preset_line, models = seg.preset.to_dict(), seg.preset.describe(), seg.models()
     mask_line = opts.masks.describe() if opts.masks is not None else None
 
-    def handle(batch: list[tuple[Item, _Loaded]]):
+    def handle(batch: list[tuple[Item, Loaded]]):
         """Encode a group of images in shared backbone forwards (masks generated first where SAM 2
         makes them), then predict and write each."""
         start = time.perf_counter()
@@ -328,14 +283,14 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
                 record["masks"] = {"source": mask_line, "fingerprint": fingerprint(enc.masks)}
             write_image_outputs(paths, rgb, res.labels, res.classes, palette, opts.alpha, record,
                                 res.probs if opts.save_probs else None, enc)
-            source = _source_image(it, loaded) if opts.export == FIFTYONE else None
+            source = source_image(it, loaded) if opts.export == FIFTYONE else None
             if source is not None:
                 fo_paths = fiftyone_paths(out, it.rel, source.suffix)
                 write_fiftyone_sample(fo_paths, source, res.labels, len(queries))
                 paths.update(fo_paths)
             entry = {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "ok", "reason": "",
                      "seconds": round(per_image + time.perf_counter() - began, 3),
-                     "file_name": _file_name(it, loaded, root),
+                     "file_name": file_name(it, loaded, root),
                      "width": int(res.labels.shape[1]), "height": int(res.labels.shape[0]),
                      "shares": {c["name"]: c["share"] for c in record["classes"]},
                      "masks": fingerprint(enc.masks),
@@ -348,7 +303,7 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
         return {"output": it.rel, "image": str(it.path), "attempt": attempt, "status": "failed", "reason": reason,
                 "seconds": None}
 
-    failures = run_items(run, shard, todo, len(mine), lambda it: _load_item(it, opts.masks), handle,
+    failures = run_items(run, shard, todo, len(mine), lambda it: load_item(it, opts.masks), handle,
                          group=opts.batch_images, workers=opts.workers, failed=failed, progress=progress,
                          desc="segmenting")
     barrier(shard)

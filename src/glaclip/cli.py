@@ -114,7 +114,7 @@ def segment(
     from .collection import barrier, collect, launch_ranks, leave, shard_from_env
     from .devices import rank_device
     from .encoding import is_encoding_file
-    from .mask_source import mask_request, open_masks, split_sam
+    from .mask_source import check_encoding_masks, mask_request, open_masks, split_sam
     from .protocols import effective
     from .runlock import hold
 
@@ -134,6 +134,7 @@ def segment(
     own_sam, sam, sam_weights = split_sam(preset, sam, sam_weights)
     request = mask_request(masks, sam, sam_weights, preset, save_masks, one_image=len(items) == 1,
                            carried=all(is_encoding_file(it.path) for it in items))
+    check_encoding_masks(request, items)
     check_writable(out)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
         with hold(out):  # refused here rather than in process 0, after the others started
@@ -156,7 +157,8 @@ def segment(
                  + (f"; summary in {out / 'summary.csv'}" if "summary" in result else ""))
         failed = result.get("failed", len(result["failures"]))
         first = result["failures"][0] if result["failures"] else "see summary.csv"
-        msg = None if not failed else f"{failed} of {len(items)} images failed (others were written): {first}" \
+        others = " (others were written)" if failed < len(items) else ""
+        msg = None if not failed else f"{failed} of {len(items)} images failed{others}: {first}" \
             if shard.rank == 0 else f"process {shard.rank}: {failed} of its images failed: {first}"
         if shard.distributed:  # every rank's line is out before any rank exits (the launcher stops the rest then)
             if msg:

@@ -65,7 +65,6 @@ def compare_cmd(
     from .mask_source import MaskSource, mask_request, split_sam
     from .methods import METHODS
     from .protocols import effective
-    from .regions import load_masks
     from .segmenter import Segmenter
 
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
@@ -94,8 +93,10 @@ def compare_cmd(
     if not readers and (masks is not None or gen_sam is not None or gen_weights is not None):
         say("glaclip: warning: none of these methods reads region masks; --masks/--sam are ignored")
     rgb = load_image(image)
-    region_map = load_masks(request.path, rgb.shape[:2]) if request is not None and request.path else None
     check_file_out(out)
+    region_map = None
+    if request is not None and request.path:
+        region_map = MaskSource(request).read(image, Path(image).name, rgb.shape[:2])
     models = {k: v for k, v in dict(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights).items()
               if v is not None}
     dev = resolve_device(device)

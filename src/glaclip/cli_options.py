@@ -54,8 +54,9 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or wri
                                           "(`glaclip cache info`).")]
 MasksOpt = Annotated[Optional[Path], typer.Option(
     "--masks", help="Region masks (for corrclip, or --set mask_vote=true): a folder of id maps, one per image, "
-    "NAME.npz (key instance_mask) or 16-bit NAME.png, mirroring the input folders, else flat by image stem (as the "
-    "release's region_masks/voc); for a single image also one file.", show_default=False)]
+    "NAME.npz (key instance_mask) or 16-bit NAME.png, NAME the image's output name (x_png for x.png beside x.jpg) "
+    "or stem, mirroring the input folders, else flat (as the release's region_masks/voc); for a single image also "
+    "one file.", show_default=False)]
 SamOpt = Annotated[Optional[str], typer.Option(
     "--sam", help="Generate the region masks with SAM 2 instead: sam2-hiera-large (the release's), -base-plus, -small "
     "or -tiny (pip install 'glaclip\\[masks]'). For --method trident: its SAM, sam-vit-b (the default), -l or -h.",

@@ -85,7 +85,7 @@ class SegDataset:
 
     def image_relative(self, sample: Sample) -> Path:
         """The sample's image path relative to the data set's image folder (how its region-mask file
-        is looked up: `regions.mask_file_for`)."""
+        is looked up: `mask_lookup.mask_file_for`)."""
         folder = self.root / self.spec.img_dir
         return sample.image.relative_to(folder) if sample.image.is_relative_to(folder) else Path(sample.image.name)
 

@@ -10,6 +10,7 @@ it; another segmenter refuses it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -71,6 +72,21 @@ class ImageEncoding:
 
         return {"clip": tower(clip, image_tensors),
                 "vfm": tower(vfm, lambda: list(vfm.model.state_dict().items())) if vfm is not None else None}
+
+    def with_masks(self, masks) -> "ImageEncoding":
+        """This encoding with region masks given beside it (`Segmenter.predict(encoding, masks=...)`):
+        the masks it was made with must be these (else one line); one made without masks takes them."""
+        if masks is None:
+            return self
+        from .regions import check_masks
+
+        given = torch.from_numpy(check_masks(masks, self.size, what="region mask map"))
+        if self.masks is None:
+            return dataclasses.replace(self, masks=given)
+        if not torch.equal(given, self.masks.to(torch.int32).cpu()):
+            raise GlaclipError("these region masks differ from the ones the image encoding was made with; encode "
+                               "the image again with them")
+        return self
 
     @property
     def nbytes(self) -> int:

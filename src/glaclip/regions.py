@@ -34,7 +34,7 @@ from .errors import GlaclipError, one_line
 from .files import atomic_paths
 from .sam2_weights import DEFAULT_SAM, SAM2_MODELS, Sam2Model, quiet, sam2_model
 
-__all__ = ["MASK_KEY", "MASK_SUFFIXES", "load_masks", "check_masks", "mask_file_for", "save_masks", "fingerprint",
+__all__ = ["MASK_KEY", "MASK_SUFFIXES", "load_masks", "check_masks", "MaskSizeError", "save_masks", "fingerprint",
            "paint_masks", "Sam2Model", "SAM2_MODELS", "DEFAULT_SAM", "AMG_SETTINGS", "Sam2Masks", "load_sam2"]
 
 MASK_KEY = "instance_mask"  # the array's name in a .npz mask file, as the release writes them
@@ -47,6 +47,14 @@ _PNG_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B"}  # one channel of in
 # ------------------------------------------------------------------------------------ files and arrays
 
 
+class MaskSizeError(GlaclipError):
+    """A region map of another size than its image's; shape: the map's (H, W)."""
+
+    def __init__(self, message: str, shape: tuple[int, int]):
+        super().__init__(message)
+        self.shape = shape
+
+
 def _check_layout(shape: tuple, dtype: np.dtype, size: Sequence[int] | None, what: str) -> None:
     """Shape and dtype rules, checkable from a file's header before its data is read."""
     if len(shape) != 2:
@@ -56,7 +64,8 @@ def _check_layout(shape: tuple, dtype: np.dtype, size: Sequence[int] | None, wha
     if dtype.kind not in "iu":
         raise GlaclipError(f"{what} holds {dtype} values; region ids must be integers")
     if size is not None and tuple(shape) != (int(size[0]), int(size[1])):
-        raise GlaclipError(f"{what} is {shape[1]}x{shape[0]}, the image is {size[1]}x{size[0]}")
+        raise MaskSizeError(f"{what} is {shape[1]}x{shape[0]}, the image is {size[1]}x{size[0]}",
+                            (int(shape[0]), int(shape[1])))
 
 
 def _validated(arr: np.ndarray, size: Sequence[int] | None, what: str) -> np.ndarray:
@@ -161,32 +170,6 @@ def _read_png(path: Path, size: Sequence[int] | None, what: str) -> np.ndarray:
     except Exception as exc:  # Pillow's many errors for truncated or garbled files
         raise GlaclipError(f"{path}: not a readable PNG mask file ({one_line(exc, 160)})") from None
     return arr.astype(np.uint8) if arr.dtype == np.bool_ else arr
-
-
-def mask_file_for(mask_dir: str | Path, relative: str | Path) -> Path:
-    """The mask file of the input image whose path relative to the input root is `relative`.
-
-    Looks for DIR/sub/a.npz, DIR/sub/a.png or DIR/sub/a.masks.npz (mirrored like outputs; the last
-    is what `--save-masks` writes, so an output folder is a mask folder), then the same names flat in
-    DIR (the release's region_masks folders are flat, named by image stem). None: GlaclipError
-    naming the places looked at; an .npz and a .png at the same place: GlaclipError naming both."""
-    mask_dir, relative = Path(mask_dir), Path(relative)
-    if not mask_dir.is_dir():
-        raise GlaclipError(f"mask folder not found: {mask_dir}")
-    if relative.is_absolute() or ".." in relative.parts:
-        relative = Path(relative.name)  # never look outside the mask folder
-    places = [relative.parent] + ([Path()] if relative.parent != Path() else [])
-    looked = []
-    for place in places:
-        candidates = [place / (relative.stem + s) for s in (*MASK_SUFFIXES, SAVED_SUFFIX)]
-        looked += candidates
-        found = [mask_dir / c for c in candidates if (mask_dir / c).is_file()]
-        if len(found) > 1:
-            raise GlaclipError(f"two mask files for {relative.as_posix()}: {found[0]} and {found[1]}; keep one")
-        if found:
-            return found[0]
-    raise GlaclipError(f"no mask file for {relative.as_posix()} in {mask_dir} "
-                       f"(looked for {', '.join(c.as_posix() for c in looked)})")
 
 
 def save_masks(path: str | Path, masks: Any) -> None:

@@ -228,9 +228,22 @@ class Segmenter:
         `predict(encoding, classes)` for any number of class lists. masks: the image's H x W region-id
         map (0: covered by no mask), needed by mask-guided methods and by map correction."""
         path = str(image) if isinstance(image, (str, os.PathLike)) else None
-        enc = self.encode_images([load_image(image)], masks=[masks])[0]
+        enc = self._encode_one(image, masks)
         enc.image_path = path
         return enc
+
+    def _encode_one(self, image: ImageInput, masks: MaskInput | None) -> ImageEncoding:
+        """`encode_images` for one image; a mask map of another size says how it stands to the image's
+        EXIF rotation."""
+        from .regions import MaskSizeError
+
+        rgb = load_image(image)
+        try:
+            return self.encode_images([rgb], masks=[masks])[0]
+        except MaskSizeError as exc:
+            from .mask_source import exif_note
+
+            raise GlaclipError(f"{exc}{exif_note(image, exc.shape, rgb.shape[:2])}") from None
 
     @property
     def needs_masks(self) -> bool:
@@ -296,10 +309,7 @@ class Segmenter:
             differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise GlaclipError(f"this image encoding differs from this segmenter in: {', '.join(differ)}; encode the "
                                "image again with this segmenter")
-        if masks is not None and enc.masks is not None and \
-                not torch.equal(as_masks(masks, enc.size), enc.masks.to(torch.int32).cpu()):
-            raise GlaclipError("these region masks differ from the ones the image encoding was made with; encode "
-                               "the image again with them")
+        enc.with_masks(masks)
 
     def canvas(self, enc: ImageEncoding, queries: ClassQueries) -> torch.Tensor:
         """The text product of an encoding: logits Q x h x w stitched on the resized image (or on the
@@ -326,12 +336,10 @@ class Segmenter:
         queries = classes if isinstance(classes, ClassQueries) else parse_classes(classes)
         preset = self.preset if prob_thd is None else self.preset.with_overrides(prob_thd=prob_thd)
         if isinstance(image, ImageEncoding):
-            self.check_encoding(image, masks)
-            enc = image
-            if enc.masks is None and masks is not None:
-                enc = dataclasses.replace(enc, masks=as_masks(masks, enc.size))
+            self.check_encoding(image)
+            enc = image.with_masks(masks)
         else:
-            enc = self.encode_images([load_image(image)], masks=[masks])[0]
+            enc = self._encode_one(image, masks)
         return self._decide(enc, queries, preset)
 
     def predict_many(self, images: list[ImageInput], classes: Iterable[ClassSpec] | str | ClassQueries,
