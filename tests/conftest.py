@@ -11,6 +11,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from the tests
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker (and for the processes it starts)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 os.environ["GLACLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="glaclip-test-cache-")  # never the user's cache
 
 TINY_CLIP = {

@@ -54,8 +54,8 @@ def test_bands_equal_the_whole_image(segmenter64, monkeypatch, method, dataset):
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_classes(tiny_files):
-    """A 12-megapixel image with 60 classes: whole-image logits, probabilities and softmax would need
-    several GiB; by bands the process grows by far less, about as much as with 3 classes."""
+    """A 3-megapixel image with 60 classes: whole-image logits, probabilities and softmax would need
+    2 GiB; by bands the process grows by far less, about as much as with 3 classes."""
     code = f"""
 import resource, sys, numpy as np
 from glaclip import Segmenter
@@ -64,7 +64,7 @@ seg = Segmenter.from_pretrained(device="cpu", dtype="fp32", clip={tiny_files['cl
     short_side=112)
 classes = [f"thing {{i}}" for i in range(int(sys.argv[1]))]
 seg.text.embed(classes)
-rgb = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+rgb = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 res = seg.predict(rgb, classes)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, res.labels.shape)
@@ -74,5 +74,5 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, res.
         r = subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         growth[n] = float(r.stdout.split()[0])
-    dense_gib = 60 * 3000 * 4000 * 4 * 3 / 2**30  # logits + softmax + class probabilities, float32
+    dense_gib = 60 * 1500 * 2000 * 4 * 3 / 2**30  # logits + softmax + class probabilities, float32
     assert growth[60] < 1024 and growth[60] < growth[3] + 512, (growth, dense_gib)
