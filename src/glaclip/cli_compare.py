@@ -83,7 +83,7 @@ def compare_cmd(
         if queries is None:
             raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
         entries.append((name, preset, queries))
-    readers = [p for _, p, _ in entries if METHODS[p.method].needs_masks or p.decision.mask_vote]
+    readers = [p for _, p, _ in entries if p.reads_masks]
     sam_users = [p for _, p, _ in entries if METHODS[p.method].needs_sam]
     # --sam/--sam-weights: the SAM of the methods that aggregate with one (Trident) when there is one
     # among them (mask methods then take --masks FILE), else the SAM 2 mask generator

@@ -23,7 +23,6 @@ from PIL import Image, ImageDraw
 from .bench import PeakMemory
 from .devices import resolve_device
 from .errors import GlaclipError
-from .methods import METHODS
 from .visualize import _font, distinct_palette, overlay_with_legend
 
 __all__ = ["MethodRun", "compare", "comparison_figure", "table_lines"]
@@ -97,7 +96,7 @@ def compare(rgb: np.ndarray, entries: Sequence[tuple], load: Callable, masks=Non
     runs: list[MethodRun] = []
     for method, preset, queries in entries:
         _release(device)
-        if masks is None and (METHODS[preset.method].needs_masks or preset.decision.mask_vote):
+        if masks is None and preset.reads_masks:
             masks, row = _masks_row(rgb, method, mask_source, device)
             runs.append(row)
             if echo is not None:

@@ -78,9 +78,9 @@ class ImageEncoding:
         the masks it was made with must be these (else one line); one made without masks takes them."""
         if masks is None:
             return self
-        from .regions import check_masks
+        from .regions import as_masks
 
-        given = torch.from_numpy(check_masks(masks, self.size, what="region mask map"))
+        given = as_masks(masks, self.size)
         if self.masks is None:
             return dataclasses.replace(self, masks=given)
         if not torch.equal(given, self.masks.to(torch.int32).cpu()):

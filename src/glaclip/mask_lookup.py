@@ -91,8 +91,9 @@ def mask_file_for(mask_dir: str | Path, relative: str | os.PathLike, index: Mask
     refuse_input_image(path, image, index.inputs if index is not None else None)
     if index is not None:
         for other in index.seekers.get(found[0], ()):
-            if other != name and found[0] in _winning(mask_dir, tiers(other, index.outputs[other])):
-                mine, theirs = places[0][0], tiers(other, index.outputs[other])[0][0]
+            theirs = tiers(other, index.outputs[other]) if other != name else None
+            if theirs and found[0] in _winning(mask_dir, theirs):
+                mine, theirs = places[0][0], theirs[0][0]
                 raise GlaclipError(f"{path} fits two images, {name} and {other}: name each image's file after its "
                                    f"outputs ({mine} and {theirs} in {mask_dir})")
     return path

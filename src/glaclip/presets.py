@@ -27,7 +27,7 @@ from .methods import (
 
 ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
 # the attention and decision settings each family reads (every method reads the window settings and
-# DECISION); `Preset.describe` lists these only
+# DECISION: DecisionConfig also holds Trident's); `Preset.describe` lists these only
 DECISION = ("logit_scale", "prob_thd", "area_thd", "pamr_steps", "pamr_dilations", "mask_vote")
 GLA = ("rho", "proxy_iters", "dynamic", "dynamic_beta", "alpha_beta", "alpha_gamma", "beta", "gamma", "block_rows",
        "memory_mb")
@@ -143,6 +143,11 @@ class Preset:
             "dynamic_beta": a.dynamic_beta, "class_file": self.class_file,
             "queries": list(queries) if queries is not None else None,
         }
+
+    @property
+    def reads_masks(self) -> bool:
+        """Whether the method reads region masks (CorrCLIP) or the decision does (mask_vote)."""
+        return METHODS[self.method].needs_masks or self.decision.mask_vote
 
     def describe(self) -> str:
         """One line with every setting the method uses (`used_settings`), e.g. for logs and result files."""

@@ -34,8 +34,9 @@ from .errors import GlaclipError, one_line
 from .files import atomic_paths
 from .sam2_weights import DEFAULT_SAM, SAM2_MODELS, Sam2Model, quiet, sam2_model
 
-__all__ = ["MASK_KEY", "MASK_SUFFIXES", "load_masks", "check_masks", "MaskSizeError", "save_masks", "fingerprint",
-           "paint_masks", "Sam2Model", "SAM2_MODELS", "DEFAULT_SAM", "AMG_SETTINGS", "Sam2Masks", "load_sam2"]
+__all__ = ["MASK_KEY", "MASK_SUFFIXES", "load_masks", "check_masks", "MaskSizeError", "as_masks", "save_masks",
+           "fingerprint", "paint_masks", "Sam2Model", "SAM2_MODELS", "DEFAULT_SAM", "AMG_SETTINGS", "Sam2Masks",
+           "load_sam2"]
 
 MASK_KEY = "instance_mask"  # the array's name in a .npz mask file, as the release writes them
 MASK_SUFFIXES = (".npz", ".png")
@@ -170,6 +171,12 @@ def _read_png(path: Path, size: Sequence[int] | None, what: str) -> np.ndarray:
     except Exception as exc:  # Pillow's many errors for truncated or garbled files
         raise GlaclipError(f"{path}: not a readable PNG mask file ({one_line(exc, 160)})") from None
     return arr.astype(np.uint8) if arr.dtype == np.bool_ else arr
+
+
+def as_masks(masks: Any, size: Sequence[int]) -> torch.Tensor:
+    """An H x W integer region-id map (numpy, torch, PIL) at the image's size -> int32 CPU tensor
+    (`check_masks`: one line for a wrong size, dtype or id range)."""
+    return torch.from_numpy(check_masks(masks, size, what="region mask map"))
 
 
 def save_masks(path: str | Path, masks: Any) -> None:

@@ -29,6 +29,7 @@ from .methods import DEFAULT_METHOD, METHODS, Method
 from .models import CLIP_WEIGHTS_ENV, DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
 from .presets import Preset
 from .protocols import effective, resolve
+from .regions import as_masks
 from .regions import fingerprint as region_fingerprint
 from .text import ClassQueries, ClassSpec, parse_classes, text_encoder
 from .towers import ClipTower, VfmTower
@@ -248,7 +249,7 @@ class Segmenter:
     @property
     def needs_masks(self) -> bool:
         """Whether this segmenter's method reads region masks (CorrCLIP) or its decision does (mask_vote)."""
-        return self.method.needs_masks or self.preset.decision.mask_vote
+        return self.preset.reads_masks
 
     @torch.no_grad()
     def encode_images(self, rgbs: list[np.ndarray], max_windows: int | None = None,
@@ -361,14 +362,6 @@ class Segmenter:
 
 
 MaskInput = Union[np.ndarray, torch.Tensor]
-
-
-def as_masks(masks: MaskInput, size: tuple[int, int]) -> torch.Tensor:
-    """An H x W integer region-id map (numpy, torch, PIL) at the image's size -> int32 CPU tensor
-    (`regions.check_masks`: one line for a wrong size, dtype or id range)."""
-    from .regions import check_masks
-
-    return torch.from_numpy(check_masks(masks, size, what="region mask map"))
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import GlaclipError
 from ..mask_source import split_sam
-from ..methods import DEFAULT_METHOD, METHODS
+from ..methods import DEFAULT_METHOD
 from ..protocols import effective
 from ..segmenter import Segmenter
 from ..text import parse_classes
@@ -102,7 +102,7 @@ def create(classes: str, method: str | None = None, clip: str | None = None, cli
     polygons = flag(polygons, "polygons")
     overrides = {} if prob_thd is None else {"prob_thd": prob_thd}
     preset, _ = effective(method or DEFAULT_METHOD, dataset, protocol, overrides)
-    if METHODS[preset.method].needs_masks or preset.decision.mask_vote:
+    if preset.reads_masks:
         raise GlaclipError(f"method {preset.method} reads region masks, which CVAT cannot give it; choose a method "
                            "that reads none (glaclip methods)")
     own_sam, gen_sam, gen_weights = split_sam(preset, sam, sam_weights)

@@ -187,7 +187,8 @@ class ImageSource:
             status, reason, location, data = self._exchange("GET", url, headers, None, deadline)
             if status in REDIRECTS and location:
                 target = urllib.parse.urljoin(url, location)
-                if origin(target) is None or not self._allowed(origin(target)):
+                hop = origin(target)
+                if hop is None or not self._allowed(hop):
                     raise GlaclipError(f"{url} redirects to {target}, which is not fetched: allow its host "
                                        "with --allow-host")
                 url = target
