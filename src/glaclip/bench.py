@@ -38,8 +38,9 @@ class PeakMemory:
     """Peak memory above the level at entry of a `with` block, in MiB (`.mb` after the block).
 
     CUDA: the allocator's own peak counter. CPU: the process's resident set, sampled every
-    millisecond by a thread (Linux /proc); macOS: the growth of the process's high-water mark;
-    Windows: 0.
+    millisecond by a thread (Linux /proc), and on Linux also the kernel's own high-water mark
+    (VmHWM, reset at entry), which a sample can miss on a loaded machine; macOS: the growth of the
+    process's high-water mark; Windows: 0.
     """
 
     def __init__(self, device: torch.device):
@@ -69,6 +70,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._start = torch.cuda.memory_allocated()
         else:
+            self._hwm = _reset_hwm()
             self._start = self._peak = self._rss()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -82,7 +84,30 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
-            self.mb = max(self._peak, self._rss()) - self._start
+            peak = max(self._peak, self._rss(), _hwm() if self._hwm else 0.0)
+            self.mb = peak - self._start
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak resident set of this process to its current one (Linux); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm() -> float:
+    """The process's peak resident set since the last reset, in MiB (Linux /proc/self/status VmHWM)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def tokens(seg, height: int, width: int) -> tuple[int, int]:
