@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from latency import MODES
+from common import MODES
 
 HERE = Path(__file__).resolve().parent
 COLOURS = {"block": "tab:blue", "dense": "tab:red", "previous": "tab:gray", "full": "tab:red", "cold": "tab:orange",

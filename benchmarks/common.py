@@ -14,6 +14,10 @@ from pathlib import Path
 
 import torch
 
+# text-encoding modes of benchmarks/latency.py (charts.py draws them)
+MODES = {"full": "full context, no cache", "cold": "short context, cold cache", "warm": "short context, warm cache",
+         "previous": "previous code (--baseline-src)"}
+
 PATCH = 8  # DINO ViT-B/8: the token grid of the default method
 WINDOW = (224, 112, 56)  # crop, stride, pad multiple of the default presets
 
@@ -29,8 +33,8 @@ def machine_line(device: str) -> str:
 
 def parse_size(text: str) -> tuple[int, int]:
     """'560x1120' -> (560, 1120): height x width (glaclip's own parser; a bad size ends the script)."""
-    from glaclip.bench import parse_size as parse
     from glaclip.errors import GlaclipError
+    from glaclip.runs.bench import parse_size as parse
 
     try:
         return parse(text)
@@ -57,7 +61,7 @@ def torch_dtype(name: str, device: str) -> torch.dtype:
     """'auto' (fp16 on CUDA, fp32 elsewhere), 'fp32', 'fp16', 'bf16', 'fp64'."""
     if name == "auto":
         name = "fp16" if device.startswith("cuda") else "fp32"
-    from glaclip.devices import DTYPES
+    from glaclip.models.devices import DTYPES
 
     return DTYPES[name]
 

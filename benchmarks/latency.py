@@ -6,7 +6,7 @@
 Cases, each `python -m glaclip segment` in a fresh process: text at the full 77-token context
 (GLACLIP_FULL_CONTEXT_TEXT=1, no cache), short context with a cold and a warm cache, in fp32 and
 bf16, for examples/classes.txt and the VOC21 class file; labels compared with each list's first
-case. Then text encoding alone, in-process (`glaclip.text.text_encoder`). Weights: the real
+case. Then text encoding alone, in-process (`glaclip.steps.text.text_encoder`). Weights: the real
 architectures, randomly initialised and saved to files (or --clip-weights / --vfm-weights).
 """
 
@@ -23,11 +23,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from common import machine_line, random_weight_files, write_text
+from common import MODES, machine_line, random_weight_files, write_text
 from PIL import Image
-
-MODES = {"full": "full context, no cache", "cold": "short context, cold cache", "warm": "short context, warm cache",
-         "previous": "previous code (--baseline-src)"}
 
 
 def class_file(classes: str, folder: Path) -> Path:
@@ -61,11 +58,11 @@ def segment_process(a: argparse.Namespace, classes: Path, dtype: str, mode: str,
 
 
 def text_timing(a: argparse.Namespace, classes: Path, cache: Path) -> dict:
-    """Seconds of TextEncoder.embed (glaclip.text.text_encoder): full context, short context (cold cache),
+    """Seconds of TextEncoder.embed (glaclip.steps.text.text_encoder): full context, short context (cold cache),
     warm disk cache, each a new encoder over the same loaded CLIP."""
     from glaclip import read_class_file
-    from glaclip.models import load_clip
-    from glaclip.text import text_encoder
+    from glaclip.models.loading import load_clip
+    from glaclip.steps.text import text_encoder
 
     queries = read_class_file(classes)
     out = {"queries": len(queries.queries)}

@@ -89,7 +89,7 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 def make_files(folder: Path, torchscript: bool) -> dict[str, Path]:
     from safetensors.torch import save_file
 
-    from glaclip.models import load_clip, load_vfm
+    from glaclip.models.loading import load_clip, load_vfm
 
     torch.manual_seed(0)
     clip = load_clip(CLIP, "random", device="cpu", dtype="fp32").model
@@ -116,7 +116,7 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
 
-    from glaclip.models import load_clip, load_vfm
+    from glaclip.models.loading import load_clip, load_vfm
 
     with tempfile.TemporaryDirectory(prefix="glaclip-loading-") as tmp:
         folder = Path(a.dir or tmp)

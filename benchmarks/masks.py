@@ -1,4 +1,4 @@
-"""Time and peak memory of SAM 2 region-mask generation (`glaclip.regions`), per image size.
+"""Time and peak memory of SAM 2 region-mask generation (`glaclip.models.sam2`), per image size.
 
     python benchmarks/masks.py                                  # sam2-hiera-tiny, random weights, CPU
     python benchmarks/masks.py --sam sam2-hiera-large --sam-weights sam2_hiera_large.pt --size 768x1024
@@ -37,7 +37,7 @@ def case(name: str, weights: str, device: str, dtype: str, h: int, w: int, repea
     """In a fresh process: load seconds, median generate seconds, peak MiB after load and overall, regions."""
     import torch
 
-    from glaclip.regions import load_sam2
+    from glaclip.models.sam2 import load_sam2
 
     start = time.perf_counter()
     sam = load_sam2(name, weights, device=device, dtype=dtype)
@@ -59,7 +59,7 @@ def case(name: str, weights: str, device: str, dtype: str, h: int, w: int, repea
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sam", default="sam2-hiera-tiny", help="a glaclip.regions.SAM2_MODELS name")
+    ap.add_argument("--sam", default="sam2-hiera-tiny", help="a glaclip.config.backbones.SAM2_MODELS name")
     ap.add_argument("--sam-weights", default="random", help="a checkpoint file, 'random', or 'hub' (the cache)")
     ap.add_argument("--size", dest="sizes", action="append", help="HxW, repeatable (default 384x512 768x1024 "
                     "1536x2048)")

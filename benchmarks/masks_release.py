@@ -70,7 +70,8 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from glaclip.regions import SAM2_MODELS, load_sam2
+    from glaclip.config.backbones import SAM2_MODELS
+    from glaclip.models.sam2 import load_sam2
 
     tmp = Path(tempfile.mkdtemp(prefix="glaclip-masks-release-"))
     if a.sam_weights:

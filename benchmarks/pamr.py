@@ -1,4 +1,4 @@
-"""Time and peak memory of PAMR (glaclip.postprocess.pamr) on large images, against the previous code.
+"""Time and peak memory of PAMR (glaclip.steps.postprocess.pamr) on large images, against the previous code.
 
     python benchmarks/pamr.py                                   # 1500x2000 and 3000x4000, 21 queries, fp32
     python benchmarks/pamr.py --sizes 3000x4000 --queries 171 --threads 1 --impl current
@@ -77,7 +77,7 @@ def previous_pamr(image, logits, steps=10, dilations=(8, 16), tile=1024):
 
 
 def _current():
-    from glaclip.postprocess import pamr
+    from glaclip.steps.postprocess import pamr
 
     return pamr
 

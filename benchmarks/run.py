@@ -43,7 +43,7 @@ def attention_case(kind: str, tokens: int, windows: int, device: str, dtype: str
     import torch.nn.functional as F
 
     from glaclip import AttentionConfig
-    from glaclip.attention import dense_gla_attention, gla_attention
+    from glaclip.methods.attention import dense_gla_attention, gla_attention
 
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(64, channels, generator=g)

@@ -200,7 +200,7 @@ def prompt_ious(predictor, labels, probs, coarse) -> list[float]:
     """SAM's predicted IoU of every prompt the refinement makes (to put a threshold between them)."""
     import torch.nn.functional as F
 
-    from glaclip.trident_refine import coarse_regions, mask_prompt
+    from glaclip.methods.trident_refine import coarse_regions, mask_prompt
 
     h, w = labels.shape
     dt = predictor.features.dtype
@@ -223,8 +223,8 @@ def refine_case(release, dino_repo, skimage, kw) -> dict:
     import cv2
     from segment_anything import sam_model_registry
 
-    from glaclip.trident import SamTower, sam_input
-    from glaclip.trident_refine import sam_refinement
+    from glaclip.methods.trident_refine import sam_refinement
+    from glaclip.models.sam import SamTower, sam_input
 
     dtype = DTYPES[kw["dtype"]]
     sam = sam_model_registry["vit_b"](checkpoint=None)

@@ -36,7 +36,7 @@ def arch_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_files(arch_dir):
     """Paths of the tiny architectures and of their (seeded, random) weights as saved files."""
-    from glaclip.models import load_clip, load_vfm
+    from glaclip.models.loading import load_clip, load_vfm
 
     torch.manual_seed(0)
     clip = load_clip(str(arch_dir / "glaclip-tiny-clip.json"), "random", device="cpu", dtype="fp32")
@@ -60,7 +60,7 @@ def tiny_files(arch_dir):
 def files6(tmp_path_factory, tiny_files):
     """`tiny_files` with a 6-block tiny CLIP: CorrCLIP's spatial branch needs at least 5 blocks (it
     averages blocks L-2-NS .. L-3, NS = L - 4: blocks 2..3 here)."""
-    from glaclip.models import load_clip
+    from glaclip.models.loading import load_clip
 
     d = tmp_path_factory.mktemp("clip6")
     cfg = json.loads(json.dumps(TINY_CLIP))

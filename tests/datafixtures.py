@@ -8,7 +8,7 @@ import numpy as np
 from conftest import structured_image
 from PIL import Image
 
-from glaclip.datasets import SPECS, builtin_classes
+from glaclip.config.datasets import SPECS, builtin_classes
 
 
 def label_map(h: int, w: int, num_values: int, seed: int) -> np.ndarray:

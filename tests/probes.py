@@ -4,10 +4,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glaclip.decision import class_probabilities, labels_from
-from glaclip.postprocess import area_threshold
-from glaclip.text import ClassQueries
-from glaclip.windows import WindowGrid, crop_windows
+from glaclip.config.classes import ClassQueries
+from glaclip.steps.decision import class_probabilities, labels_from
+from glaclip.steps.postprocess import area_threshold
+from glaclip.steps.windows import WindowGrid, crop_windows
 
 
 def whole_decision(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, logit_scale: float,

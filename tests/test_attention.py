@@ -5,8 +5,14 @@ import reference
 import torch
 import torch.nn.functional as F
 
-from glaclip.attention import auto_block_rows, dense_gla_attention, dynamic_beta, gla_attention, proxyclip_attention
-from glaclip.presets import AttentionConfig
+from glaclip.config.presets import AttentionConfig
+from glaclip.methods.attention import (
+    auto_block_rows,
+    dense_gla_attention,
+    dynamic_beta,
+    gla_attention,
+    proxyclip_attention,
+)
 
 
 def _tokens(n_windows=3, per=40, c=16, d=12, seed=0, dtype=torch.float64):
@@ -117,8 +123,8 @@ def test_peak_memory_stays_linear():
 
     code = (
         "import resource, torch, torch.nn.functional as F\n"
-        "from glaclip.attention import gla_attention\n"
-        "from glaclip.presets import AttentionConfig\n"
+        "from glaclip.methods.attention import gla_attention\n"
+        "from glaclip.config.presets import AttentionConfig\n"
         "torch.manual_seed(0)\n"
         "k = F.normalize(torch.randn(30000, 32), dim=-1); v = torch.randn(30000, 32)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

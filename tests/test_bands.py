@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from conftest import structured_image
 from probes import image_logits, whole_decision
 
-import glaclip.decision as decision_module
+import glaclip.steps.decision as decision_module
 from glaclip import parse_classes, resolve
-from glaclip.windows import resize_rows
+from glaclip.steps.windows import resize_rows
 
 CLASSES = [["sky", "heaven"], ["road"], ["car", "vehicle", "automobile"], ["tree"]]
 
@@ -44,7 +44,7 @@ def test_bands_equal_the_whole_image(segmenter64, monkeypatch, method, dataset):
     logits, resized = image_logits(seg, rgb, queries)
     d = seg.preset.decision
     if d.pamr_steps:
-        from glaclip.postprocess import pamr
+        from glaclip.steps.postprocess import pamr
 
         guide = F.interpolate(resized, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0]
         logits = pamr(guide, logits, d.pamr_steps, d.pamr_dilations)

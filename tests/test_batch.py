@@ -13,8 +13,8 @@ from datafixtures import kill_when_logged
 from PIL import Image
 
 from glaclip import GlaclipError
-from glaclip.collection import collect, walk_files
-from glaclip.export import rle_counts, rle_string
+from glaclip.io.export import rle_counts, rle_string
+from glaclip.runs.collection import collect, walk_files
 
 
 def _img(path, seed=0, size=(48, 64)):
@@ -185,7 +185,7 @@ def test_windows_of_several_images_in_one_forward_give_the_same_result(segmenter
 def test_eval_folder_reader_uses_the_same_rules(tmp_path):
     from datafixtures import write_folder
 
-    from glaclip.datasets import open_dataset
+    from glaclip.runs.datasets import open_dataset
 
     write_folder(tmp_path / "d", n=2)
     (tmp_path / "d" / "images" / "._img0.png").write_bytes(b"apple double")

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from glaclip import GlaclipError, get_preset
-from glaclip.bench import bench, parse_size, tokens
-from glaclip.windows import window_grid
+from glaclip.runs.bench import bench, parse_size, tokens
+from glaclip.steps.windows import window_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -33,7 +33,7 @@ def test_tokens_are_those_of_the_encoding(segmenter):
 
 PEAK_CODE = """
 import torch
-from glaclip.bench import PeakMemory
+from glaclip.runs.bench import PeakMemory
 with PeakMemory(torch.device("cpu")) as small:
     pass
 with PeakMemory(torch.device("cpu")) as big:

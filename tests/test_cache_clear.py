@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from glaclip.text_cache import EmbeddingCache, cache_info, clear_cache, scan_cache
+from glaclip.steps.text_cache import EmbeddingCache, cache_info, clear_cache, scan_cache
 
 
 def _fill(root, model, queries):
@@ -95,7 +95,7 @@ def _refuse_under(monkeypatch, folder):
 
 
 def _main(monkeypatch, capsys, root):
-    from glaclip.cli import main
+    from glaclip.cli.main import main
 
     monkeypatch.setenv("GLACLIP_CACHE_DIR", str(root))
     monkeypatch.setattr(sys, "argv", ["glaclip", "cache", "clear"])

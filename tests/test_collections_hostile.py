@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 
 from test_batch import _files, _img, run
 
-from glaclip.collection import RUN_FILES, collect, output_suffixes
+from glaclip.runs.collection import RUN_FILES, collect, output_suffixes
 
 ADVERSARIAL = ["x_png_png.png", "x.bmp", "x.png", "x_png.png"]
 

@@ -11,9 +11,9 @@ from conftest import structured_image
 from PIL import Image
 
 from glaclip import Segmenter
-from glaclip.compare import MethodRun, compare, comparison_figure
-from glaclip.protocols import effective
-from glaclip.visualize import distinct_palette
+from glaclip.config.protocols import effective
+from glaclip.io.pictures import distinct_palette
+from glaclip.runs.compare import MethodRun, compare, comparison_figure
 
 CLASSES = "sky, road; street, car"
 SMALL = {"short_side": 112}

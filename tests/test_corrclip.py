@@ -9,12 +9,12 @@ from conftest import structured_image
 from corrclip_reference import naive_merge, naive_qk, naive_scope, naive_vote, naive_window
 
 from glaclip import GlaclipError, Segmenter
-from glaclip.corrclip import PAD_ID, merge_regions, scope_weights, spatial_layers
-from glaclip.encoding import ImageEncoding
-from glaclip.methods import CORRCLIP_NORM
-from glaclip.postprocess import mask_vote
-from glaclip.protocols import effective
-from glaclip.windows import crop_masks, window_grid
+from glaclip.config.protocols import effective
+from glaclip.config.registry import CORRCLIP_NORM
+from glaclip.methods.corrclip import PAD_ID, merge_regions, scope_weights, spatial_layers
+from glaclip.steps.encoding import ImageEncoding
+from glaclip.steps.postprocess import mask_vote
+from glaclip.steps.windows import crop_masks, window_grid
 
 CLASSES = ["sky", "road", "car", "tree"]
 

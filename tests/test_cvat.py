@@ -11,7 +11,7 @@ from conftest import structured_image
 from PIL import Image
 
 from glaclip import GlaclipError
-from glaclip.integrations.cvat import mask_polygons
+from glaclip.io.export import mask_polygons
 
 cvataa = pytest.importorskip("cvat_sdk.auto_annotation")
 driver = pytest.importorskip("cvat_sdk.auto_annotation.driver")

@@ -4,7 +4,8 @@ from datafixtures import label_map, write_folder, write_layout
 from PIL import Image
 
 from glaclip import GlaclipError
-from glaclip.datasets import SPECS, builtin_classes, open_dataset
+from glaclip.config.datasets import SPECS, builtin_classes
+from glaclip.runs.datasets import open_dataset
 
 
 def test_builtin_class_files():

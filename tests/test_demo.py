@@ -20,7 +20,7 @@ from conftest import structured_image
 from PIL import Image, ImageFile
 
 from glaclip import GlaclipError
-from glaclip.demo import load_upload, preview, run_segmentation
+from glaclip.integrations.demo import load_upload, preview, run_segmentation
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -255,7 +255,7 @@ def test_region_masks_upload_for_corrclip(files6, tmp_path):
     """corrclip in the demo: an uploaded mask file (npz or 16-bit png) is what the encoding uses;
     without one (and no --sam) one message; a mask file of another size names the upload."""
     from glaclip import Segmenter
-    from glaclip.demo import EncodingCache
+    from glaclip.integrations.demo import EncodingCache
 
     seg = Segmenter.from_pretrained(method="corrclip", device="cpu", dtype="fp32", **files6)
     rgb = structured_image(60, 80, seed=2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import glaclip
-from glaclip.devices import DTYPES, dtype_name, rank_device, resolve_dtype
+from glaclip.models.devices import DTYPES, dtype_name, rank_device, resolve_dtype
 
 
 def test_dtype_names_round_trip():

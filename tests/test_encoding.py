@@ -13,7 +13,7 @@ from conftest import structured_image
 from PIL import Image
 
 from glaclip import GlaclipError, Segmenter, get_preset, resolve
-from glaclip.encoding import ImageEncoding
+from glaclip.steps.encoding import ImageEncoding
 
 CLASSES = [["sky", "heaven"], ["road"], ["car", "vehicle", "automobile"], ["tree"]]
 OTHER = ["building", "person; human", "grass", "water", "sky", "wall"]
@@ -103,7 +103,7 @@ def test_cli_save_and_segment_an_encoding(tiny_files, tmp_path):
 
 
 def test_demo_reuses_encodings(segmenter, tmp_path):
-    from glaclip.demo import EncodingCache, run_segmentation
+    from glaclip.integrations.demo import EncodingCache, run_segmentation
 
     calls = []
     original = segmenter.window_features

@@ -15,8 +15,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from glaclip import GlaclipError, Segmenter, text_cache
-from glaclip.encoding import ImageEncoding
+from glaclip import GlaclipError, Segmenter
+from glaclip.models import identity
+from glaclip.steps import text_cache
+from glaclip.steps.encoding import ImageEncoding
 
 CLASSES = "sky, road, car; vehicle, tree"
 
@@ -68,7 +70,7 @@ def test_weights_are_identified_by_content_not_path(tiny_files, tmp_path):
 def test_same_weights_in_another_structure_is_another_model(segmenter):
     import copy
 
-    from glaclip.models import ClipTower
+    from glaclip.models.towers import ClipTower
 
     enc = segmenter.encode_image(structured_image(50, 60))
     model = copy.deepcopy(segmenter.clip.model)
@@ -80,15 +82,15 @@ def test_same_weights_in_another_structure_is_another_model(segmenter):
 
 
 def test_weights_are_hashed_once_per_loaded_model_and_again_after_a_change(tiny_files, monkeypatch):
-    from glaclip.models import load_clip, load_vfm
+    from glaclip.models.loading import load_clip, load_vfm
 
     clip = load_clip(tiny_files["clip"], tiny_files["clip_weights"], device="cpu", dtype="fp32")
     vfm = load_vfm(tiny_files["vfm"], tiny_files["vfm_weights"], device="cpu", dtype="fp32")
     image = lambda: [(k, v) for k, v in clip.model.state_dict().items() if k.startswith("visual.")]  # noqa: E731
-    naive = text_cache.weights_fingerprint(image())  # the restatement: hash every image-tower tensor
+    naive = identity.weights_fingerprint(image())  # the restatement: hash every image-tower tensor
     calls = []
-    real = text_cache.weights_fingerprint
-    monkeypatch.setattr(text_cache, "weights_fingerprint", lambda t: calls.append(1) or real(t))
+    real = identity.weights_fingerprint
+    monkeypatch.setattr(identity, "weights_fingerprint", lambda t: calls.append(1) or real(t))
     first = ImageEncoding.model_identity(clip, vfm)
     assert first["clip"]["weights"] == naive and len(calls) == 2  # CLIP's image tower and the VFM
     assert ImageEncoding.model_identity(clip, vfm) == first and len(calls) == 2  # kept on the models
@@ -144,7 +146,7 @@ def _nan(enc, count=100):
 
 
 def _checksum_of(tensors):
-    from glaclip.encoding import _checksum
+    from glaclip.steps.encoding import _checksum
 
     return _checksum(tensors)
 

@@ -8,9 +8,9 @@ import pytest
 from datafixtures import kill_when_logged, write_folder, write_layout
 
 from glaclip import GlaclipError, get_preset
-from glaclip.datasets import open_dataset
-from glaclip.evaluate import evaluate
-from glaclip.metrics import confusion, summarize
+from glaclip.runs.datasets import open_dataset
+from glaclip.runs.evaluate import evaluate
+from glaclip.runs.metrics import confusion, summarize
 
 SMALL = {"short_side": 224}  # 60x120 images -> 224x448: three windows, fast with tiny models
 

@@ -14,8 +14,8 @@ from conftest import structured_image
 from PIL import Image
 
 from glaclip import GlaclipError
-from glaclip.collection import collect
-from glaclip.export import mask_image
+from glaclip.io.export import mask_image
+from glaclip.runs.collection import collect
 
 CLASSES = "background, sky, road; street, car; vehicle"
 NAMES = ["background", "sky", "road", "car"]
@@ -207,8 +207,8 @@ def test_mask_image_keeps_the_values():
 
 
 def test_sample_files_link_else_copy_and_never_write_the_source(tmp_path, monkeypatch):
-    from glaclip import export
-    from glaclip.files import is_temporary
+    from glaclip.io import export
+    from glaclip.io.files import is_temporary
 
     source = _img(tmp_path / "src" / "x.png", 4, (20, 30))
     before = source.read_bytes()

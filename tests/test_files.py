@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from glaclip.files import atomic_paths, is_temporary, remove_stale_temporaries, write_atomic
+from glaclip.io.files import atomic_paths, is_temporary, remove_stale_temporaries, write_atomic
 
 
 def test_atomic_paths_leave_nothing_on_error(tmp_path):

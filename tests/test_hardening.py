@@ -14,9 +14,9 @@ from PIL import Image
 from test_cli import run
 
 from glaclip import GlaclipError, Segmenter, parse_classes
-from glaclip.datasets import open_dataset
-from glaclip.evaluate import evaluate
-from glaclip.images import load_image
+from glaclip.io.images import load_image
+from glaclip.runs.datasets import open_dataset
+from glaclip.runs.evaluate import evaluate
 
 
 def _one_error_line(r, words):
@@ -146,7 +146,7 @@ def test_outputs_respect_the_umask(tiny_files, tmp_path, umask, mode):
 
 
 def test_fp16_on_cpu_warns():
-    from glaclip.devices import resolve_dtype
+    from glaclip.models.devices import resolve_dtype
 
     with pytest.warns(RuntimeWarning, match="bf16"):
         resolve_dtype("fp16", torch.device("cpu"))

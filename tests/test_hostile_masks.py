@@ -11,9 +11,9 @@ from PIL import Image
 from test_masks_cli import SMALL, _labels, _npz, _png, _png16, region_map, segment
 
 from glaclip import GlaclipError, Segmenter
-from glaclip.collection import collect
-from glaclip.mask_source import MaskRequest, MaskSource
-from glaclip.regions import fingerprint
+from glaclip.io.masks import fingerprint
+from glaclip.runs.collection import collect
+from glaclip.runs.mask_source import MaskRequest, MaskSource
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def _exif_jpeg(path, rgb, orientation):
 
 
 def test_mask_size_errors_explain_the_exif_rotation(segmenter, tmp_path):
-    from glaclip.images import load_image
+    from glaclip.io.images import load_image
 
     _exif_jpeg(tmp_path / "r.jpg", structured_image(40, 64), 6)  # stored 64x40, displayed 40x64
     _exif_jpeg(tmp_path / "f.jpg", structured_image(40, 64), 3)  # rotated 180: same size

@@ -32,7 +32,7 @@ def one_line_error(fn, *args, must=(), **kwargs) -> str:
 
 
 def cli(*args):
-    from glaclip.cli import app
+    from glaclip.cli.main import app
 
     res = CliRunner().invoke(app, [str(a) for a in args])
     assert isinstance(res.exception, GlaclipError), (res.output, res.exception)
@@ -52,8 +52,8 @@ def sam2_file(folder, name):
     """A checkpoint with the tensor names and shapes of SAM 2 `name` (all zeros, one float of storage each)."""
     from sam2.build_sam import build_sam2
 
-    from glaclip.checkpoints import build
-    from glaclip.regions import SAM2_MODELS
+    from glaclip.config.backbones import SAM2_MODELS
+    from glaclip.models.checkpoints import build
 
     path = folder / f"{name}.pt"
     if not path.exists():
@@ -77,7 +77,7 @@ def sam_dir(tmp_path_factory):
                                         ("sam2-hiera-tiny", "sam2-hiera-small"),
                                         ("sam2-hiera-small", "sam2-hiera-base-plus")])
 def test_sam2_weights_of_another_size_name_both(sam_dir, given, fits):
-    from glaclip.regions import load_sam2
+    from glaclip.models.sam2 import load_sam2
 
     path = sam2_file(sam_dir, fits)
     one_line_error(load_sam2, given, path, device="cpu",
@@ -96,8 +96,8 @@ def test_sam2_weights_of_another_size_on_the_command_line(sam_dir, files6, tmp_p
 
 @needs_sam2
 def test_sam2_weights_alone_build_the_architecture_they_fit(sam_dir):
-    from glaclip.mask_source import mask_request, open_masks, sam_request
-    from glaclip.protocols import effective
+    from glaclip.config.protocols import effective
+    from glaclip.runs.mask_source import mask_request, open_masks, sam_request
 
     small = sam2_file(sam_dir, "sam2-hiera-small")
     request = sam_request(None, str(small))
@@ -111,7 +111,7 @@ def test_sam2_weights_alone_build_the_architecture_they_fit(sam_dir):
 
 @needs_sam2
 def test_sam2_weights_that_fit_no_architecture_say_what_differs(sam_dir, tmp_path):
-    from glaclip.regions import load_sam2
+    from glaclip.models.sam2 import load_sam2
 
     sd = torch.load(sam2_file(sam_dir, "sam2-hiera-small"), weights_only=True)["model"]
     del sd["image_encoder.trunk.pos_embed"]
@@ -258,7 +258,7 @@ def test_pipeline_reads_a_mask_file(files6, tmp_path):
 
 @pytest.mark.parametrize("url", ["https://example.com/a.png", "http://example.com//x/b.jpg"])
 def test_url_images_keep_their_text(url, tiny_files, tmp_path):
-    from glaclip.images import load_image
+    from glaclip.io.images import load_image
 
     one_line_error(load_image, url, must=[url, "URL"])
     msg = cli("segment", url, "-c", CLASSES, "-o", tmp_path / "out", *model_args(tiny_files))
@@ -268,7 +268,7 @@ def test_url_images_keep_their_text(url, tiny_files, tmp_path):
 
 
 def test_missing_image_keeps_its_text(tmp_path):
-    from glaclip.images import load_image
+    from glaclip.io.images import load_image
 
     text = str(tmp_path) + "//nope.png"
     assert one_line(one_line_error(load_image, text, must=[text]))

@@ -19,9 +19,9 @@ from conftest import structured_image
 from PIL import Image, PngImagePlugin
 
 from glaclip import Segmenter
-from glaclip.compare import compare
-from glaclip.images import load_image
-from glaclip.protocols import PRESETS, effective
+from glaclip.config.protocols import PRESETS, effective
+from glaclip.io.images import load_image
+from glaclip.runs.compare import compare
 
 CLASSES = "sky, road; street, car"
 MODELS = ("clip", "clip_weights", "vfm", "vfm_weights")
@@ -126,7 +126,7 @@ def test_a_second_segment_run_into_one_out_is_refused(tiny_files, tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from glaclip.runlock import hold
+from glaclip.runs.runlock import hold
 with hold(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)
@@ -135,7 +135,7 @@ with hold(Path(sys.argv[1])):
 
 def test_the_lock_dies_with_a_killed_run(tmp_path):
     from glaclip.errors import GlaclipError
-    from glaclip.runlock import hold
+    from glaclip.runs.runlock import hold
 
     out = tmp_path / "out"
     out.mkdir()
@@ -221,8 +221,8 @@ class _SlowSam2:
 def test_compare_times_the_sam2_load_in_the_masks_row(files6, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import glaclip.regions
-    from glaclip.cli import app
+    import glaclip.models.sam2
+    from glaclip.cli.main import app
 
     pause = 1.5
 
@@ -230,7 +230,7 @@ def test_compare_times_the_sam2_load_in_the_masks_row(files6, tmp_path, monkeypa
         time.sleep(pause)
         return _SlowSam2(name)
 
-    monkeypatch.setattr(glaclip.regions, "load_sam2", slow_load)
+    monkeypatch.setattr(glaclip.models.sam2, "load_sam2", slow_load)
     image, out = tmp_path / "im.png", tmp_path / "cmp.png"
     Image.fromarray(structured_image(40, 48)).save(image)
     args = ["compare", str(image), "-m", "gla-proxyclip,corrclip", "-c", CLASSES, "--sam", "sam2-hiera-tiny",

@@ -11,11 +11,11 @@ from conftest import TINY_CLIP, structured_image
 from probes import clip_host_tokens
 
 from glaclip import Segmenter, get_preset
-from glaclip.attention import gla_attention, proxyclip_attention
-from glaclip.bench import block_masks
-from glaclip.hosts import local_tokens, neighbourhood
-from glaclip.methods import METHODS
-from glaclip.presets import AttentionConfig
+from glaclip.config.presets import AttentionConfig
+from glaclip.config.registry import METHODS
+from glaclip.methods.attention import gla_attention, proxyclip_attention
+from glaclip.methods.hosts import local_tokens, neighbourhood
+from glaclip.runs.bench import block_masks
 
 CLASSES = ["sky", "road", "car", "tree"]
 
@@ -94,7 +94,7 @@ def test_neighbourhood_matches_gaussian():
 def test_gla_on_clip_hosts_equals_formula(segmenter64, name, key):
     seg = segmenter64.with_preset(get_preset(name, block_rows=97))
     rgb = structured_image(300, 400, seed=9)
-    from glaclip.images import preprocess
+    from glaclip.io.images import preprocess
 
     x = preprocess(rgb, 336, 2048, torch.float64)
     grid = seg.grid_for(x.shape[2], x.shape[3])
@@ -129,9 +129,9 @@ def _release_smoothed(raw, index, gh, gw):
 
 @pytest.mark.parametrize("size, short", [((300, 400), 336), ((60, 150), 100)])
 def test_gla_clearclip_release_equals_formula(segmenter64, size, short):
-    from glaclip.hosts import smoothed_proxy
-    from glaclip.images import preprocess
-    from glaclip.windows import token_index
+    from glaclip.io.images import preprocess
+    from glaclip.methods.hosts import smoothed_proxy
+    from glaclip.steps.windows import token_index
 
     seg = segmenter64.with_preset(get_preset("gla-clearclip-release", block_rows=61, short_side=short))
     rgb = structured_image(*size, seed=4)
@@ -191,7 +191,7 @@ def test_every_method_runs_through_predict(segmenter, files6, name, monkeypatch)
         pytest.importorskip("segment_anything")
         from test_trident import tiny_sam
 
-        import glaclip.trident as trident
+        import glaclip.models.sam as trident
 
         monkeypatch.setattr(trident, "load_sam", lambda *a, **k: tiny_sam(dtype=torch.float32))
         seg = Segmenter.from_pretrained(method=name, device="cpu", sam_weights="random", **files6)

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from glaclip import GlaclipError
-from glaclip.images import clip_to_imagenet, load_image, preprocess, resized_shape
+from glaclip.io.images import clip_to_imagenet, load_image, preprocess, resized_shape
 
 
 @pytest.mark.parametrize("hw", [(300, 400), (400, 300), (336, 336), (100, 3000), (5000, 7000), (17, 31)])

@@ -8,7 +8,7 @@ from conftest import structured_image
 from PIL import Image
 
 import glaclip
-import glaclip.decision as decision_module
+import glaclip.steps.decision as decision_module
 from glaclip import GlaclipError
 from glaclip.integrations.pipeline import SegmentationPipeline
 

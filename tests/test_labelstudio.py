@@ -26,7 +26,8 @@ from conftest import structured_image
 from PIL import Image, ImageDraw
 
 from glaclip import GlaclipError
-from glaclip.integrations.labelstudio import Backend, ImageSource, brush_rle, model_version, parse_label_config
+from glaclip.integrations.labelstudio import Backend, brush_rle, model_version, parse_label_config
+from glaclip.integrations.sources import ImageSource
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")  # FastAPI's TestClient, and the end-to-end test's API client

@@ -19,7 +19,8 @@ from conftest import structured_image
 from PIL import Image
 
 from glaclip import GlaclipError
-from glaclip.integrations.labelstudio import Backend, ImageSource
+from glaclip.integrations.labelstudio import Backend
+from glaclip.integrations.sources import ImageSource
 
 pytest.importorskip("fastapi")
 

@@ -8,9 +8,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from glaclip import models
-from glaclip.checkpoints import build
-from glaclip.models import clip_checkpoint, load_clip, load_vfm
+from glaclip.models import loading as models
+from glaclip.models.checkpoints import build
+from glaclip.models.loading import clip_checkpoint, load_clip, load_vfm
 
 
 def _tensors(module):

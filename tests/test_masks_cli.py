@@ -15,7 +15,7 @@ from datafixtures import write_layout
 from PIL import Image
 
 from glaclip import GlaclipError, Segmenter
-from glaclip.regions import fingerprint, load_masks
+from glaclip.io.masks import fingerprint, load_masks
 
 SMALL = ("--set", "short_side=112")
 
@@ -139,7 +139,7 @@ def test_resume_is_refused_when_the_mask_source_changes(files6, tmp_path):
 def test_save_masks_writes_what_the_encoding_used(files6, tmp_path):
     """One small image (SAM 2 on the CPU takes seconds even for hiera-tiny): its generated masks are
     written as an output kind, logged by fingerprint, and are the masks its encoding holds."""
-    from glaclip.encoding import ImageEncoding
+    from glaclip.steps.encoding import ImageEncoding
 
     data = tmp_path / "in"
     _png(data / "sub" / "b.png", structured_image(48, 64, seed=6))
@@ -183,8 +183,8 @@ def test_eval_with_precomputed_masks_records_their_source(files6, tmp_path):
     assert res["masks"] == {"source": f"from folder {mdir}", "folder": os.path.realpath(mdir)}
     assert res["images"] == 2 and len(res["per_class"]) == 21
     # the numbers are those of the API with the same masks
-    from glaclip.datasets import open_dataset
-    from glaclip.metrics import confusion
+    from glaclip.runs.datasets import open_dataset
+    from glaclip.runs.metrics import confusion
 
     seg = Segmenter.from_pretrained(method="corrclip", dataset="voc21", device="cpu", dtype="fp32", short_side=112,
                                     **files6)
@@ -241,8 +241,8 @@ def test_mask_file_for_a_folder_and_unused_masks(tiny_files, tmp_path):
 def test_eval_lookup_is_relative_to_the_image_folder_with_a_flat_fallback(tmp_path):
     """Cityscapes images sit in city folders and their stems keep `_leftImg8bit`: a mirrored file
     wins, else the release's flat folder by stem; a folder data set looks under its images/."""
-    from glaclip.datasets import open_dataset
-    from glaclip.mask_source import MaskRequest, MaskSource
+    from glaclip.runs.datasets import open_dataset
+    from glaclip.runs.mask_source import MaskRequest, MaskSource
 
     write_layout(tmp_path / "cityscapes", "cityscapes", n=2, size=(40, 80))
     ds = open_dataset("cityscapes", tmp_path / "cityscapes")

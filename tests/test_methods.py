@@ -10,10 +10,20 @@ from typer.testing import CliRunner
 
 import glaclip
 from glaclip import PRESETS, GlaclipError, get_preset, resolve
-from glaclip.cli import app
-from glaclip.demo import method_choices
-from glaclip.methods import CLIP_LOCAL, GLOBAL, METHODS, VARIANTS, Method, Variant, preset_names, register, unregister
-from glaclip.protocols import PROTOCOLS, protocol_name
+from glaclip.cli.main import app
+from glaclip.config.protocols import PROTOCOLS, protocol_name
+from glaclip.config.registry import (
+    CLIP_LOCAL,
+    GLOBAL,
+    METHODS,
+    VARIANTS,
+    Method,
+    Variant,
+    preset_names,
+    register,
+    unregister,
+)
+from glaclip.integrations.demo import method_choices
 
 SRC = Path(glaclip.__file__).parent
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from glaclip.datasets import reduce_zero_label
-from glaclip.metrics import boundary_counts, confusion, summarize, window_edges
-from glaclip.windows import window_grid
+from glaclip.runs.datasets import reduce_zero_label
+from glaclip.runs.metrics import boundary_counts, confusion, summarize, window_edges
+from glaclip.steps.windows import window_grid
 
 
 def test_hand_computed_iou():

@@ -5,9 +5,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from glaclip import GlaclipError, models
-from glaclip.devices import resolve_device, resolve_dtype
-from glaclip.models import ClipTower, load_clip, load_vfm
+from glaclip import GlaclipError
+from glaclip.models import loading as models
+from glaclip.models.devices import resolve_device, resolve_dtype
+from glaclip.models.loading import load_clip, load_vfm
+from glaclip.models.towers import ClipTower
 
 
 def _same(a, b):
@@ -144,7 +146,7 @@ def test_value_path_equals_attention_internals(segmenter):
 def test_paper_backbones_resolve_without_download(monkeypatch, tmp_path):
     import timm
 
-    from glaclip.models import CLIP_BACKBONES, VFM_BACKBONES
+    from glaclip.config.backbones import CLIP_BACKBONES, VFM_BACKBONES
 
     looked = []
     monkeypatch.setattr(models, "cached_hub_file", lambda repo, names: looked.append(repo))

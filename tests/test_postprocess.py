@@ -11,10 +11,10 @@ from conftest import structured_image
 from probes import whole_decision
 
 from glaclip import get_preset, resolve
-from glaclip.attention import proxyclip_attention
-from glaclip.postprocess import area_threshold, pamr
-from glaclip.presets import AttentionConfig
-from glaclip.towers import resize_positions
+from glaclip.config.presets import AttentionConfig
+from glaclip.methods.attention import proxyclip_attention
+from glaclip.models.towers import resize_positions
+from glaclip.steps.postprocess import area_threshold, pamr
 
 CLASSES = [["sky", "heaven"], ["road"], ["car", "vehicle", "automobile"], ["tree"]]
 
@@ -42,7 +42,7 @@ def test_pamr_tiles_equal_whole_image():
 @pytest.mark.parametrize("strip_bytes, chunk_bytes", [(1, 1), (3 * 2**14, 2**17), (2**30, 2**30)])
 def test_pamr_bands_and_chunks_match_restatement(monkeypatch, strip_bytes, chunk_bytes):
     """The update a band of rows at a time (1 row, a few rows, all rows) and by query chunks (1, 2, all)."""
-    from glaclip import postprocess
+    from glaclip.steps import postprocess
 
     monkeypatch.setattr(postprocess, "_STRIP_BYTES", strip_bytes)
     monkeypatch.setattr(postprocess, "_CHUNK_BYTES", chunk_bytes)

@@ -1,7 +1,7 @@
 import pytest
 
 from glaclip import PRESETS, GlaclipError, get_preset
-from glaclip.presets import setting_names
+from glaclip.config.presets import setting_names
 
 
 def test_defaults_are_method_md():

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from glaclip import GlaclipError, get_preset, resolve
-from glaclip.datasets import packaged_classes
-from glaclip.methods import METHODS
+from glaclip.config.datasets import packaged_classes
+from glaclip.config.registry import METHODS
 
 DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
 # BASELINES.md section 2, column by column: (short side, crop, stride, logit scale, prob_thd); crop 0 = whole.

@@ -1,4 +1,4 @@
-"""Region masks (glaclip.regions): files, validation, lookup, fingerprints and SAM 2 generation."""
+"""Region masks (glaclip.io.masks, glaclip.models.sam2): files, validation, lookup, fingerprints, SAM 2."""
 
 from __future__ import annotations
 
@@ -15,18 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from glaclip.config.backbones import SAM2_MODELS
 from glaclip.errors import GlaclipError
-from glaclip.mask_lookup import mask_file_for
-from glaclip.regions import (
-    AMG_SETTINGS,
-    MASK_KEY,
-    SAM2_MODELS,
-    check_masks,
-    fingerprint,
-    load_masks,
-    paint_masks,
-    save_masks,
-)
+from glaclip.io.masks import MASK_KEY, check_masks, fingerprint, load_masks, paint_masks, save_masks
+from glaclip.models.sam2 import AMG_SETTINGS
+from glaclip.runs.mask_lookup import mask_file_for
 
 # CI installs the masks extra (.ci/run): there a missing sam2 fails these tests instead of skipping them
 HAVE_SAM2 = importlib.util.find_spec("sam2") is not None or bool(os.environ.get("CI"))
@@ -293,7 +286,7 @@ def test_paint_masks_order_and_ties():
 
 
 def test_missing_sam2_package_one_line(monkeypatch):
-    from glaclip.regions import load_sam2
+    from glaclip.models.sam2 import load_sam2
 
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "sam2.automatic_mask_generator", None)
@@ -302,7 +295,7 @@ def test_missing_sam2_package_one_line(monkeypatch):
 
 
 def test_sam_dtype_follows_the_release():
-    from glaclip.regions import _sam_dtype
+    from glaclip.models.sam2 import _sam_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert _sam_dtype("auto", cpu) == _sam_dtype("fp16", cpu) == _sam_dtype("fp64", cpu) == torch.float32
@@ -327,7 +320,7 @@ def tiny_sam(tmp_path_factory):
     """sam2-hiera-tiny with seeded random weights, nudged so that some masks pass the release's
     thresholds: random weights predict flat, low-contrast mask logits (stability 0), so the output
     hypernetworks' last layers are shifted and scaled (x100). Also saved as a released-style file."""
-    from glaclip.regions import load_sam2
+    from glaclip.models.sam2 import load_sam2
 
     torch.manual_seed(0)
     sam = load_sam2("sam2-hiera-tiny", "random", device="cpu", dtype="auto")
@@ -391,7 +384,7 @@ def test_sam2_generation_paints_the_generators_raw_output(tiny_sam):
 
 @needs_sam2
 def test_sam2_weights_files_and_identity(tiny_sam, tmp_path):
-    from glaclip.regions import Sam2Masks, load_sam2
+    from glaclip.models.sam2 import Sam2Masks, load_sam2
 
     sam, path = tiny_sam
     a = load_sam2("sam2-hiera-tiny", path, device="cpu")
@@ -420,8 +413,8 @@ def test_sam2_weights_files_and_identity(tiny_sam, tmp_path):
 def test_sam2_hub_weights_missing_offline(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    from glaclip.models import MissingWeights
-    from glaclip.regions import load_sam2
+    from glaclip.errors import MissingWeights
+    from glaclip.models.sam2 import load_sam2
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache

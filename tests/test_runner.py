@@ -11,12 +11,12 @@ from datafixtures import write_folder
 from PIL import Image
 
 from glaclip import GlaclipError, Segmenter
-from glaclip.batch import Options, segment_collection
-from glaclip.collection import Shard, collect, read_logs
-from glaclip.datasets import open_dataset
-from glaclip.evaluate import evaluate
-from glaclip.runner import Run, begin, run_items
-from glaclip.text import parse_classes
+from glaclip.config.classes import parse_classes
+from glaclip.runs.batch import Options, segment_collection
+from glaclip.runs.collection import Shard, collect, read_logs
+from glaclip.runs.datasets import open_dataset
+from glaclip.runs.evaluate import evaluate
+from glaclip.runs.runner import Run, begin, run_items
 
 IDENTITY = {"clip": {"model": "m", "weights": "abc"}, "vfm": None, "setting": 1}
 

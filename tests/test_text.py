@@ -4,7 +4,7 @@ import reference
 import torch
 
 from glaclip import GlaclipError, parse_classes, read_class_file
-from glaclip.text import FULL_CONTEXT_ENV, templates, text_encoder
+from glaclip.steps.text import FULL_CONTEXT_ENV, templates, text_encoder
 
 
 def test_parse_forms():
@@ -58,7 +58,7 @@ QUERIES = ["cat", "a very long and descriptive name of a rather unusual object o
 
 @pytest.mark.parametrize("fixture, atol", [("segmenter", 1e-5), ("segmenter64", 1e-12)])
 def test_short_context_equals_full_context(request, fixture, atol):
-    from glaclip.text import short_context_encoder
+    from glaclip.models.towers import short_context_encoder
 
     seg = request.getfixturevalue(fixture)
     tok = open_clip.get_tokenizer(seg.clip.name)
@@ -84,7 +84,7 @@ def test_batched_encoder_equals_per_query_reference(segmenter64):
 
 
 def test_factory_cache_choices_context_and_templates(tiny_files, tmp_path, monkeypatch):
-    from glaclip.text_cache import cache_info
+    from glaclip.steps.text_cache import cache_info
 
     monkeypatch.setenv("GLACLIP_CACHE_DIR", str(tmp_path / "env"))
     monkeypatch.delenv(FULL_CONTEXT_ENV, raising=False)
@@ -143,7 +143,7 @@ def _count_encodes_of(enc):
 def test_disk_cache_reused_across_segmenters_and_keyed_by_weight_content(tiny_files, tmp_path, monkeypatch):
     import shutil
 
-    from glaclip.text_cache import cache_info
+    from glaclip.steps.text_cache import cache_info
 
     monkeypatch.setenv("GLACLIP_CACHE_DIR", str(tmp_path / "cache"))
     first = _fresh(tiny_files)
@@ -201,7 +201,7 @@ def test_cache_cli(tiny_files, tmp_path):
     import subprocess
     import sys
 
-    from glaclip.text_cache import EmbeddingCache
+    from glaclip.steps.text_cache import EmbeddingCache
 
     env = dict(os.environ, GLACLIP_CACHE_DIR=str(tmp_path / "c"))
     EmbeddingCache(tmp_path / "c", lambda: {"model": "m", "text_weights": "0"}).put_many({"cat": torch.ones(4) / 2})

@@ -1,4 +1,4 @@
-"""Trident (`glaclip.trident`, `glaclip.trident_refine`) against naive restatements of its release
+"""Trident (`glaclip.methods.trident`, `glaclip.methods.trident_refine`) against naive restatements of its release
 (tests/trident_reference.py), with tiny random CLIP, DINO-like ViT and SAM."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import trident_reference as ref
 if not os.environ.get("CI"):  # CI installs the masks extra (.ci/run): there a missing package fails
     pytest.importorskip("segment_anything")
 
+from glaclip.config.protocols import resolve  # noqa: E402
 from glaclip.errors import GlaclipError  # noqa: E402
-from glaclip.images import clip_to_imagenet, preprocess  # noqa: E402
-from glaclip.protocols import resolve  # noqa: E402
-from glaclip.trident import SamTower, clip_input, load_sam, sam_weights, splice, window_attention  # noqa: E402
-from glaclip.windows import window_grid  # noqa: E402
+from glaclip.io.images import clip_to_imagenet, preprocess  # noqa: E402
+from glaclip.methods.trident import clip_input, sam_weights, splice, window_attention
+from glaclip.models.sam import SamTower, load_sam  # noqa: E402
+from glaclip.steps.windows import window_grid  # noqa: E402
 
 
 def tiny_sam(seed=0, dtype=torch.float64):
@@ -45,7 +46,7 @@ def tiny_sam(seed=0, dtype=torch.float64):
 def towers(tmp_path_factory):
     from conftest import TINY_CLIP
 
-    from glaclip.models import load_clip, load_vfm
+    from glaclip.models.loading import load_clip, load_vfm
 
     d = tmp_path_factory.mktemp("trident")
     (d / "clip.json").write_text(json.dumps(TINY_CLIP))
@@ -176,7 +177,7 @@ def test_pipeline_matches_release(towers):
 
 
 def _queries(names):
-    from glaclip.text import parse_classes
+    from glaclip.config.classes import parse_classes
 
     return parse_classes(names)
 
@@ -210,7 +211,7 @@ def refinement_inputs(towers, h=90, w=140):
 
 @pytest.mark.parametrize("coarse", [0.2, 0.0])
 def test_refinement_matches_release(towers, coarse):
-    from glaclip.trident_refine import sam_refinement
+    from glaclip.methods.trident_refine import sam_refinement
 
     predictor, probs, labels = refinement_inputs(towers)
     # a threshold between the predicted IoUs, so that some prompts pass and some fail
@@ -230,7 +231,7 @@ def test_refinement_matches_release(towers, coarse):
 
 def ref_scores(predictor, probs, labels, coarse):
     """The predicted IoUs of every prompt (to choose a threshold between them)."""
-    from glaclip.trident_refine import coarse_regions, mask_prompt
+    from glaclip.methods.trident_refine import coarse_regions, mask_prompt
 
     h, w = labels.shape
     lab = F.interpolate(labels[None, None].double(), [h // 2, w // 2], mode="nearest")[0, 0].long()
@@ -249,7 +250,7 @@ def ref_scores(predictor, probs, labels, coarse):
 
 
 def test_components_eight_connected():
-    from glaclip.trident_refine import components
+    from glaclip.methods.trident_refine import components
 
     m = np.zeros((6, 6), bool)
     m[0, 0] = m[1, 1] = True  # diagonal: one component
@@ -274,10 +275,10 @@ def test_predict_with_and_without_refinement(towers, tmp_path):
     assert plain.probs.shape == refined.probs.shape == (3, 90, 140)
     assert np.array_equal(plain.probs, refined.probs)  # probs stay the decision's
     assert np.all(plain.probs.sum(0) <= 1 + 1e-9)
-    assert plain.sam_scores is None
+    assert plain.extras == {} and plain.sam_scores is None
     assert refined.labels.shape == (90, 140) and refined.labels.dtype == np.int64
     # the encoding keeps SAM's image embedding: a saved and reloaded one gives the same result
-    from glaclip.encoding import ImageEncoding
+    from glaclip.steps.encoding import ImageEncoding
 
     enc = seg.encode_image(rgb)
     assert enc.embeddings.shape[:3] == (1, 42, 64) and "sam_features" in enc.extras
@@ -305,7 +306,7 @@ def test_protocol_rows_and_presets():
     assert (v.window.short_side, v.decision.prob_thd, v.class_file) == (448, 0.2, "voc21-trident.txt")
     assert resolve("trident", "coco_object").class_file == "coco_object-trident.txt"
     assert resolve("trident", "coco_object", coarse_thresh=0.5).decision.coarse_thresh == 0.5
-    from glaclip.datasets import packaged_classes
+    from glaclip.config.datasets import packaged_classes
 
     obj = packaged_classes("coco_object-trident.txt")
     assert len(obj.synonyms[0]) == 17 and obj.synonyms[1] == ("person",)
@@ -314,7 +315,7 @@ def test_protocol_rows_and_presets():
 def test_presets_json_cli():
     from typer.testing import CliRunner
 
-    from glaclip.cli import app
+    from glaclip.cli.main import app
 
     res = CliRunner().invoke(app, ["presets", "--method", "trident", "--dataset", "ade20k", "--json"])
     assert res.exit_code == 0, res.output
@@ -323,7 +324,7 @@ def test_presets_json_cli():
 
 
 def test_load_sam_messages(tmp_path):
-    from glaclip.models import MissingWeights
+    from glaclip.errors import MissingWeights
 
     with pytest.raises(MissingWeights, match="sam_vit_b_01ec64.pth"):
         load_sam("sam-vit-b", None, device="cpu", dtype="fp32")
@@ -339,7 +340,7 @@ def test_load_sam_messages(tmp_path):
 
 def test_from_pretrained_names_missing_sam(tiny_files):
     from glaclip import Segmenter
-    from glaclip.models import MissingWeights
+    from glaclip.errors import MissingWeights
 
     with pytest.raises(MissingWeights, match="sam_vit_b_01ec64.pth"):
         Segmenter.from_pretrained(method="trident", device="cpu", dtype="fp32", **tiny_files)
@@ -352,8 +353,8 @@ def test_cli_segment_with_sam(tiny_files, tmp_path, monkeypatch):
     import cv2
     from typer.testing import CliRunner
 
-    import glaclip.trident as trident
-    from glaclip.cli import app
+    import glaclip.models.sam as trident
+    from glaclip.cli.main import app
 
     seen = {}
 
@@ -378,7 +379,7 @@ def test_cli_segment_with_sam(tiny_files, tmp_path, monkeypatch):
 def test_cli_refuses_missing_sam_file_before_loading(tmp_path):
     from typer.testing import CliRunner
 
-    from glaclip.cli import app
+    from glaclip.cli.main import app
 
     img = tmp_path / "a.png"
     img.write_bytes(b"")
@@ -398,8 +399,8 @@ def test_compare_trident_beside_mask_and_window_methods(files6, tmp_path, monkey
     import cv2
     from typer.testing import CliRunner
 
-    import glaclip.trident as trident
-    from glaclip.cli import app
+    import glaclip.models.sam as trident
+    from glaclip.cli.main import app
 
     seen = {}
 

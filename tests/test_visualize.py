@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from glaclip.visualize import distinct_palette, label_image, legend, overlay, overlay_with_legend
+from glaclip.io.pictures import distinct_palette, label_image, legend, overlay, overlay_with_legend
 
 
 def test_palette_distinct():
@@ -48,7 +48,7 @@ def test_legend_wraps_and_skips_absent():
 
 
 def test_dataset_palettes():
-    from glaclip.visualize import dataset_palette, palette_for, voc_palette
+    from glaclip.io.pictures import dataset_palette, palette_for, voc_palette
 
     voc = voc_palette()
     assert voc[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
@@ -62,7 +62,7 @@ def test_dataset_palettes():
 
 
 def test_heatmap_monotone():
-    from glaclip.visualize import heatmap
+    from glaclip.io.pictures import heatmap
 
     h = heatmap(np.linspace(0, 1, 11)[None])
     assert h.shape == (1, 11, 3) and h.dtype == np.uint8
@@ -75,12 +75,12 @@ needs_fontconfig = pytest.mark.skipif(not shutil.which("fc-list"), reason="fontc
 
 @needs_fontconfig
 def test_legend_fonts_cover_non_latin_names():
-    from glaclip.visualize import _default_font, _font, font_file_for
+    from glaclip.io.pictures import _default_font, font_file_for, legend_font
 
     assert font_file_for("é") is not None
     if not font_file_for("猫") and not os.environ.get("CI"):  # CI installs a CJK font (.ci/run)
         pytest.skip("no CJK font installed")
-    font = _font(16, ["café", "猫"])
+    font = legend_font(16, ["café", "猫"])
     assert font.path == font_file_for("é猫")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every character is covered: no warning
@@ -96,7 +96,7 @@ def test_legend_fonts_cover_non_latin_names():
 
 
 def test_uncovered_characters_warn_once():
-    import glaclip.visualize as vis
+    import glaclip.io.pictures as vis
 
     vis._warned_glyphs.clear()
     with pytest.warns(RuntimeWarning, match="no installed font has the characters") as rec:

@@ -4,7 +4,7 @@ import reference
 import torch
 import torch.nn.functional as F
 
-from glaclip.windows import centred_padding, crop_windows, grid_count, stitch, window_grid
+from glaclip.steps.windows import centred_padding, crop_windows, grid_count, stitch, window_grid
 
 
 @pytest.mark.parametrize("H", [1, 55, 56, 100, 223, 224, 225, 335, 336, 337, 448, 530, 1000])

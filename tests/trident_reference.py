@@ -1,5 +1,5 @@
 """Naive restatements of Trident's formulas as its release computes them (whole tensors, the release's
-loop structure and shapes), to test `glaclip.trident` and `glaclip.trident_refine` against."""
+loop structure and shapes), to test `glaclip.methods.trident` and `glaclip.methods.trident_refine` against."""
 
 from __future__ import annotations
 

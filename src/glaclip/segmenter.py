@@ -18,22 +18,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import accumulation_dtype
-from .decision import Segmentation, decide
-from .devices import dtype_name
-from .encoding import ImageEncoding
+from .config.classes import ClassQueries, ClassSpec, parse_classes
+from .config.presets import Preset
+from .config.protocols import effective, resolve
+from .config.registry import DEFAULT_METHOD, METHODS, Method
 from .errors import GlaclipError
-from .families import Backbones, family_for
-from .images import ImageInput, load_image, preprocess
-from .methods import DEFAULT_METHOD, METHODS, Method
-from .models import CLIP_WEIGHTS_ENV, DEFAULT_CLIP, DEFAULT_VFM, MissingWeights, load_clip, load_vfm
-from .presets import Preset
-from .protocols import effective, resolve
-from .regions import as_masks
-from .regions import fingerprint as region_fingerprint
-from .text import ClassQueries, ClassSpec, parse_classes, text_encoder
-from .towers import ClipTower, VfmTower
-from .windows import WindowGrid, crop_masks, crop_windows, stitch, window_grid
+from .io.images import ImageInput, load_image, preprocess
+from .io.masks import as_masks
+from .io.masks import fingerprint as region_fingerprint
+from .methods.attention import accumulation_dtype
+from .methods.families import Backbones, family_for
+from .models.devices import dtype_name
+from .models.loading import CLIP_WEIGHTS_ENV, load_towers
+from .models.towers import ClipTower, VfmTower
+from .steps.decision import Segmentation, decide
+from .steps.encoding import ImageEncoding
+from .steps.text import text_encoder
+from .steps.windows import WindowGrid, crop_masks, crop_windows, stitch, window_grid
 
 
 class Segmenter:
@@ -97,38 +98,15 @@ class Segmenter:
             preset.validate()
         entry = METHODS[preset.method]
         if clip is None:
-            clip = entry.clip[0] if entry.clip else DEFAULT_CLIP
+            clip = entry.model("clip")
             if clip_weights is None and entry.clip and not os.environ.get(CLIP_WEIGHTS_ENV):
                 clip_weights = entry.clip[1]
-        missing: list[MissingWeights] = []  # name every missing file at once, not one per run
-        tower = vfm_tower = None
-        try:
-            tower = load_clip(clip, clip_weights, device=device, dtype=dtype)
-        except MissingWeights as exc:
-            missing.append(exc)
-        vfm = vfm or entry.vfm or DEFAULT_VFM
-        if entry.needs_vfm:
-            try:
-                vfm_tower = load_vfm(vfm, vfm_weights, device=tower.visual.conv1.weight.device if tower else device,
-                                     dtype=tower.dtype if tower else dtype)
-            except MissingWeights as exc:
-                missing.append(exc)
-        sam_tower = None
-        if entry.needs_sam:
-            from .trident import DEFAULT_SAM, load_sam
-
-            try:
-                sam_tower = load_sam(sam or DEFAULT_SAM, sam_weights,
-                                     device=tower.visual.conv1.weight.device if tower else device,
-                                     dtype=tower.dtype if tower else dtype)
-            except MissingWeights as exc:
-                missing.append(exc)
-        elif sam is not None or sam_weights is not None:
+        if not entry.needs_sam and (sam is not None or sam_weights is not None):
             raise GlaclipError(f"sam/sam_weights are models of Trident, not of method {preset.method}")
-        if missing:
-            raise MissingWeights.combine(missing)
-        return cls(tower, vfm_tower, preset, window_batch=window_batch, compile=compile, text_cache=text_cache,
-                   progress=progress, sam=sam_tower)
+        given = {"clip": (clip, clip_weights), "vfm": (vfm, vfm_weights), "sam": (sam, sam_weights)}
+        towers = load_towers({t: (given[t][0] or entry.model(t), given[t][1]) for t in entry.towers}, device, dtype)
+        return cls(towers["clip"], towers.get("vfm"), preset, window_batch=window_batch, compile=compile,
+                   text_cache=text_cache, progress=progress, sam=towers.get("sam"))
 
     def models(self) -> dict:
         """Which models (and weights) this segmenter runs; the VFM is None for CLIP-only methods."""
@@ -212,8 +190,7 @@ class Segmenter:
     def encoding_identity(self) -> dict:
         """What an image encoding depends on: models (weights), precision, method, window and
         attention settings (the decision settings apply after the text product and may differ)."""
-        models = ImageEncoding.model_identity(self.clip, self.vfm)  # weights by content, not by path
-        models.update(self.family.identity())
+        models = ImageEncoding.model_identity(self.clip, self.vfm, self.sam)  # weights by content, not by path
         if "random" in (self.clip.weights, self.vfm.weights if self.vfm is not None else None,
                         self.sam.weights if self.sam is not None else None):
             models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
@@ -236,13 +213,13 @@ class Segmenter:
     def _encode_one(self, image: ImageInput, masks: MaskInput | None) -> ImageEncoding:
         """`encode_images` for one image; a mask map of another size says how it stands to the image's
         EXIF rotation."""
-        from .regions import MaskSizeError
+        from .io.masks import MaskSizeError
 
         rgb = load_image(image)
         try:
             return self.encode_images([rgb], masks=[masks])[0]
         except MaskSizeError as exc:
-            from .mask_source import exif_note
+            from .io.masks import exif_note
 
             raise GlaclipError(f"{exc}{exif_note(image, exc.shape, rgb.shape[:2])}") from None
 

@@ -6,18 +6,6 @@ extra), `cvat` (`glaclip[cvat]`), `fiftyone` (`glaclip[fiftyone]`), `labelstudio
 `glaclip[labelstudio]`). Importing this package imports none of those tools.
 """
 
-from __future__ import annotations
+from ..errors import require
 
-import importlib
-from types import ModuleType
-
-from ..errors import GlaclipError
-
-
-def require(module: str, extra: str) -> ModuleType:
-    """Import an integration's package, or one clear GlaclipError naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise GlaclipError(f"{module} is not installed ({exc}); install it with: pip install 'glaclip[{extra}]'") \
-            from None
+__all__ = ["require"]

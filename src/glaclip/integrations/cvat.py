@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GlaclipError
-from ..mask_source import split_sam
-from ..methods import DEFAULT_METHOD
-from ..protocols import effective
+from ..config.classes import parse_classes
+from ..config.protocols import effective
+from ..config.registry import DEFAULT_METHOD, METHODS
+from ..errors import GlaclipError, require
+from ..io.export import mask_polygons
+from ..runs.mask_source import route
 from ..segmenter import Segmenter
-from ..text import parse_classes
-from . import require
 
 
 class GlaclipFunction:
@@ -63,16 +63,6 @@ class GlaclipFunction:
         return shapes
 
 
-def mask_polygons(mask: np.ndarray) -> list[list[float]]:
-    """The outer contours of a boolean H x W mask's connected parts, each as [x0, y0, x1, y1, ...]
-    through its boundary pixels' centres (OpenCV, straight runs reduced to their ends); parts whose
-    contour has fewer than 3 corners (one-pixel-wide lines, single pixels) are left out."""
-    import cv2
-
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [c.reshape(-1, 2).astype(float).ravel().tolist() for c in contours if len(c) >= 3]
-
-
 def flag(value: Any, name: str) -> bool:
     """A boolean parameter: a bool, or true/false, 1/0, yes/no in any case (cvat-cli's `str:` and `int:`
     give strings and numbers); anything else is an error."""
@@ -105,9 +95,9 @@ def create(classes: str, method: str | None = None, clip: str | None = None, cli
     if preset.reads_masks:
         raise GlaclipError(f"method {preset.method} reads region masks, which CVAT cannot give it; choose a method "
                            "that reads none (glaclip methods)")
-    own_sam, gen_sam, gen_weights = split_sam(preset, sam, sam_weights)
-    if gen_sam is not None or gen_weights is not None:
+    if not METHODS[preset.method].needs_sam and (sam is not None or sam_weights is not None):
         raise GlaclipError(f"sam/sam_weights are Trident's SAM; method {preset.method} uses none")
+    own_sam = route([preset], sam=sam, sam_weights=sam_weights).sam
     given = {"clip": clip, "clip_weights": clip_weights, "vfm": vfm, "vfm_weights": vfm_weights}
     seg = Segmenter.from_pretrained(preset=preset, device=device, dtype=dtype, progress=False, **own_sam,
                                     **{k: v for k, v in given.items() if v is not None})

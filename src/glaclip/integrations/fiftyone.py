@@ -26,11 +26,10 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 
-from ..errors import GlaclipError
-from ..export import mask_targets
+from ..config.classes import ClassQueries, ClassSpec, parse_classes, read_class_file
+from ..errors import GlaclipError, require
+from ..io.export import mask_targets
 from ..segmenter import Segmenter
-from ..text import ClassQueries, ClassSpec, parse_classes, read_class_file
-from . import require
 
 fom = require("fiftyone.core.models", "fiftyone")
 fol = require("fiftyone.core.labels", "fiftyone")

@@ -38,11 +38,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import GlaclipError, one_line
-from ..images import decode_bytes
+from ..config.classes import ClassQueries, parse_classes
+from ..errors import GlaclipError, one_line, require
+from ..io.images import decode_bytes
 from ..segmenter import Segmenter
-from ..text import ClassQueries, parse_classes
-from . import require
 from .sources import ImageSource
 
 __all__ = ["Backend", "ImageSource", "LabelConfig", "brush_rle", "create_app", "model_version", "parse_label_config",
@@ -152,7 +151,7 @@ def model_version(seg: Segmenter) -> str:
 
 def prediction(seg_result, config: LabelConfig, version: str) -> dict:
     """One task's prediction (`Segmentation` -> {"result": regions, "score", "model_version"})."""
-    from .cvat import mask_polygons
+    from ..io.export import mask_polygons
 
     labels = seg_result.labels
     height, width = labels.shape
@@ -243,7 +242,7 @@ class Backend:
 def create_app(backend: Backend):
     """The FastAPI application serving `backend` (the routes Label Studio calls; module docstring)."""
     fastapi = require("fastapi", "labelstudio")
-    from fastapi.responses import JSONResponse
+    JSONResponse = require("fastapi.responses", "labelstudio").JSONResponse
 
     app = fastapi.FastAPI(title="glaclip Label Studio ML backend", docs_url=None, redoc_url=None)
     # every route but /predict is async, on the event loop: /predict's worker threads, however many are

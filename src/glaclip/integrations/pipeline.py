@@ -19,12 +19,13 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
-from ..encoding import ImageEncoding
+from ..config.classes import ClassQueries, ClassSpec, parse_classes
 from ..errors import GlaclipError
-from ..images import load_image
-from ..regions import load_masks
-from ..segmenter import Segmentation, Segmenter
-from ..text import ClassQueries, ClassSpec, parse_classes
+from ..io.images import load_image
+from ..io.masks import load_masks
+from ..segmenter import Segmenter
+from ..steps.decision import Segmentation
+from ..steps.encoding import ImageEncoding
 
 
 class SegmentationPipeline:

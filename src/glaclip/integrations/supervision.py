@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import require
+from ..errors import require
 
 if TYPE_CHECKING:
     import supervision as sv
 
-    from ..decision import Segmentation
+    from ..steps.decision import Segmentation
 
 
 def to_detections(seg: "Segmentation") -> "sv.Detections":

@@ -1,0 +1,51 @@
+"""The frozen networks glaclip knows by name, and the defaults: CLIP and VFM backbones, SAM (Trident)
+and SAM 2 (region-mask generation). Names and files only; building and loading is `models/`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+DEFAULT_CLIP = "ViT-B-16-quickgelu"
+DEFAULT_CLIP_TAG = "openai"
+DEFAULT_VFM = "vit_base_patch8_224.dino"
+
+# Backbones the paper's tables use, as (name, tag) for open_clip and tagged names for timm.
+CLIP_BACKBONES = {
+    "OpenAI ViT-B/16": ("ViT-B-16-quickgelu", "openai"),
+    "OpenAI ViT-L/14": ("ViT-L-14-quickgelu", "openai"),
+    "OpenCLIP LAION-2B ViT-B/16": ("ViT-B-16", "laion2b_s34b_b88k"),
+    "OpenCLIP LAION-2B ViT-H/14": ("ViT-H-14", "laion2b_s32b_b79k"),
+    "MetaCLIP 2.5B ViT-B/16": ("ViT-B-16-quickgelu", "metaclip_fullcc"),
+}
+
+VFM_BACKBONES = {
+    "DINO ViT-B/8": "vit_base_patch8_224.dino",
+    "DINO ViT-B/16": "vit_base_patch16_224.dino",
+    "DINOv2 ViT-S/14 + registers": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "DINOv2 ViT-B/14 + registers": "vit_base_patch14_reg4_dinov2.lvd142m",
+}
+
+# Trident's SAM: segment-anything's registry kind and the release's checkpoint file
+SAM_MODELS = {"sam-vit-b": ("vit_b", "sam_vit_b_01ec64.pth"), "sam-vit-l": ("vit_l", "sam_vit_l_0b3195.pth"),
+              "sam-vit-h": ("vit_h", "sam_vit_h_4b8939.pth")}
+DEFAULT_SAM = "sam-vit-b"
+
+
+class Sam2Model(NamedTuple):
+    """A SAM 2 checkpoint: the sam2 package's config name, its Hugging Face repository and file."""
+
+    config: str
+    hub_id: str
+    filename: str
+
+
+SAM2_MODELS = {  # as sam2 1.1.0's build_sam.HF_MODEL_ID_TO_FILENAMES (the SAM 2.0 checkpoints the release used)
+    "sam2-hiera-tiny": Sam2Model("configs/sam2/sam2_hiera_t.yaml", "facebook/sam2-hiera-tiny", "sam2_hiera_tiny.pt"),
+    "sam2-hiera-small": Sam2Model("configs/sam2/sam2_hiera_s.yaml", "facebook/sam2-hiera-small",
+                                  "sam2_hiera_small.pt"),
+    "sam2-hiera-base-plus": Sam2Model("configs/sam2/sam2_hiera_b+.yaml", "facebook/sam2-hiera-base-plus",
+                                      "sam2_hiera_base_plus.pt"),
+    "sam2-hiera-large": Sam2Model("configs/sam2/sam2_hiera_l.yaml", "facebook/sam2-hiera-large",
+                                  "sam2_hiera_large.pt"),
+}
+DEFAULT_SAM2 = "sam2-hiera-large"  # the CorrCLIP release's mask generator; what --sam-weights alone implies

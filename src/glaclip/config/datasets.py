@@ -1,0 +1,70 @@
+"""The benchmark data sets glaclip knows by name: layout, default class file (shipped in
+glaclip/classes), aliases. Reading a data set from disk is `runs.datasets`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from .classes import ClassQueries, parse_classes
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    classes: str  # class file shipped in glaclip/classes
+    img_dir: str
+    ann_dir: str
+    img_suffix: str
+    ann_suffix: str
+    split_file: str | None = None  # one image id per line; None: every image under img_dir
+    reduce_zero_label: bool = False
+    root_hint: str = ""
+
+
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
+    DatasetSpec("voc21", "PASCAL VOC 2012 (21 classes incl. background)", "voc21.txt", "JPEGImages",
+                "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt",
+                root_hint="VOCdevkit/VOC2012"),
+    DatasetSpec("voc20", "PASCAL VOC 2012 (20 classes, background ignored)", "voc20.txt", "JPEGImages",
+                "SegmentationClass", ".jpg", ".png", "ImageSets/Segmentation/val.txt", reduce_zero_label=True,
+                root_hint="VOCdevkit/VOC2012"),
+    DatasetSpec("context60", "PASCAL-Context (60 classes incl. background)", "context60.txt", "JPEGImages",
+                "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt",
+                root_hint="VOCdevkit/VOC2010"),
+    DatasetSpec("context59", "PASCAL-Context (59 classes, background ignored)", "context59.txt", "JPEGImages",
+                "SegmentationClassContext", ".jpg", ".png", "ImageSets/SegmentationContext/val.txt",
+                reduce_zero_label=True, root_hint="VOCdevkit/VOC2010"),
+    DatasetSpec("coco_object", "COCO-Object (80 things + background)", "coco_object.txt", "images/val2017",
+                "annotations/val2017", ".jpg", "_instanceTrainIds.png", root_hint="coco_stuff164k"),
+    DatasetSpec("coco_stuff", "COCO-Stuff 164k (171 classes)", "coco_stuff.txt", "images/val2017",
+                "annotations/val2017", ".jpg", "_labelTrainIds.png", root_hint="coco_stuff164k"),
+    DatasetSpec("cityscapes", "Cityscapes (19 classes)", "cityscapes.txt", "leftImg8bit/val", "gtFine/val",
+                "_leftImg8bit.png", "_gtFine_labelTrainIds.png", root_hint="cityscapes"),
+    DatasetSpec("ade20k", "ADE20K (150 classes)", "ade20k.txt", "images/validation", "annotations/validation",
+                ".jpg", ".png", reduce_zero_label=True, root_hint="ADEChallengeData2016"),
+]}
+
+
+ALIASES = {"voc": "voc21", "pc60": "context60", "pc59": "context59", "object": "coco_object",
+           "stuff": "coco_stuff", "city": "cityscapes", "ade": "ade20k"}
+
+
+FOLDER = "folder"
+
+
+def packaged_classes(filename: str) -> ClassQueries:
+    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt')."""
+    text = resources.files("glaclip").joinpath("classes", filename).read_text(encoding="utf-8")
+    return parse_classes(text)
+
+
+def builtin_classes(spec: DatasetSpec) -> ClassQueries:
+    return packaged_classes(spec.classes)
+
+
+def dataset_names() -> list[str]:
+    return list(SPECS) + [FOLDER]

@@ -1,0 +1,1 @@
+"""Per-image steps around any method: windows, text and its cache, ImageEncoding, post-processing, decision."""
