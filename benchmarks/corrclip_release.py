@@ -12,7 +12,8 @@ process on CPU; --dino-repo is a checkout of facebookresearch/dino (the release'
 on the same image, masks and weights, and the script prints max|dprob|, label agreement, time and
 peak memory of both; each side runs in its own process (so each peak is its own).
 
-What the harness changes around the release (its files stay untouched; the pieces are in corrclip_shims.py):
+What the harness changes around the release (its files stay untouched; the pieces are in release_common.py,
+shared with trident_release.py, and corrclip_shims.py):
 - framework stubs in sys.modules, only for mmseg (BaseSegmentor as nn.Module, SegDataPreProcessor,
   MODELS.register_module as identity), mmengine (PixelData as a holder), transformers (the two
   classes it imports) and openpyxl; its other optional imports (EoMT, EntitySeg, SAM 2) fail as
@@ -38,57 +39,42 @@ resident set during predict (the peak is reset before it on Linux), models inclu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from corrclip_shims import (  # noqa: F401 (re-exported for the tests)
+from corrclip_shims import release_imports
+from release_common import (  # noqa: F401 (RELEASE_*, SegDataPreProcessor, rescale_size: re-exported for the tests)
+    DTYPES,
     RELEASE_MEAN,
     RELEASE_STD,
     DataSample,
     SegDataPreProcessor,
+    bare_release,
+    cell,
+    equal_percent,
     half_as,
+    load_dino,
+    max_dprob,
+    measure,
     mmseg_inputs,
-    release_imports,
+    record_outputs,
     rescale_size,
+    write_random_weights,
 )
 from torch import nn
-
-DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
-
-
-def load_dino(vit_module, weights: str | Path, dtype: torch.dtype) -> nn.Module:
-    """DINO's own ViT-B/8 (as torch.hub 'dino_vitb8' builds it) with a timm vit_base_patch8_224.dino state dict."""
-    model = vit_module.vit_base(patch_size=8, num_classes=0)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}  # timm's head is empty (num_classes 0)
-    model.load_state_dict(state, strict=True)
-    return model.eval().to(dtype)
 
 
 def build_release(seg_mod, vit_module, *, clip_arch: str, clip_ckpt, dino_ckpt, class_file, masks_dir,
                   prob_thd: float, logit_scale: float, crop: int, stride: int, dtype: torch.dtype):
     """A CorrCLIPSegmentation with the attributes its __init__ sets, from local weight files, on CPU."""
-    cls = seg_mod.CorrCLIPSegmentation
-    obj = cls.__new__(cls)
-    nn.Module.__init__(obj)
+    obj = bare_release(seg_mod.CorrCLIPSegmentation, seg_mod, clip_arch=clip_arch, clip_ckpt=clip_ckpt, dtype=dtype)
     cpu = torch.device("cpu")
-    clip = seg_mod.create_model(clip_arch, pretrained=None, precision="fp32")
-    clip.load_state_dict(torch.load(clip_ckpt, map_location="cpu", weights_only=True), strict=True)
-    obj.clip = clip.eval().to(dtype)
-    obj.tokenizer = seg_mod.tokenizer.tokenize
-    obj.dino = load_dino(vit_module, dino_ckpt, dtype)
-    for p in [*obj.clip.parameters(), *obj.dino.parameters()]:
-        p.requires_grad = False
+    obj.dino = load_dino(vit_module, dino_ckpt, dtype, patch_size=8)
     obj.dino_qkv_output = None
     obj.dino.blocks[-1].attn.qkv.register_forward_hook(obj._hook_fn_forward_qkv)
     obj.dummy = nn.Linear(1, 1)
-    obj.unnorm = seg_mod.UnNormalize([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
-    obj.norm = seg_mod.transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     obj.generate_category_embeddings(str(class_file), cpu)
     obj.dtype = obj.query_features.dtype
     obj.logit_scale, obj.prob_thd = logit_scale, prob_thd
@@ -97,12 +83,6 @@ def build_release(seg_mod, vit_module, *, clip_arch: str, clip_ckpt, dino_ckpt, 
     obj.device = cpu
     obj.set_mask_generator(None)
     return obj
-
-
-def reset_peak() -> None:
-    """Reset this process's peak resident set (Linux; elsewhere the peak stays the process's)."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
 
 
 def _check_masks(image, masks_npz) -> Path:
@@ -125,8 +105,6 @@ def run_release(release_dir, *, dino_repo, clip_arch: str = "ViT-B-16-quickgelu"
     decision and map correction, postprocess_result, run again on the same logits with prob_thd 0:
     random weights leave every pixel below a VOC threshold, so this is what tests the labels).
     """
-    from common import peak_mb
-
     masks = _check_masks(image, masks_npz)
     tdtype = DTYPES[dtype]
     with release_imports(release_dir, dino_repo) as (seg_mod, vit_module), torch.no_grad():
@@ -135,28 +113,19 @@ def run_release(release_dir, *, dino_repo, clip_arch: str = "ViT-B-16-quickgelu"
                               logit_scale=logit_scale, crop=crop, stride=stride, dtype=tdtype)
         inputs, ori_shape = mmseg_inputs(image, short_side, tdtype)
         sample = DataSample(str(image), ori_shape, tuple(inputs.shape[2:]))
-        logits, slide = [], model.forward_slide  # its output kept for the prob_thd 0 decision below
-        model.forward_slide = lambda *args, **kwargs: logits.append(slide(*args, **kwargs)) or logits[-1]
-        load_peak = peak_mb("cpu")
-        reset_peak()
-        with half_as(tdtype):
-            start = time.perf_counter()
+        logits = record_outputs(model, "forward_slide")  # its output kept for the prob_thd 0 decision below
+        with half_as(tdtype), measure() as m:
             model.predict(inputs, [sample])
-            seconds = time.perf_counter() - start
-        peak = peak_mb("cpu")
         model.prob_thd, again = 0.0, DataSample(str(image), ori_shape, tuple(inputs.shape[2:]))
         model.postprocess_result(logits[0], [again])
     return {"probs": sample.seg_logit.data.numpy(), "labels": sample.pred_sem_seg.data[0].numpy(),
-            "labels_thd0": again.pred_sem_seg.data[0].numpy(), "seconds": seconds, "peak_mb": peak,
-            "load_peak_mb": load_peak, "input_shape": tuple(inputs.shape[2:])}
+            "labels_thd0": again.pred_sem_seg.data[0].numpy(), **m, "input_shape": tuple(inputs.shape[2:])}
 
 
 def run_glaclip(*, clip_arch: str = "ViT-B-16-quickgelu", clip_ckpt, dino_ckpt, image, masks_npz, class_file,
                 short_side: int = 336, crop: int = 336, stride: int = 112, prob_thd: float = 0.2,
                 logit_scale: float = 40.0, dtype: str = "fp32") -> dict:
     """glaclip's method='corrclip' on the same inputs: the same keys as run_release."""
-    from common import peak_mb
-
     from glaclip import Segmenter, read_class_file
 
     seg = Segmenter.from_pretrained(method="corrclip", clip=clip_arch, clip_weights=str(clip_ckpt),
@@ -166,16 +135,12 @@ def run_glaclip(*, clip_arch: str = "ViT-B-16-quickgelu", clip_ckpt, dino_ckpt, 
     classes = read_class_file(class_file)
     masks = np.load(masks_npz)["instance_mask"]
     seg.query_embeddings(classes)  # the release makes its text embeddings at construction
-    load_peak = peak_mb("cpu")
-    reset_peak()
-    start = time.perf_counter()
-    enc = seg.encode_image(str(image), masks=masks)  # = predict(image, ...), the encoding kept for prob_thd 0
-    out = seg.predict(enc, classes)
-    seconds = time.perf_counter() - start
-    peak = peak_mb("cpu")
+    with measure() as m:
+        enc = seg.encode_image(str(image), masks=masks)  # = predict(image, ...), the encoding kept for prob_thd 0
+        out = seg.predict(enc, classes)
     thd0 = seg.predict(enc, classes, prob_thd=0.0)
     return {"probs": _numpy(out.probs), "labels": _numpy(out.labels), "labels_thd0": _numpy(thd0.labels),
-            "seconds": seconds, "peak_mb": peak, "load_peak_mb": load_peak}
+            **m}
 
 
 def _numpy(x) -> np.ndarray:
@@ -217,15 +182,8 @@ def make_inputs(folder: str | Path, image: str | Path = "examples/street.png") -
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    for name, build in (("clip.pt", lambda: open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)),
-                        ("dino.pt", lambda: timm.create_model("vit_base_patch8_224.dino", pretrained=False))):
-        if (folder / name).exists():
-            print(f"kept {folder / name}")
-            continue
-        torch.manual_seed(0)
-        tmp = folder / f".{name}.tmp"
-        torch.save(build().state_dict(), tmp)
-        tmp.replace(folder / name)
+    write_random_weights(folder, {"clip.pt": lambda: open_clip.create_model("ViT-B-16-quickgelu", pretrained=None),
+                                  "dino.pt": lambda: timm.create_model("vit_base_patch8_224.dino", pretrained=False)})
     bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
     if bgr is None:
         raise SystemExit(f"cannot read image {image}")
@@ -238,10 +196,6 @@ def make_inputs(folder: str | Path, image: str | Path = "examples/street.png") -
 
 
 # ---- the command -------------------------------------------------------------------------------------
-
-def _cell(r: dict, key: str, fmt: str = "{:.1f}") -> str:
-    return r["error"] if "error" in r else fmt.format(r[key])
-
 
 def _release_output(a: argparse.Namespace, case: dict, saved: Path | None) -> dict:
     """The release's output for a case: read from `saved` (--reuse), or run (and saved there when given)."""
@@ -264,13 +218,10 @@ def _agreement(rel: dict, ours: dict) -> tuple[str, str, str]:
         return "-", "-", "-"
     if rel["probs"].shape != ours["probs"].shape:
         return f"shapes {rel['probs'].shape} vs {ours['probs'].shape}", "-", "-"
-    dprob = f"{np.abs(rel['probs'].astype(np.float64) - ours['probs']).max():.2e}"
-    agree = f"{(rel['labels'] == ours['labels']).mean() * 100:.4f}%"
     thd0 = "-"
     if "labels_thd0" in rel:
-        thd0 = (f"{(rel['labels_thd0'] == ours['labels_thd0']).mean() * 100:.4f}% "
-                f"({len(np.unique(rel['labels_thd0']))} labels)")
-    return dprob, agree, thd0
+        thd0 = f"{equal_percent(rel['labels_thd0'], ours['labels_thd0'])} ({len(np.unique(rel['labels_thd0']))} labels)"
+    return max_dprob(rel, ours), equal_percent(rel["labels"], ours["labels"]), thd0
 
 
 def compare_rows(a: argparse.Namespace) -> list[str]:
@@ -293,8 +244,8 @@ def compare_rows(a: argparse.Namespace) -> list[str]:
             dprob, agree, thd0 = _agreement(rel, ours)
             shape = "x".join(map(str, rel.get("input_shape", ("?",))))
             mib = "{:.0f}"
-            lines.append(f"| {dtype} | {size} | {shape} | {_cell(rel, 'seconds')} | {_cell(rel, 'peak_mb', mib)} | "
-                         f"{_cell(ours, 'seconds')} | {_cell(ours, 'peak_mb', mib)} | {dprob} | {agree} | {thd0} |")
+            lines.append(f"| {dtype} | {size} | {shape} | {cell(rel, 'seconds')} | {cell(rel, 'peak_mb', mib)} | "
+                         f"{cell(ours, 'seconds')} | {cell(ours, 'peak_mb', mib)} | {dprob} | {agree} | {thd0} |")
             print(lines[-1], flush=True)
     if a.out:
         write_text(a.out, lines)

@@ -13,7 +13,7 @@ it; `pip install --no-deps --target DEPS scikit-image lazy_loader`). With --comp
 `method="trident"` runs on the same image and weights; both sides run in their own processes.
 
 What the harness changes around the release (its files stay untouched):
-- framework stubs for mmseg and mmengine (corrclip_shims); the release's folder first on sys.path
+- framework stubs for mmseg and mmengine (release_common); the release's folder first on sys.path
   (its vendored open_clip and segment_anything, which keeps the last block's attention and values);
 - the object is built with `__new__` + nn.Module.__init__ and the attributes its __init__ sets:
   CLIP = vendored create_model('ViT-B-16-quickgelu', pretrained=None) + our checkpoint (the
@@ -24,7 +24,7 @@ What the harness changes around the release (its files stay untouched):
   default dtype (its refinement casts to fp32); in fp64 SAM's random Fourier features of the prompt
   encoder stay fp32 on both sides (segment_anything casts prompt coordinates to fp32);
 - the refinement's IoU threshold is --sam-iou-thresh on both sides (random weights fail 0.8).
-Inputs as mmseg's pipeline (corrclip_shims.mmseg_inputs: OpenCV, scale (2048, S), the release's
+Inputs as mmseg's pipeline (release_common.mmseg_inputs: OpenCV, scale (2048, S), the release's
 constants). Probabilities are compared before the refinement (its predict with sam_refine off), labels
 after it (its postprocess_result on the same logits with sam_refine on).
 """
@@ -38,37 +38,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from corrclip_release import _save_npz, load_dino, reset_peak  # noqa: F401
-from corrclip_shims import DataSample, mmseg_inputs
-from torch import nn
+from release_common import (
+    DTYPES,
+    DataSample,
+    bare_release,
+    cell,
+    equal_percent,
+    load_dino,
+    max_dprob,
+    measure,
+    mmseg_inputs,
+    record_outputs,
+    write_random_weights,
+)
 from trident_shims import precision, release_imports
-
-DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
-
-
-def _load_vit16(vit_module, weights, dtype):
-    model = vit_module.vit_base(patch_size=16, num_classes=0)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
-    return model.eval().to(dtype)
 
 
 def build_release(mod, vit_module, sam_pkg, *, clip_ckpt, dino_ckpt, sam_ckpt, class_file, short_side, crop, stride,
                   prob_thd, coarse_thresh, cos_fac, refine_neg_cos, iou, dtype):
-    cls = mod.Trident
-    obj = cls.__new__(cls)
-    nn.Module.__init__(obj)
-    clip = mod.create_model("ViT-B-16-quickgelu", pretrained=None, precision="fp32")
-    clip.load_state_dict(torch.load(clip_ckpt, map_location="cpu", weights_only=True), strict=True)
-    obj.clip = clip.eval().to(dtype)
-    obj.tokenizer = mod.tokenizer.tokenize
+    obj = bare_release(mod.Trident, mod, clip_arch="ViT-B-16-quickgelu", clip_ckpt=clip_ckpt, dtype=dtype)
     obj.clip_stride = 16
     obj.vfm_model = "dino"
-    obj.vfm = _load_vit16(vit_module, dino_ckpt, dtype)
-    for p in [*obj.clip.parameters(), *obj.vfm.parameters()]:
-        p.requires_grad = False
-    obj.unnorm = mod.UnNormalize([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
-    obj.norm = mod.transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    obj.vfm = load_dino(vit_module, dino_ckpt, dtype, patch_size=16)
     words, idx = mod.get_cls_idx(str(class_file))
     obj.num_queries, obj.num_classes = len(words), max(idx) + 1
     obj.query_idx = torch.tensor(idx, dtype=torch.int64)
@@ -99,36 +90,26 @@ def build_release(mod, vit_module, sam_pkg, *, clip_ckpt, dino_ckpt, sam_ckpt, c
 
 
 def run_release(release_dir, *, dino_repo, skimage, image, dtype="fp64", **kw) -> dict:
-    from common import peak_mb
-
     tdtype = DTYPES[dtype]
     with release_imports(release_dir, dino_repo, skimage) as (mod, vit, sam_pkg), torch.no_grad():
         model = build_release(mod, vit, sam_pkg, dtype=tdtype, **kw)
         inputs, ori_shape = mmseg_inputs(image, kw["short_side"], tdtype)
         sample = DataSample(str(image), ori_shape, tuple(inputs.shape[2:]))
-        logits, seg = [], model.get_trident_seg
-        model.get_trident_seg = lambda *a, **k: logits.append(seg(*a, **k)) or logits[-1]
-        load_peak = peak_mb("cpu")
-        reset_peak()
+        logits = record_outputs(model, "get_trident_seg")
         with precision(tdtype):
-            start = time.perf_counter()
-            model.predict(inputs, [sample])
-            seconds = time.perf_counter() - start
-            peak = peak_mb("cpu")
+            with measure() as m:
+                model.predict(inputs, [sample])
             model.sam_refine = True
             again = DataSample(str(image), ori_shape, tuple(inputs.shape[2:]))
             start = time.perf_counter()
             model.postprocess_result(logits[0], [again])
             refine_s = time.perf_counter() - start
     return {"probs": sample.seg_logits.data.numpy(), "labels": sample.pred_sem_seg.data[0].numpy(),
-            "labels_refined": again.pred_sem_seg.data[0].numpy(), "seconds": seconds, "refine_s": refine_s,
-            "peak_mb": peak, "load_peak_mb": load_peak}
+            "labels_refined": again.pred_sem_seg.data[0].numpy(), "refine_s": refine_s, **m}
 
 
 def run_glaclip(*, image, clip_ckpt, dino_ckpt, sam_ckpt, class_file, short_side, crop, stride, prob_thd,
                 coarse_thresh, cos_fac, refine_neg_cos, iou, dtype="fp64") -> dict:
-    from common import peak_mb
-
     from glaclip import Segmenter, read_class_file
 
     seg = Segmenter.from_pretrained(method="trident", clip="ViT-B-16-quickgelu", clip_weights=str(clip_ckpt),
@@ -139,19 +120,15 @@ def run_glaclip(*, image, clip_ckpt, dino_ckpt, sam_ckpt, class_file, short_side
                                     sam_refine=False, text_cache=False, progress=False)
     classes = read_class_file(class_file)
     seg.query_embeddings(classes)
-    load_peak = peak_mb("cpu")
-    reset_peak()
-    start = time.perf_counter()
-    enc = seg.encode_image(str(image))
-    out = seg.predict(enc, classes)
-    seconds = time.perf_counter() - start
-    peak = peak_mb("cpu")
+    with measure() as m:
+        enc = seg.encode_image(str(image))
+        out = seg.predict(enc, classes)
     refined = seg.with_preset(seg.preset.with_overrides(sam_refine=True))
     start = time.perf_counter()
     ref = refined.predict(enc, classes)
     refine_s = time.perf_counter() - start
-    return {"probs": np.asarray(out.probs), "labels": out.labels, "labels_refined": ref.labels, "seconds": seconds,
-            "refine_s": refine_s, "peak_mb": peak, "load_peak_mb": load_peak}
+    return {"probs": np.asarray(out.probs), "labels": out.labels, "labels_refined": ref.labels, "refine_s": refine_s,
+            **m}
 
 
 def make_inputs(folder: str | Path) -> None:
@@ -172,16 +149,9 @@ def make_inputs(folder: str | Path) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, build in (("clip.pt", lambda: open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)),
-                        ("dino16.pt", lambda: timm.create_model("vit_base_patch16_224.dino", pretrained=False)),
-                        ("sam_vit_b.pt", sam)):
-        if (folder / name).exists():
-            print(f"kept {folder / name}")
-            continue
-        torch.manual_seed(0)
-        tmp = folder / f".{name}.tmp"
-        torch.save(build().state_dict(), tmp)
-        tmp.replace(folder / name)
+    write_random_weights(folder, {"clip.pt": lambda: open_clip.create_model("ViT-B-16-quickgelu", pretrained=None),
+                                  "dino16.pt": lambda: timm.create_model("vit_base_patch16_224.dino", pretrained=False),
+                                  "sam_vit_b.pt": sam})
     (folder / "classes.txt").write_text("sky; wall; tree\ncar\nperson\nroad\n")
     print(f"wrote {folder}/clip.pt, dino16.pt, sam_vit_b.pt, classes.txt")
 
@@ -255,15 +225,11 @@ def refine_case(release, dino_repo, skimage, kw) -> dict:
 
 
 def _row(dtype, rel, ours) -> str:
-    def cell(r, k, f="{:.1f}"):
-        return r["error"] if "error" in r else f.format(r[k])
-
     if "error" in rel or "error" in ours:
         dprob = agree = agree_r = "-"
     else:
-        dprob = f"{np.abs(rel['probs'].astype(np.float64) - ours['probs']).max():.2e}"
-        agree = f"{(rel['labels'] == ours['labels']).mean() * 100:.4f}%"
-        agree_r = (f"{(rel['labels_refined'] == ours['labels_refined']).mean() * 100:.4f}% "
+        dprob, agree = max_dprob(rel, ours), equal_percent(rel["labels"], ours["labels"])
+        agree_r = (f"{equal_percent(rel['labels_refined'], ours['labels_refined'])} "
                    f"({(rel['labels_refined'] != rel['labels']).mean() * 100:.1f}% changed by refinement)")
     return (f"| {dtype} | {cell(rel, 'seconds')} + {cell(rel, 'refine_s')} | {cell(rel, 'peak_mb', '{:.0f}')} | "
             f"{cell(ours, 'seconds')} + {cell(ours, 'refine_s')} | {cell(ours, 'peak_mb', '{:.0f}')} | {dprob} | "
