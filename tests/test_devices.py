@@ -42,14 +42,15 @@ SRC = Path(glaclip.__file__).parent
 
 
 @pytest.mark.parametrize("pattern, home", [
-    (r"\.encoding\.safetensors\"", "encoding.py"),               # the encoding file suffix
-    (r"replace\(['\"]torch\.", "devices.py"),                    # dtype -> name
-    (r"torch\.bfloat16\s*[,}]", "devices.py"),                   # name -> dtype tables
-    (r"\"pc60\":", "datasets.py"),                               # data set aliases
-    (r"def _?rank_device|LOCAL_RANK", "devices.py"),              # one GPU per rank
+    (r"\.encoding\.safetensors\"", "io/files.py"),               # the encoding file suffix
+    (r"replace\(['\"]torch\.", "models/devices.py"),             # dtype -> name
+    (r"torch\.bfloat16\s*[,}]", "models/devices.py"),            # name -> dtype tables
+    (r"\"pc60\":", "config/datasets.py"),                        # data set aliases
+    (r"def _?rank_device|LOCAL_RANK", "models/devices.py"),       # one GPU per rank
     (r"def _?one_line\(", "errors.py"),                           # exception -> one line
-    (r"os\.replace\(|mkstemp\(|os\.umask\(", "files.py"),         # temporary name + rename, umask
+    (r"os\.replace\(|mkstemp\(|os\.umask\(", "io/files.py"),      # temporary name + rename, umask
 ])
 def test_one_copy_of_each_small_helper(pattern, home):
-    found = sorted({p.name for p in SRC.rglob("*.py") if re.search(pattern, p.read_text(encoding="utf-8"))})
+    found = sorted({p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
+                    if re.search(pattern, p.read_text(encoding="utf-8"))})
     assert found == [home], found

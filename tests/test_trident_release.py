@@ -69,12 +69,14 @@ def test_release_imports_isolated(bench, tmp_path):
     import open_clip  # pip's, imported before: must be shadowed inside and back afterwards
 
     path, env = list(sys.path), dict(os.environ)
+    names = ("trident", "segment_anything", "seg_utils", "mmseg", "utils")
+    before = {name: sys.modules.get(name) for name in names}  # other tests may have imported pip's
     with shims.release_imports(release, dino, deps) as (mod, vit, sam):
         assert mod.WHERE == "vendored" and mod.UTILS == "release" and vit.VIT == "dino" and sam.SAM == "vendored"
         assert sys.path[0] == str(release.resolve()) and sys.path[-1] == str(deps)  # deps: after site-packages
         assert issubclass(mod.Trident, torch.nn.Module) and mod.PixelData(data=3).data == 3
     assert sys.modules["open_clip"] is open_clip
-    assert not {"trident", "segment_anything", "seg_utils", "mmseg", "utils"} & set(sys.modules)
+    assert {name: sys.modules.get(name) for name in names} == before
     assert sys.path == path and dict(os.environ) == env
     with pytest.raises(ValueError, match="trident.py"):
         with shims.release_imports(tmp_path, dino):
