@@ -191,9 +191,9 @@ def test_every_method_runs_through_predict(segmenter, files6, name, monkeypatch)
         pytest.importorskip("segment_anything")
         from test_trident import tiny_sam
 
-        import glaclip.models.sam as trident
+        import glaclip.models.sam as sam_module
 
-        monkeypatch.setattr(trident, "load_sam", lambda *a, **k: tiny_sam(dtype=torch.float32))
+        monkeypatch.setattr(sam_module, "load_sam", lambda *a, **k: tiny_sam(dtype=torch.float32))
         seg = Segmenter.from_pretrained(method=name, device="cpu", sam_weights="random", **files6)
     result = seg.with_preset(get_preset(name)).predict(structured_image(150, 260), CLASSES, masks=masks)
     assert result.labels.shape == (150, 260) and result.probs.shape == (4, 150, 260)

@@ -353,7 +353,7 @@ def test_cli_segment_with_sam(tiny_files, tmp_path, monkeypatch):
     import cv2
     from typer.testing import CliRunner
 
-    import glaclip.models.sam as trident
+    import glaclip.models.sam as sam_module
     from glaclip.cli.main import app
 
     seen = {}
@@ -362,7 +362,7 @@ def test_cli_segment_with_sam(tiny_files, tmp_path, monkeypatch):
         seen.update(name=name, weights=weights)
         return tiny_sam(dtype=torch.float32)
 
-    monkeypatch.setattr(trident, "load_sam", fake_load)
+    monkeypatch.setattr(sam_module, "load_sam", fake_load)
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), image()[..., ::-1])
     args = ["segment", str(img), "-c", "sky, cat", "--method", "trident", "--sam-weights", "random", "-o",
@@ -399,7 +399,7 @@ def test_compare_trident_beside_mask_and_window_methods(files6, tmp_path, monkey
     import cv2
     from typer.testing import CliRunner
 
-    import glaclip.models.sam as trident
+    import glaclip.models.sam as sam_module
     from glaclip.cli.main import app
 
     seen = {}
@@ -408,7 +408,7 @@ def test_compare_trident_beside_mask_and_window_methods(files6, tmp_path, monkey
         seen.update(name=name, weights=weights)
         return tiny_sam(dtype=torch.float32)
 
-    monkeypatch.setattr(trident, "load_sam", fake_load)
+    monkeypatch.setattr(sam_module, "load_sam", fake_load)
     img, masks = tmp_path / "a.png", tmp_path / "m.npz"
     rgb = image()
     cv2.imwrite(str(img), rgb[..., ::-1])
