@@ -21,6 +21,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker 
     torch.set_num_threads(1)
 os.environ["GLACLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="glaclip-test-cache-")  # never the user's cache
 
+# The longest files, longest first (seconds on one worker of `pytest -n 2`): with `--dist loadfile` a worker
+# runs a whole file, and xdist hands the files out in collection order (pyproject: --no-loadscope-reorder,
+# else it orders them by their number of tests), so a long file started last would finish alone.
+LONG_FILES = ("test_bench.py", "test_labelstudio.py", "test_trident.py", "test_segmenter.py", "test_demo.py",
+              "test_batch.py", "test_evaluate.py", "test_bands.py", "test_regions.py", "test_masks_cli.py",
+              "test_integrations.py", "test_attention.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 TINY_CLIP = {
     "embed_dim": 32,
     "quick_gelu": True,

@@ -83,6 +83,7 @@ def test_garbled_and_missing_weights(tiny_files, tmp_path):
     r = run([str(img), "-c", "cat", "-o", str(tmp_path / "o"), "--clip-weights", str(garbled)], tiny_files, tmp_path)
     _one_error_line(r, "is not a CLIP weights file")
     assert "weights_only" not in r.stderr
+    # a process of its own: huggingface_hub reads HF_HOME when it is imported
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     env.pop("GLACLIP_CLIP_WEIGHTS", None)
     env.pop("GLACLIP_VFM_WEIGHTS", None)

@@ -119,7 +119,7 @@ def test_a_second_segment_run_into_one_out_is_refused(tiny_files, tmp_path):
         assert sorted(p.name for p in out.iterdir()) == [".glaclip-lock"]
     finally:
         os.close(fd)
-    r = _glaclip(tiny_files, "segment", str(image), "-c", CLASSES, "-o", str(out), "-q", "--set", "short_side=112")
+    r = run_cli("segment", image, "-c", CLASSES, "-o", out, "-q", "--set", "short_side=112", *_models(tiny_files))
     assert r.returncode == 0, r.stderr
     assert (out / "im_labels.png").is_file() and not (out / ".glaclip-lock").exists()  # released and removed
 
