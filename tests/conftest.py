@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
+import sys
 import tempfile
+import traceback
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +20,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker 
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 os.environ["GLACLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="glaclip-test-cache-")  # never the user's cache
+
+# The longest files, longest first (seconds on one worker of `pytest -n 2`): with `--dist loadfile` a worker
+# runs a whole file, and xdist hands the files out in collection order (pyproject: --no-loadscope-reorder,
+# else it orders them by their number of tests), so a long file started last would finish alone.
+LONG_FILES = ("test_bench.py", "test_labelstudio.py", "test_trident.py", "test_segmenter.py", "test_demo.py",
+              "test_batch.py", "test_evaluate.py", "test_bands.py", "test_regions.py", "test_masks_cli.py",
+              "test_integrations.py", "test_attention.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -102,3 +120,93 @@ def structured_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def image_300x400():
     return structured_image(300, 400)
+
+
+# ------------------------------------------------------------------ the command line, in this process
+
+_FRESH_TORCH_SEED = 67280421310721  # torch.initial_seed() of a fresh interpreter
+
+
+class _LastResort(logging.Handler):
+    """What a fresh interpreter does with a warning logged while no handler is configured: its message,
+    one line on stderr (pytest's own handlers are set aside during the run)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record):
+        sys.stderr.write(self.format(record) + "\n")
+
+
+def run_cli(*args, cwd=None, env=None):
+    """`python -m glaclip ARGS` in this process (no interpreter and torch import per call): the same entry
+    point (glaclip.cli.main), its exit code, and everything written to stdout and stderr, at the Python
+    and the file-descriptor level. Returns a CompletedProcess, like subprocess.run(capture_output=True).
+
+    As in a fresh process: sys.argv, the working folder `cwd`, the environment `env` (None: this one), the
+    warning filters and registry, torch's default seed, and no logging handlers; all restored after. Runs
+    that need a process of their own (SIGKILL, torchrun's --processes, locks held by another process,
+    variables read at import) keep using subprocess."""
+    from glaclip import cli
+
+    argv = ["glaclip", *map(str, args)]
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_streams, saved_show = (sys.stdout, sys.stderr), warnings.showwarning
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    rng = torch.get_rng_state()
+    code = 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe, warnings.catch_warnings():
+        fds = os.dup(1), os.dup(2)
+        os.dup2(fo.fileno(), 1)
+        os.dup2(fe.fileno(), 2)
+        sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+        try:
+            if env is not None:
+                os.environ.clear()
+                os.environ.update({str(k): str(v) for k, v in env.items()})
+            if cwd is not None:
+                os.chdir(cwd)
+            sys.argv = argv
+            warnings.resetwarnings()  # a fresh interpreter's filters (the registry is reset by catch_warnings)
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.filterwarnings("ignore", category=category)
+            root.handlers = [_LastResort()]
+            root.setLevel(logging.WARNING)
+            torch.manual_seed(_FRESH_TORCH_SEED)
+            try:
+                cli.main()
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:  # sys.exit("message"): the message on stderr, exit 1
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # what escapes main (GLACLIP_DEBUG): a traceback and exit 1, as python does
+                traceback.print_exc()
+                code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout.close()
+            sys.stderr.close()
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            os.close(fds[0])
+            os.close(fds[1])
+            sys.stdout, sys.stderr = saved_streams
+            sys.argv = saved_argv
+            warnings.showwarning = saved_show
+            root.handlers, root.level = saved_handlers, saved_level
+            torch.set_rng_state(rng)
+            os.chdir(saved_cwd)
+            if os.environ != saved_env:
+                os.environ.clear()
+                os.environ.update(saved_env)
+        fo.seek(0)
+        fe.seek(0)
+        out, err = (f.read().decode("utf-8", "backslashreplace") for f in (fo, fe))
+    return subprocess.CompletedProcess(argv, code, out, err)

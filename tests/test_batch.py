@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from datafixtures import kill_when_logged
 from PIL import Image
 
@@ -70,11 +70,22 @@ def test_rle_matches_pycocotools():
             assert rle_string(rle_counts(mask)) == ref["counts"].decode()
 
 
-def run(tiny_files, *args, launcher=(), cwd=None, timeout=600):
-    cmd = [sys.executable, *launcher, "-m", "glaclip", "segment", *args, "--clip", tiny_files["clip"],
-           "--clip-weights", tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights",
-           tiny_files["vfm_weights"], "--device", "cpu", "--set", "short_side=112", "-q"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+def _segment_args(tiny_files, *args):
+    return ["segment", *args, "--clip", tiny_files["clip"], "--clip-weights", tiny_files["clip_weights"], "--vfm",
+            tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"], "--device", "cpu", "--set",
+            "short_side=112", "-q"]
+
+
+def run(tiny_files, *args, cwd=None):
+    """`glaclip segment ARGS` with the tiny models, in this process."""
+    return run_cli(*_segment_args(tiny_files, *args), cwd=cwd)
+
+
+def run_process(tiny_files, *args, launcher=(), timeout=600):
+    """The same in a process of its own: for torchrun's launcher and for --processes N (torch.distributed's
+    launcher, its signal handlers and its store, in the process that starts the ranks)."""
+    cmd = [sys.executable, *launcher, "-m", "glaclip", *_segment_args(tiny_files, *args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
@@ -137,9 +148,7 @@ def test_killed_run_resumes_to_identical_outputs(tiny_files, tmp_path):
     for i in range(8):
         _img(data / f"im{i}.png", i, size=(60 + 4 * i, 80))
     args = [str(data), "-c", "sky, road, car", "-o", str(tmp_path / "o"), "--export", "coco", "--batch-images", "1"]
-    cmd = [sys.executable, "-m", "glaclip", "segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
-           tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
-           "--device", "cpu", "--set", "short_side=112", "-q"]
+    cmd = [sys.executable, "-m", "glaclip", *_segment_args(tiny_files, *args)]  # killed: a process of its own
     log = tmp_path / "o" / ".glaclip-progress" / "rank0.jsonl"
     before = kill_when_logged(cmd, log)
     assert 2 <= before < 8 and not (tmp_path / "o" / "coco.json").exists()
@@ -163,8 +172,8 @@ def test_two_process_torchrun_equals_one_process_byte_for_byte(tiny_files, tmp_p
     base = [str(data), "-c", "sky, road; street, car", "--export", "coco", "--save-probs"]
     one = run(tiny_files, *base, "-o", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    two = run(tiny_files, *base, "-o", str(tmp_path / "two"),
-              launcher=("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"))
+    two = run_process(tiny_files, *base, "-o", str(tmp_path / "two"),
+                      launcher=("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"))
     assert two.returncode == 0, two.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "two" / ".glaclip-progress").iterdir()) == ["rank0.jsonl", "rank1.jsonl"]
     a, b = _files(tmp_path / "one"), _files(tmp_path / "two")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from glaclip import GlaclipError, get_preset
@@ -68,9 +69,8 @@ def test_bench_rows_global_and_window_local(segmenter):
 
 
 def test_bench_command_end_to_end(tiny_files):
-    cmd = [sys.executable, "-m", "glaclip", "bench", "--size", "100x150", "--clip", tiny_files["clip"], "--vfm",
-           tiny_files["vfm"], "--device", "cpu"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    r = run_cli("bench", "--size", "100x150", "--clip", tiny_files["clip"], "--vfm", tiny_files["vfm"],
+                "--device", "cpu")
     assert r.returncode == 0, r.stderr
     row = [line for line in r.stdout.splitlines() if line.startswith("| 100x150")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]

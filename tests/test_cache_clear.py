@@ -4,11 +4,11 @@
 import errno
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 from glaclip.steps.text_cache import EmbeddingCache, cache_info, clear_cache, scan_cache
 
@@ -44,7 +44,7 @@ def home(tmp_path):
 
 def _cli(root, *args):
     env = dict(os.environ, GLACLIP_CACHE_DIR=str(root))
-    return subprocess.run([sys.executable, "-m", "glaclip", "cache", *args], capture_output=True, text=True, env=env)
+    return run_cli("cache", *args, env=env)
 
 
 def test_clear_removes_only_the_caches_own_files(home):

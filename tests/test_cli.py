@@ -1,11 +1,8 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image
 
 
@@ -13,9 +10,7 @@ def run(args, tiny_files, cwd):
     models = {"--clip": tiny_files["clip"], "--clip-weights": tiny_files["clip_weights"], "--vfm": tiny_files["vfm"],
               "--vfm-weights": tiny_files["vfm_weights"], "--device": "cpu"}
     extra = [x for k, v in models.items() if k not in args for x in (k, v)]
-    cmd = [sys.executable, "-m", "glaclip", "segment", *args, *extra]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return run_cli("segment", *args, *extra, cwd=cwd)
 
 
 @pytest.fixture
@@ -90,16 +85,16 @@ def test_missing_image_fails_before_loading(tiny_files, tmp_path):
 
 
 def test_help_reads_well():
-    r = subprocess.run([sys.executable, "-m", "glaclip", "--help"], capture_output=True, text=True)
+    r = run_cli("--help")
     assert r.returncode == 0 and "segment" in r.stdout and "presets" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "glaclip", "segment", "--help"], capture_output=True, text=True)
+    r = run_cli("segment", "--help")
     assert r.returncode == 0 and "--class-file" in r.stdout and "--clip-weights" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "glaclip", "presets"], capture_output=True, text=True)
+    r = run_cli("presets")
     assert r.returncode == 0 and "preset=gla-proxyclip " in r.stdout and "rho=0.55" in r.stdout
 
 
 def test_methods_listing():
-    r = subprocess.run([sys.executable, "-m", "glaclip", "methods"], capture_output=True, text=True)
+    r = run_cli("methods")
     assert r.returncode == 0
     for name in ("clip ", "maskclip", "sclip", "clearclip", "naclip", "proxyclip", "gla-clearclip", "gla-naclip"):
         assert name in r.stdout

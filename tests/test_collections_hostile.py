@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import PurePosixPath
 
-from test_batch import _files, _img, run
+from test_batch import _files, _img, run, run_process
 
 from glaclip.runs.collection import RUN_FILES, collect, output_suffixes
 
@@ -82,7 +82,7 @@ def test_colliding_names_and_coco_file_names_under_two_processes(tiny_files, tmp
         _img(data / name, i, size=(40 + 4 * i, 56))
     (data / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     out = tmp_path / "out"
-    r = run(tiny_files, str(data), "-c", "sky, road", "-o", str(out), "--export", "coco", "--processes", "2")
+    r = run_process(tiny_files, str(data), "-c", "sky, road", "-o", str(out), "--export", "coco", "--processes", "2")
     assert r.returncode == 2, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
     assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr, r.stderr[-3000:]

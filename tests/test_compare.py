@@ -2,12 +2,9 @@
 figure's colours by class name, the numbers file, and the one-line errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image
 
 from glaclip import Segmenter
@@ -57,8 +54,7 @@ def test_figure_gives_a_class_one_colour_in_every_panel():
 def run(files, *args):
     models = ["--clip", files["clip"], "--clip-weights", files["clip_weights"], "--vfm", files["vfm"],
               "--vfm-weights", files["vfm_weights"], "--device", "cpu", "--dtype", "fp32"]
-    return subprocess.run([sys.executable, "-m", "glaclip", "compare", *args, *models], capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return run_cli("compare", *args, *models)
 
 
 def test_cli_writes_the_figure_and_numbers(files6, tmp_path):

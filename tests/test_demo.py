@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image, ImageFile
 
 from glaclip import GlaclipError
@@ -57,7 +57,7 @@ def test_downloads_are_the_cli_outputs(segmenter, tiny_files, tmp_path):
     args = ["segment", str(img), "-c", classes, "-m", "gla-proxyclip", "--prob-thd", "0.1", "--alpha", "0.4",
             "--save-probs", "-o", str(cli_out), "-q", "--device", "cpu", "--dtype", "fp32",
             *(x for k, v in tiny_files.items() for x in (f"--{k.replace('_', '-')}", v))]
-    cli = subprocess.run([sys.executable, "-m", "glaclip", *args], capture_output=True, text=True)
+    cli = run_cli(*args)
     assert cli.returncode == 0, cli.stderr
     r = run_segmentation(segmenter, str(img), classes, "gla-proxyclip", 0.1, 0.4, demo_out)
     names = ["street.json", "street_labels.png", "street_overlay.png", "street_probs.npz"]

@@ -2,14 +2,11 @@
 another model, method or setting, in the CLI and the demo."""
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image
 
 from glaclip import GlaclipError, Segmenter, get_preset, resolve
@@ -71,10 +68,10 @@ def test_encoding_refused_by_another_model_method_or_setting(segmenter, segmente
 
 
 def _run(tiny_files, *args, cwd):
-    cmd = [sys.executable, "-m", "glaclip", "segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
+    cmd = ["segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
            tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
            "--device", "cpu", "--set", "short_side=112", "-q"]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return run_cli(*cmd, cwd=cwd)
 
 
 def test_cli_save_and_segment_an_encoding(tiny_files, tmp_path):

@@ -4,13 +4,11 @@ short repr (issue 16, items 6, 9, 10, 12)."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -208,17 +206,16 @@ def test_intact_encoding_still_loads_exactly(segmenter, saved):
 
 
 def _run(tiny_files, *args, cwd, env=None):
-    cmd = [sys.executable, "-m", "glaclip", "segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
+    cmd = ["segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
            tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
            "--device", "cpu", "--set", "short_side=112", "-q"]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))
+    return run_cli(*cmd, cwd=cwd, env=dict(os.environ, **env) if env else None)
 
 
 def test_cli_saved_encoding_mode_and_damaged_file(tiny_files, tmp_path):
     img = tmp_path / "street.png"
     Image.fromarray(structured_image(70, 90, seed=4)).save(img)
-    old = os.umask(0o022)  # inherited by the subprocess
+    old = os.umask(0o022)  # the run's umask
     try:
         r = _run(tiny_files, str(img), "-c", "sky, road", "-o", str(tmp_path / "a"), "--save-encoding", cwd=tmp_path)
     finally:

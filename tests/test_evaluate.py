@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from datafixtures import kill_when_logged, write_folder, write_layout
 
 from glaclip import GlaclipError, get_preset
@@ -75,12 +76,17 @@ def test_mismatched_label_size_is_named(small_seg, tmp_path):
         evaluate(small_seg, open_dataset("folder", tmp_path / "data"), tmp_path / "out", progress=False)
 
 
-def _cli(tiny_files, *args, launcher=(), timeout=600):
-    cmd = [sys.executable, *launcher, "-m", "glaclip", "eval", *args, "--clip", tiny_files["clip"], "--clip-weights",
-           tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
-           "--device", "cpu", "--set", "short_side=224"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+def _eval_args(tiny_files, *args):
+    return ["eval", *args, "--clip", tiny_files["clip"], "--clip-weights", tiny_files["clip_weights"], "--vfm",
+            tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"], "--device", "cpu", "--set", "short_side=224"]
+
+
+def _cli(tiny_files, *args, launcher=None, timeout=600):
+    """`glaclip eval ARGS` with the tiny models: in this process, or under `launcher` (torchrun) in processes."""
+    if launcher is None:
+        return run_cli(*_eval_args(tiny_files, *args))
+    return subprocess.run([sys.executable, *launcher, "-m", "glaclip", *_eval_args(tiny_files, *args)],
+                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
 def test_cli_eval_on_voc_layout(tiny_files, tmp_path):
@@ -98,9 +104,7 @@ def test_cli_eval_on_voc_layout(tiny_files, tmp_path):
 def test_killed_process_resumes(tiny_files, tmp_path):
     write_folder(tmp_path / "data", n=6)
     args = ("--dataset", "folder", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "-q")
-    cmd = [sys.executable, "-m", "glaclip", "eval", *args, "--clip", tiny_files["clip"], "--clip-weights",
-           tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
-           "--device", "cpu", "--set", "short_side=224"]
+    cmd = [sys.executable, "-m", "glaclip", *_eval_args(tiny_files, *args)]  # killed: a process of its own
     log = tmp_path / "o" / "progress" / "rank0.jsonl"
     done_before = kill_when_logged(cmd, log)
     assert 2 <= done_before < 6

@@ -5,12 +5,11 @@ in its bundled database (started by FiftyOne in a temporary folder, never the us
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image
 
 from glaclip import GlaclipError
@@ -64,10 +63,10 @@ def photos(tmp_path):
 
 
 def _run(tiny_files, *args):
-    cmd = [sys.executable, "-m", "glaclip", "segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
+    cmd = ["segment", *args, "--clip", tiny_files["clip"], "--clip-weights",
            tiny_files["clip_weights"], "--vfm", tiny_files["vfm"], "--vfm-weights", tiny_files["vfm_weights"],
            "--device", "cpu", "--dtype", "fp32", "--set", "short_side=112", "-q"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return run_cli(*cmd)
 
 
 def test_missing_extra_is_one_line(monkeypatch):

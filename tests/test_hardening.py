@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from datafixtures import write_folder
 from PIL import Image
 from test_cli import run
@@ -83,6 +83,7 @@ def test_garbled_and_missing_weights(tiny_files, tmp_path):
     r = run([str(img), "-c", "cat", "-o", str(tmp_path / "o"), "--clip-weights", str(garbled)], tiny_files, tmp_path)
     _one_error_line(r, "is not a CLIP weights file")
     assert "weights_only" not in r.stderr
+    # a process of its own: huggingface_hub reads HF_HOME when it is imported
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     env.pop("GLACLIP_CLIP_WEIGHTS", None)
     env.pop("GLACLIP_VFM_WEIGHTS", None)
@@ -124,8 +125,7 @@ def test_random_weight_runs_do_not_resume(tiny_files, tmp_path):
 
 
 def test_bench_rejects_unknown_methods():
-    r = subprocess.run([sys.executable, "-m", "glaclip", "bench", "--method", "foo", "--size", "224x224"],
-                       capture_output=True, text=True)
+    r = run_cli("bench", "--method", "foo", "--size", "224x224")
     _one_error_line(r, "method 'foo'")
 
 
@@ -134,11 +134,12 @@ def test_outputs_respect_the_umask(tiny_files, tmp_path, umask, mode):
     img = tmp_path / "a.png"
     Image.fromarray(structured_image(40, 50)).save(img)
     out = tmp_path / "o"
-    code = (f"import os, sys; os.umask({umask}); sys.argv = ['glaclip', 'segment', {str(img)!r}, '-c', 'cat, dog', "
-            f"'-o', {str(out)!r}, '--save-probs', '-q', '--device', 'cpu', '--clip', {tiny_files['clip']!r}, "
-            f"'--clip-weights', {tiny_files['clip_weights']!r}, '--vfm', {tiny_files['vfm']!r}, '--vfm-weights', "
-            f"{tiny_files['vfm_weights']!r}]; from glaclip.cli import main; main()")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    old = os.umask(umask)
+    try:
+        r = run_cli("segment", img, "-c", "cat, dog", "-o", out, "--save-probs", "-q", "--device", "cpu",
+                    *(x for k, v in tiny_files.items() for x in (f"--{k.replace('_', '-')}", v)))
+    finally:
+        os.umask(old)
     assert r.returncode == 0, r.stderr
     files = [f for f in out.rglob("*") if f.is_file()]
     assert len([f for f in files if f.name.startswith("a")]) == 4  # labels, overlay, JSON, probabilities
@@ -154,5 +155,5 @@ def test_fp16_on_cpu_warns():
 
 def test_help_shows_the_demo_extra():
     for args in (["--help"], ["demo", "--help"]):
-        r = subprocess.run([sys.executable, "-m", "glaclip", *args], capture_output=True, text=True)
+        r = run_cli(*args)
         assert "glaclip[demo]" in r.stdout, r.stdout

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image, PngImagePlugin
 
 from glaclip import Segmenter
@@ -33,6 +33,7 @@ def _models(files):
 
 
 def _glaclip(files, command, *args, timeout=600):
+    """A glaclip command in a process of its own (the runs against a lock this process holds, --processes 2)."""
     return subprocess.run([sys.executable, "-m", "glaclip", command, *args, *_models(files)], capture_output=True,
                           text=True, timeout=timeout, env=ENV)
 
@@ -58,7 +59,7 @@ def test_compare_refuses_an_unwritable_out_before_any_model_loads(tiny_files, tm
         locked.mkdir(mode=0o555)
         cases.append((locked / "c.png", "locked"))
     for out, words in cases:
-        r = _glaclip(tiny_files, "compare", str(image), "-m", "gla-proxyclip", "-c", CLASSES, "-o", str(out))
+        r = run_cli("compare", image, "-m", "gla-proxyclip", "-c", CLASSES, "-o", out, *_models(tiny_files))
         _one_error_line(r, words)  # no method ran (each would print its time), no internal error
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["im.png", "a-file", "a-folder.png"] + (
         ["locked"] if len(cases) == 3 else []))
@@ -118,7 +119,7 @@ def test_a_second_segment_run_into_one_out_is_refused(tiny_files, tmp_path):
         assert sorted(p.name for p in out.iterdir()) == [".glaclip-lock"]
     finally:
         os.close(fd)
-    r = _glaclip(tiny_files, "segment", str(image), "-c", CLASSES, "-o", str(out), "-q", "--set", "short_side=112")
+    r = run_cli("segment", image, "-c", CLASSES, "-o", out, "-q", "--set", "short_side=112", *_models(tiny_files))
     assert r.returncode == 0, r.stderr
     assert (out / "im_labels.png").is_file() and not (out / ".glaclip-lock").exists()  # released and removed
 

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image, ImageDraw
 
 from glaclip import GlaclipError
@@ -386,11 +386,10 @@ def test_without_the_extra_one_line_names_it_before_models_load(backend, monkeyp
 
 
 def test_cli_errors_before_loading_models(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "glaclip", "labelstudio", "--method", "nope",
-                           "--clip-weights", str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=120)
+    done = run_cli("labelstudio", "--method", "nope", "--clip-weights", tmp_path / "missing.pt")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "glaclip: error:" in done.stderr
     assert "nope" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "glaclip", "--help"], capture_output=True, text=True, timeout=120)
+    done = run_cli("--help")
     assert done.returncode == 0 and "labelstudio" in done.stdout
 
 

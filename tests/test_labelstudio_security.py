@@ -8,14 +8,12 @@ import http.server
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from PIL import Image
 
 from glaclip import GlaclipError
@@ -308,10 +306,9 @@ def test_health_answers_while_45_tasks_wait_on_a_slow_server(segmenter):
 # --- the command line ------------------------------------------------------------------------------------------
 
 def test_cli_key_without_url_is_one_line_before_models_load(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "glaclip", "labelstudio", "--clip-weights", str(tmp_path / "no.pt")],
-                          capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in dict(os.environ, LABEL_STUDIO_API_KEY=TOKEN).items()
-                               if k != "LABEL_STUDIO_URL"})
+    done = run_cli("labelstudio", "--clip-weights", tmp_path / "no.pt",
+                   env={k: v for k, v in dict(os.environ, LABEL_STUDIO_API_KEY=TOKEN).items()
+                        if k != "LABEL_STUDIO_URL"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("glaclip: error: ") and "give --url or LABEL_STUDIO_URL" in done.stderr
 

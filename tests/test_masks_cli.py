@@ -5,12 +5,10 @@ run identity, and the early one-line errors."""
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import structured_image
+from conftest import run_cli, structured_image
 from datafixtures import write_layout
 from PIL import Image
 
@@ -45,8 +43,7 @@ def _png16(path, masks):
 def segment(files, *args, command="segment"):
     models = ["--clip", files["clip"], "--clip-weights", files["clip_weights"], "--vfm", files["vfm"],
               "--vfm-weights", files["vfm_weights"], "--device", "cpu", "--dtype", "fp32"]
-    return subprocess.run([sys.executable, "-m", "glaclip", command, *args, *models], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return run_cli(command, *args, *models)
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +211,8 @@ def test_early_errors_before_any_model_loads(tmp_path, args, words):
     (tmp_path / "M").mkdir()
     _png(tmp_path / "a.png", structured_image(40, 40))
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "glaclip", "segment", "a.png", "-c", "sky", "-o", str(out), *args,
-                        "--clip-weights", "missing-clip.pt", "--vfm-weights", "missing-vfm.pt", "--device", "cpu"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = run_cli("segment", "a.png", "-c", "sky", "-o", out, *args, "--clip-weights", "missing-clip.pt",
+                "--vfm-weights", "missing-vfm.pt", "--device", "cpu", cwd=tmp_path)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
     assert not out.exists() or not any(out.iterdir())

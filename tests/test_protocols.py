@@ -1,10 +1,9 @@
 """Every method x data set of BASELINES.md section 2 reports exactly its authors' settings."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 from glaclip import GlaclipError, get_preset, resolve
 from glaclip.config.datasets import packaged_classes
@@ -116,21 +115,18 @@ def test_bad_protocol_inputs(bad):
 
 
 def test_presets_json_cli():
-    r = subprocess.run([sys.executable, "-m", "glaclip", "presets", "--method", "naclip", "--dataset", "voc21",
-                        "--json"], capture_output=True, text=True)
+    r = run_cli("presets", "--method", "naclip", "--dataset", "voc21", "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     for key in ("method", "dataset", "protocol", "short_side", "crop", "stride", "logit_scale", "prob_thd", "area_thd",
                 "pamr_steps", "pamr_dilations", "token_norm", "class_file", "queries"):
         assert key in got
     assert got["crop"] == 0 and got["pamr_steps"] == 10 and len(got["queries"]) == 56
-    r = subprocess.run([sys.executable, "-m", "glaclip", "presets", "--method", "gla-proxyclip", "--dataset",
-                        "voc21", "--protocol", "host", "--json"], capture_output=True, text=True)
+    r = run_cli("presets", "--method", "gla-proxyclip", "--dataset", "voc21", "--protocol", "host", "--json")
     got = json.loads(r.stdout)
     assert got["protocol"] == "proxyclip" and got["crop"] == 336 and got["prob_thd"] == 0.2
     assert len(got["queries"]) == 46
-    r = subprocess.run([sys.executable, "-m", "glaclip", "presets", "--method", "sclip", "--dataset", "nowhere"],
-                       capture_output=True, text=True)
+    r = run_cli("presets", "--method", "sclip", "--dataset", "nowhere")
     assert r.returncode == 2 and r.stderr.startswith("glaclip: error: unknown dataset")
 
 

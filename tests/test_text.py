@@ -198,14 +198,14 @@ def test_random_weights_are_never_cached(tiny_files, tmp_path, monkeypatch):
 
 def test_cache_cli(tiny_files, tmp_path):
     import os
-    import subprocess
-    import sys
+
+    from conftest import run_cli
 
     from glaclip.steps.text_cache import EmbeddingCache
 
     env = dict(os.environ, GLACLIP_CACHE_DIR=str(tmp_path / "c"))
     EmbeddingCache(tmp_path / "c", lambda: {"model": "m", "text_weights": "0"}).put_many({"cat": torch.ones(4) / 2})
-    r = subprocess.run([sys.executable, "-m", "glaclip", "cache", "info"], capture_output=True, text=True, env=env)
+    r = run_cli("cache", "info", env=env)
     assert r.returncode == 0 and str(tmp_path / "c") in r.stdout and "entries:  1 " in r.stdout
-    r = subprocess.run([sys.executable, "-m", "glaclip", "cache", "clear"], capture_output=True, text=True, env=env)
+    r = run_cli("cache", "clear", env=env)
     assert r.returncode == 0 and "removed 1" in r.stdout and not (tmp_path / "c" / "text").exists()

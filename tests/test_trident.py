@@ -112,19 +112,25 @@ def test_splice_matches_release(ratio):
     assert torch.allclose(ours, theirs, atol=1e-14)
 
 
-@pytest.mark.parametrize("cos_fac,neg", [(1.2, True), (0.0, True), (3.0, False), (-1.0, False)])
-def test_sam_weights_match_release(towers, cos_fac, neg):
+@pytest.fixture(scope="module")
+def sam_last_block(towers):
+    """SAM's encoding of one image and the input of its last block's attention (one encode for the four
+    cos_fac cases below)."""
     sam = towers[2]
-    rgb = image(70, 120)
-    st = sam.encode(rgb)
     blk = sam.model.image_encoder.blocks[-1]
     seen = {}
     handle = blk.norm1.register_forward_hook(lambda m, i, o: seen.__setitem__("x", o))
     try:
-        sam.encode(rgb)
+        st = sam.encode(image(70, 120))
     finally:
         handle.remove()
-    attn, v = ref.sam_attention(blk.attn, seen["x"])
+    return st, blk, seen["x"]
+
+
+@pytest.mark.parametrize("cos_fac,neg", [(1.2, True), (0.0, True), (3.0, False), (-1.0, False)])
+def test_sam_weights_match_release(sam_last_block, cos_fac, neg):
+    st, blk, x = sam_last_block
+    attn, v = ref.sam_attention(blk.attn, x)
     a, vv = ref.sam_feat(attn, v, 64, st.valid_grid)
     theirs = ref.get_sam_sim(vv, a, cos_fac, 1, neg)[0, 0]
     ours = sam_weights(st, blk.attn, cos_fac, neg)
