@@ -210,3 +210,27 @@ def run_cli(*args, cwd=None, env=None):
         fe.seek(0)
         out, err = (f.read().decode("utf-8", "backslashreplace") for f in (fo, fe))
     return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def tiny_sam(seed=0, dtype=torch.float64):
+    """A tiny segment-anything SAM (ViT image encoder, 2 blocks, global attention in the last) with seeded,
+    perturbed random weights, as the `SamTower` Trident loads."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from glaclip.models.sam import SamTower
+
+    torch.manual_seed(seed)
+    enc = ImageEncoderViT(depth=2, embed_dim=32, img_size=1024, mlp_ratio=2,
+                          norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
+                          qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=14, out_chans=32)
+    model = Sam(image_encoder=enc, prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(64, 64),
+                                                                input_image_size=(1024, 1024), mask_in_chans=4),
+                mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
+                    depth=1, embedding_dim=32, mlp_dim=64, num_heads=2), transformer_dim=32, iou_head_depth=2,
+                    iou_head_hidden_dim=32), pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return SamTower(model.eval().to(dtype), "tiny-sam", "random")

@@ -13,7 +13,7 @@ from glaclip import GlaclipError, get_preset
 from glaclip.runs.bench import bench, parse_size, tokens
 from glaclip.steps.windows import window_grid
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None  # the [bench] extra; CI installs it
 

@@ -47,7 +47,7 @@ def test_random_weights_of_any_tower_refuse_shards_and_resumes(tmp_path):
 def fake_sam(monkeypatch):
     """Trident's SAM from a 'checkpoint file': a tiny SAM whose weights are seeded by the file's bytes
     (segment-anything's registry builds only the full-size models)."""
-    from test_trident import tiny_sam
+    from conftest import tiny_sam
 
     import glaclip.models.sam as sam_module
 

@@ -189,7 +189,7 @@ def test_every_method_runs_through_predict(segmenter, files6, name, monkeypatch)
         seg, masks = Segmenter.from_pretrained(method=name, device="cpu", **files6), block_masks(150, 260)
     if METHODS[name].needs_sam:  # Trident aggregates with SAM: a tiny random one in place of SAM ViT-B
         pytest.importorskip("segment_anything")
-        from test_trident import tiny_sam
+        from conftest import tiny_sam
 
         import glaclip.models.sam as sam_module
 

@@ -62,7 +62,7 @@ def test_every_command_defaults_its_models_to_the_methods_own():
 def test_the_demo_loads_trident_with_its_sam_and_its_own_vfm(tiny_files, monkeypatch):
     """`glaclip demo --method trident --sam-weights random --random-weights`: the Segmenter it serves has a
     SAM, and the VFM is Trident's (DINO ViT-B/16), not the GLA default."""
-    from test_trident import tiny_sam
+    from conftest import tiny_sam
 
     import glaclip.integrations.demo as demo
     import glaclip.models.loading as loading

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from functools import partial
 
 import numpy as np
 import pytest
@@ -16,30 +15,14 @@ import trident_reference as ref
 if not os.environ.get("CI"):  # CI installs the masks extra (.ci/run): there a missing package fails
     pytest.importorskip("segment_anything")
 
+from conftest import tiny_sam  # noqa: E402
+
 from glaclip.config.protocols import resolve  # noqa: E402
 from glaclip.errors import GlaclipError  # noqa: E402
 from glaclip.io.images import clip_to_imagenet, preprocess  # noqa: E402
 from glaclip.methods.trident import clip_input, sam_weights, splice, window_attention
-from glaclip.models.sam import SamTower, load_sam  # noqa: E402
+from glaclip.models.sam import load_sam  # noqa: E402
 from glaclip.steps.windows import window_grid  # noqa: E402
-
-
-def tiny_sam(seed=0, dtype=torch.float64):
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(seed)
-    enc = ImageEncoderViT(depth=2, embed_dim=32, img_size=1024, mlp_ratio=2,
-                          norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
-                          qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=14, out_chans=32)
-    model = Sam(image_encoder=enc, prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(64, 64),
-                                                                input_image_size=(1024, 1024), mask_in_chans=4),
-                mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-                    depth=1, embedding_dim=32, mlp_dim=64, num_heads=2), transformer_dim=32, iou_head_depth=2,
-                    iou_head_hidden_dim=32), pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return SamTower(model.eval().to(dtype), "tiny-sam", "random")
 
 
 @pytest.fixture(scope="module")
