@@ -53,7 +53,8 @@ def test_clip_file_equals_plain_build(tiny_files, tmp_path, dtype):
 def test_vfm_file_equals_plain_build(tiny_files):
     sd = torch.load(tiny_files["vfm_weights"])
     arch, kwargs = models._resolve_vfm_name(tiny_files["vfm"])
-    plain = timm.create_model(arch, pretrained=False, dynamic_img_size=True, num_classes=0, **kwargs)
+    assert kwargs["dynamic_img_size"] is True and kwargs["num_classes"] == 0
+    plain = timm.create_model(arch, pretrained=False, **kwargs)
     plain.eval().requires_grad_(False)
     plain.load_state_dict(sd)
     tower = load_vfm(tiny_files["vfm"], tiny_files["vfm_weights"], device="cpu", dtype="fp32")
@@ -68,7 +69,9 @@ def test_files_load_without_random_init_or_misleading_logs(tiny_files, caplog, m
     def recording_build(make, empty):
         return build(lambda dev: devices.append(dev) or make(dev), empty)
 
-    monkeypatch.setattr(models, "build", recording_build)
+    from glaclip.models import builder
+
+    monkeypatch.setattr(builder, "build", recording_build)
     with caplog.at_level(logging.INFO):
         clip = load_clip(tiny_files["clip"], tiny_files["clip_weights"], device="cpu")
         vfm = load_vfm(tiny_files["vfm"], tiny_files["vfm_weights"], device="cpu")

@@ -10,7 +10,8 @@ Weights that replace every parameter skip the random initialisation (`checkpoint
 the meta device, the checkpoint's tensors taken in, bit-identical to copying them). A hub file already
 in the local cache is used without asking the hub; one that is not is downloaded only when the hub's
 name resolves (else `MissingWeights` at once, naming the file to get).
-The towers themselves (`ClipTower`, `VfmTower`) live in `towers`.
+The towers themselves (`ClipTower`, `VfmTower`) live in `towers`; the loading steps every network
+shares, in `builder` (this module gives CLIP's and the VFM's `Recipe`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import torch.nn as nn
 
 from ..config.backbones import DEFAULT_CLIP, DEFAULT_CLIP_TAG, DEFAULT_VFM
 from ..errors import GlaclipError, MissingWeights, one_line
-from .checkpoints import assigning, build, cached_hub_file, hub_reachable, load_into, read_state_dict
-from .devices import resolve_device, resolve_dtype
+from . import builder
+from .builder import RANDOM, FileFit, Loaded
+from .checkpoints import assigning, cached_hub_file, hub_reachable
 from .towers import ClipTower, VfmTower
 
 CLIP_WEIGHTS_ENV = "GLACLIP_CLIP_WEIGHTS"
@@ -39,14 +41,7 @@ CLIP_WEIGHTS_ENV = "GLACLIP_CLIP_WEIGHTS"
 VFM_WEIGHTS_ENV = "GLACLIP_VFM_WEIGHTS"
 
 
-RANDOM = "random"
-
-
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or value.endswith(_WEIGHT_SUFFIXES) or Path(value).exists()
+__all__ = ["CLIP_WEIGHTS_ENV", "VFM_WEIGHTS_ENV", "RANDOM", "load_clip", "load_vfm", "load_towers"]
 
 
 class _OpenClipRecords(logging.Filter):
@@ -69,11 +64,6 @@ def _quiet_open_clip():
         root.removeFilter(quiet)
 
 
-def _freeze(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    model.eval().requires_grad_(False)
-    return model.to(device=device, dtype=dtype)
-
-
 # ----------------------------------------------------------------------------------------- CLIP
 
 
@@ -84,53 +74,62 @@ def load_clip(name: str = DEFAULT_CLIP, weights: str | None = None, device: str 
     ``weights=None`` takes $GLACLIP_CLIP_WEIGHTS, else the 'openai' tag (or the model's first tag).
     OpenAI weights always get QuickGELU, whatever the architecture name says.
     """
+    return builder.load(CLIP_RECIPE, name, weights, device, dtype)
+
+
+def _schema(arch: str) -> bool:
+    return arch.startswith(("hf-hub:", "local-dir:"))
+
+
+def _clip_default(arch: str, weights: str | None) -> str | None:
     import open_clip
 
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    arch = _resolve_clip_name(name)
     weights = weights or os.environ.get(CLIP_WEIGHTS_ENV) or None
-    schema = arch.startswith(("hf-hub:", "local-dir:"))
-    if weights is None and not schema:
+    if weights is None and not _schema(arch):
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if not tags:
             raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag; pass --clip-weights FILE or 'random'")
         weights = DEFAULT_CLIP_TAG if DEFAULT_CLIP_TAG in tags else tags[0]
-
-    if schema:
-        model = _schema_clip(arch)
-    elif weights == RANDOM:
-        model = _create_clip(arch)
-    elif _looks_like_path(weights):
-        path = Path(weights).expanduser()
-        sd, scripted = read_state_dict(path, "CLIP")
-        for extra in ("input_resolution", "context_length", "vocab_size"):
-            sd.pop(extra, None)
-        quick = scripted or "quickgelu" in path.name.lower()
-        model = _create_clip(arch, empty=True, force_quick_gelu=quick)
-        if "attn_mask" in sd and "attn_mask" not in model.state_dict():
-            sd.pop("attn_mask")
-        if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
-            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-        load_into(model, sd, path, "CLIP", lambda: _create_clip(arch, force_quick_gelu=quick))
-    else:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        if weights not in tags:
-            raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag {weights!r}; tags: "
-                               f"{', '.join(tags) or 'none'}"
-                               " (or pass a weights file)")
-        model = _tagged_clip(arch, weights)
-    return ClipTower(_freeze(model, dev, dt), name=arch, weights=str(weights))
+    return weights
 
 
-def _create_clip(arch: str, empty: bool = False, **kwargs) -> nn.Module:
-    """The architecture alone: randomly initialised, or (empty) with its parameters on the meta device."""
+def _clip_route(arch: str, weights: str | None) -> str:
+    return "hub" if _schema(arch) else builder._path_route(arch, weights)
+
+
+def _clip_fit(arch: str, sd: dict, path: Path, scripted: bool) -> FileFit:
+    for extra in ("input_resolution", "context_length", "vocab_size"):
+        sd.pop(extra, None)
+    options = {"force_quick_gelu": scripted or "quickgelu" in path.name.lower()}
+    model = builder.empty(CLIP_RECIPE, arch, options)
+    if "attn_mask" in sd and "attn_mask" not in model.state_dict():
+        sd.pop("attn_mask")
+    if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    return FileFit(arch, options, sd, model)
+
+
+def _clip_hub(arch: str, weights: str | None) -> Loaded:
+    import open_clip
+
+    if _schema(arch):
+        return Loaded(_schema_clip(arch), arch, str(weights))
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if weights not in tags:
+        raise GlaclipError(f"CLIP model {arch!r} has no pretrained tag {weights!r}; tags: "
+                           f"{', '.join(tags) or 'none'}"
+                           " (or pass a weights file)")
+    return Loaded(_tagged_clip(arch, weights), arch, str(weights))
+
+
+def _create_clip(arch: str, where: str = "cpu", options: dict | None = None) -> nn.Module:
+    """The architecture alone, randomly initialised on `where` ("meta": empty)."""
     import open_clip
 
     try:
         with _quiet_open_clip():
-            return build(lambda dev: open_clip.create_model(arch, pretrained=None, load_weights=False,
-                                                            pretrained_text=False, device=dev, **kwargs), empty)
+            return open_clip.create_model(arch, pretrained=None, load_weights=False, pretrained_text=False,
+                                          device=where, **(options or {}))
     except Exception as exc:
         raise GlaclipError(f"cannot build CLIP model {arch!r}: {one_line(exc)}") from None
 
@@ -172,9 +171,10 @@ def _tagged_clip(arch: str, tag: str) -> nn.Module:
             raise missing from None
         if not path:
             raise missing
-    model = _create_clip(arch, empty=True, force_quick_gelu=quick)
+    options = {"force_quick_gelu": quick}
+    model = builder.empty(CLIP_RECIPE, arch, options)
     try:
-        return clip_checkpoint(model, path, lambda: _create_clip(arch, force_quick_gelu=quick))
+        return clip_checkpoint(model, path, lambda: _create_clip(arch, "cpu", options))
     except Exception as exc:
         raise GlaclipError(f"CLIP weights {path} for {arch}:{tag} do not load: {one_line(exc)}") from None
 
@@ -232,43 +232,43 @@ def load_vfm(name: str = DEFAULT_VFM, weights: str | None = None, device: str | 
     ``weights=None`` takes $GLACLIP_VFM_WEIGHTS, else the hub weights of the tagged name.
     Files may be timm's own checkpoints or the original DINO release (same key names).
     """
+    return builder.load(VFM_RECIPE, name, weights, device, dtype)
+
+
+def _create_vfm(arch: tuple[str, dict], where: str, options: dict) -> nn.Module:
+    """timm builds on the default device (the skeleton's meta context when empty), whatever `where` says."""
     import timm
 
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    arch, kwargs = _resolve_vfm_name(name)
-    weights = weights or os.environ.get(VFM_WEIGHTS_ENV) or None
-    kwargs.update(dynamic_img_size=True, num_classes=0)
+    name, kwargs = arch
+    try:
+        return timm.create_model(name, pretrained=options.get("pretrained", False), **kwargs)
+    except Exception as exc:
+        raise GlaclipError(f"cannot build VFM {name!r}: {one_line(exc)}") from None
 
-    def create(empty: bool = False, pretrained: bool = False) -> nn.Module:
-        try:
-            return build(lambda _: timm.create_model(arch, pretrained=pretrained, **kwargs), empty)
-        except Exception as exc:
-            raise GlaclipError(f"cannot build VFM {arch!r}: {one_line(exc)}") from None
 
-    if weights == RANDOM:
-        model = create()
-    elif weights is not None:
-        path = Path(weights).expanduser()
-        sd, _ = read_state_dict(path, "VFM")
-        model = create(empty=True)
-        load_into(model, _timm_filter(model, sd), path, "VFM", create)
-    else:
-        cfg = timm.models.get_pretrained_cfg(arch)
-        repo = getattr(cfg, "hf_hub_id", None)
-        where = f"model.safetensors from hub repo {repo}" if repo else getattr(cfg, "url", None) or "its checkpoint"
-        missing = MissingWeights(f"VFM {arch} (get {where}; --vfm-weights FILE or {VFM_WEIGHTS_ENV})")
-        path = _hub_vfm_file(repo, missing) if repo else None
-        if path is not None:
-            sd, _ = read_state_dict(Path(path), "VFM")
-            model = create(empty=True)
-            load_into(model, _timm_filter(model, sd), Path(path), "VFM", create)
-        else:  # weights from a URL: timm's own download and loading
-            try:
-                model = create(pretrained=True)
-            except GlaclipError:
-                raise missing from None
-    return VfmTower(_freeze(model, dev, dt), name=arch, weights=str(weights or "hub"))
+def _vfm_route(arch: tuple[str, dict], weights: str | None) -> str:
+    return "random" if weights == RANDOM else "file" if weights is not None else "hub"
+
+
+def _vfm_fit(arch: tuple[str, dict], sd: dict, path: Path, scripted: bool) -> FileFit:
+    model = builder.empty(VFM_RECIPE, arch)
+    return FileFit(arch, {}, _timm_filter(model, sd), model)
+
+
+def _vfm_hub(arch: tuple[str, dict], weights: None):
+    import timm
+
+    name = arch[0]
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    where = f"model.safetensors from hub repo {repo}" if repo else getattr(cfg, "url", None) or "its checkpoint"
+    missing = MissingWeights(f"VFM {name} (get {where}; --vfm-weights FILE or {VFM_WEIGHTS_ENV})")
+    if repo:
+        return Path(_hub_vfm_file(repo, missing)), "hub"
+    try:  # weights from a URL: timm's own download and loading
+        return Loaded(_create_vfm(arch, "cpu", {"pretrained": True}), arch, "hub")
+    except GlaclipError:
+        raise missing from None
 
 
 def _hub_vfm_file(repo: str, missing: MissingWeights) -> str:
@@ -290,6 +290,7 @@ def _hub_vfm_file(repo: str, missing: MissingWeights) -> str:
 
 
 def _resolve_vfm_name(name: str) -> tuple[str, dict]:
+    """(timm name, build kwargs) of a name or an architecture JSON file; any image size, no head."""
     import timm
 
     kwargs: dict = {}
@@ -307,6 +308,7 @@ def _resolve_vfm_name(name: str) -> tuple[str, dict]:
         close = difflib.get_close_matches(name, timm.list_models(pretrained=True), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise GlaclipError(f"unknown VFM {name!r}{hint}")
+    kwargs.update(dynamic_img_size=True, num_classes=0)
     return name, kwargs
 
 
@@ -324,6 +326,16 @@ def _timm_filter(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, tor
         pass
     own = model.state_dict()
     return {k: v for k, v in sd.items() if k in own or not k.startswith(("head.", "fc."))}
+
+
+CLIP_RECIPE = builder.Recipe(
+    "CLIP", check=_resolve_clip_name, default=_clip_default, route=_clip_route, make=_create_clip,
+    hub=_clip_hub, fit=_clip_fit, wrap=lambda model, arch, source, dev, dt: ClipTower(model, name=arch, weights=source))
+
+VFM_RECIPE = builder.Recipe(
+    "VFM", check=_resolve_vfm_name, default=lambda arch, weights: weights or os.environ.get(VFM_WEIGHTS_ENV) or None,
+    route=_vfm_route, make=_create_vfm, hub=_vfm_hub, fit=_vfm_fit,
+    wrap=lambda model, arch, source, dev, dt: VfmTower(model, name=arch[0], weights=source))
 
 
 def import_libraries() -> None:

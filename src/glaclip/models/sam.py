@@ -133,36 +133,41 @@ def load_sam(name: str = DEFAULT_SAM, weights: str | Path | None = None, device:
     file (the release's format: the registry model's state dict), or 'random' (tests). None:
     `MissingWeights` naming the file. In fp16/bf16 the prompt encoder and mask decoder stay fp32 (as
     the release); in fp32/fp64 everything runs in that precision."""
+    from . import builder
+
+    return builder.load(_recipe(), name, weights, device, dtype)
+
+
+def _recipe():
     from ..errors import MissingWeights
-    from .checkpoints import build, load_into, read_state_dict
-    from .devices import resolve_device, resolve_dtype
+    from . import builder
 
-    if name not in SAM_MODELS:
-        raise GlaclipError(f"unknown SAM model {name!r}; use one of {', '.join(SAM_MODELS)}")
-    kind, filename = SAM_MODELS[name]
-    registry = _segment_anything().sam_model_registry
-    dev = resolve_device(device)
-    dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+    def check(name: str) -> str:
+        if name not in SAM_MODELS:
+            raise GlaclipError(f"unknown SAM model {name!r}; use one of {', '.join(SAM_MODELS)}")
+        _segment_anything()  # the install hint before anything else
+        return name
 
-    def make(where: str):
-        return registry[kind](checkpoint=None)
+    def default(name: str, weights):
+        if weights is None:
+            raise MissingWeights(f"SAM {name} ({SAM_MODELS[name][1]} from the segment-anything release; "
+                                 "--sam-weights FILE, or 'random' to try)")
+        return weights
 
-    if weights is None:
-        raise MissingWeights(f"SAM {name} ({filename} from the segment-anything release; --sam-weights FILE, "
-                             "or 'random' to try)")
-    if str(weights) == "random":
-        model, source = make("cpu"), "random"
-    else:
-        path = Path(weights).expanduser()
-        sd, _ = read_state_dict(path, "SAM")  # one line for a missing or unreadable file
-        model = build(make, empty=True)
-        load_into(model, sd, path, "SAM", lambda: make("cpu"))
-        source = str(weights)
-    model = model.eval().requires_grad_(False).to(device=dev, dtype=dt)
-    if dt in (torch.float16, torch.bfloat16):
-        model.prompt_encoder.float()
-        model.mask_decoder.float()
-    return SamTower(model, name, source)
+    def make(name: str, where: str, options: dict):
+        return _segment_anything().sam_model_registry[SAM_MODELS[name][0]](checkpoint=None)
+
+    def freeze(model, dev: torch.device, dt: torch.dtype):
+        model = model.eval().requires_grad_(False).to(device=dev, dtype=dt)
+        if dt in (torch.float16, torch.bfloat16):
+            model.prompt_encoder.float()
+            model.mask_decoder.float()
+        return model
+
+    return builder.Recipe(
+        "SAM", check=check, default=default, make=make, freeze=freeze,
+        route=lambda name, weights: "random" if str(weights) == builder.RANDOM else "file",
+        wrap=lambda model, name, source, dev, dt: SamTower(model, name, source))
 
 
 SAM_STRIDE = 16  # SAM's patch size: the original image is resized up to multiples of it

@@ -17,7 +17,8 @@ import torch
 from ..config.backbones import DEFAULT_SAM2, SAM2_MODELS
 from ..errors import GlaclipError, one_line, require
 from ..io.masks import paint_masks
-from .checkpoints import build, cached_hub_file, hub_reachable, load_into, read_state_dict
+from . import builder
+from .checkpoints import cached_hub_file, hub_reachable
 from .devices import dtype_name
 
 # ------------------------------------------------------------------------------------------ SAM 2
@@ -125,16 +126,40 @@ def load_sam2(name: str | None = DEFAULT_SAM2, weights: str | Path | None = None
     as released, or a plain state dict); or "random" (random initialisation, for tests). A file of
     another architecture than `name`: one line naming both; name None: the one the file fits.
     device/dtype: as elsewhere ('auto': CUDA in fp16 autocast as the release, else the CPU in fp32)."""
-    from .devices import resolve_device
+    return builder.load(_recipe(), name, weights, device, dtype)
 
-    if name is not None and name not in SAM2_MODELS:
-        raise GlaclipError(f"unknown SAM 2 model {name!r}; use one of {', '.join(SAM2_MODELS)}")
-    build_sam2, generator_cls = _sam2()
-    dev = resolve_device(device)
-    dt = _sam_dtype(dtype, dev)
-    name, model, source = sam2_model(name, weights, build_sam2)
-    model = model.eval().requires_grad_(False).to(device=dev, dtype=dt)
-    return Sam2Masks(model, generator_cls, name, source, dev, dt)
+
+def _recipe() -> builder.Recipe:
+    build_sam2, generator_cls = None, None
+
+    def check(name: str | None) -> str | None:
+        nonlocal build_sam2, generator_cls
+        if name is not None and name not in SAM2_MODELS:
+            raise GlaclipError(f"unknown SAM 2 model {name!r}; use one of {', '.join(SAM2_MODELS)}")
+        build_sam2, generator_cls = _sam2()
+        return name
+
+    def make(arch: str | None, where: str, options: dict) -> torch.nn.Module:
+        arch = arch or DEFAULT_SAM2
+        try:
+            with quiet():
+                return build_sam2(SAM2_MODELS[arch].config, None, device=where, apply_postprocessing=False)
+        except Exception as exc:
+            raise GlaclipError(f"cannot build SAM 2 {arch}: {one_line(exc)}") from None
+
+    def route(name, weights) -> str:
+        return "random" if str(weights) == builder.RANDOM else "hub" if weights is None else "file"
+
+    def hub(name: str | None, weights: None) -> tuple[Path, str]:
+        name = name or DEFAULT_SAM2
+        return hub_checkpoint(name), SAM2_MODELS[name].hub_id
+
+    recipe = builder.Recipe(
+        "SAM 2", check=check, default=lambda name, weights: weights, route=route, make=make, hub=hub,
+        fit=lambda name, sd, path, scripted: fit_file(recipe, name, sd, path), dtype=_sam_dtype,
+        wrap=lambda model, name, source, dev, dt: Sam2Masks(model, generator_cls, name or DEFAULT_SAM2, source,
+                                                            dev, dt))
+    return recipe
 
 
 @contextmanager
@@ -182,38 +207,21 @@ def _shapes(tensors) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
-def sam2_model(name: str | None, weights, build_sam2) -> tuple[str, torch.nn.Module, str]:
-    """(model name, model, weights' source) for `load_sam2`: random, the hub's checkpoint or a file.
-    A file that fits another architecture than `name`: one line naming both; name None: the
-    architecture the file fits (none: what differs from the nearest is reported)."""
-
-    def make(arch: str, where: str) -> torch.nn.Module:
-        try:
-            with quiet():
-                return build_sam2(SAM2_MODELS[arch].config, None, device=where, apply_postprocessing=False)
-        except Exception as exc:
-            raise GlaclipError(f"cannot build SAM 2 {arch}: {one_line(exc)}") from None
-
-    if str(weights) == "random":
-        return name or DEFAULT_SAM2, make(name or DEFAULT_SAM2, "cpu"), "random"
-    if weights is None:
-        name = name or DEFAULT_SAM2
-        path, source = hub_checkpoint(name), SAM2_MODELS[name].hub_id
-    else:
-        path, source = Path(weights).expanduser(), str(weights)
-    sd, _ = read_state_dict(path, "SAM 2")  # one line for a missing or unreadable file
+def fit_file(recipe: builder.Recipe, name: str | None, sd: dict, path: Path) -> builder.FileFit:
+    """Which `SAM2_MODELS` architecture a checkpoint fits. A file that fits another architecture than
+    `name`: one line naming both; name None: the architecture the file fits (none: the nearest, so
+    that loading reports what differs from it)."""
     wanted = name or DEFAULT_SAM2
-    model = build(lambda where: make(wanted, where), empty=True)  # the checkpoint replaces every parameter
+    model = builder.empty(recipe, wanted)  # the checkpoint replaces every parameter
     shapes = _shapes(sd)
     if _shapes(model.state_dict()) != shapes:
-        others = ((n, build(lambda where, n=n: make(n, where), empty=True)) for n in SAM2_MODELS if n != wanted)
+        others = ((n, builder.empty(recipe, n)) for n in SAM2_MODELS if n != wanted)
         fit = next(((n, m) for n, m in others if _shapes(m.state_dict()) == shapes), None)
         if fit is not None and name is not None:
             raise GlaclipError(f"--sam-weights {path} fits {fit[0]}, not {name}: give --sam {fit[0]}")
         if fit is None and name is None:  # fits none: what differs from the nearest
-            fit = min(((n, build(lambda where, n=n: make(n, where), empty=True)) for n in SAM2_MODELS),
+            fit = min(((n, builder.empty(recipe, n)) for n in SAM2_MODELS),
                       key=lambda nm: len(set(_shapes(nm[1].state_dict()).items()) ^ set(shapes.items())))
         if fit is not None:
             wanted, model = fit
-    load_into(model, sd, path, "SAM 2", lambda: make(wanted, "cpu"))
-    return wanted, model, source
+    return builder.FileFit(wanted, {}, sd, model)
