@@ -199,9 +199,9 @@ def evaluate_cmd(
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate on a benchmark or a folder of images + label maps: mIoU, aAcc, mAcc, BER.
+    """Evaluate on a benchmark or a folder of images + label maps: mIoU, Boundary IoU, aAcc, mAcc, BER.
 
-    Writes OUT/results.json (per-class IoU/Acc, confusion matrix, settings) and OUT/results.md;
+    Writes OUT/results.json (per-class IoU/Boundary IoU/Acc, confusion matrix, settings) and OUT/results.md;
     progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun
     --nproc-per-node K the images are split across K processes. --masks DIR: each image's mask file
     by its path under the data set's image folder, mirrored, else flat by stem.
