@@ -149,3 +149,25 @@ def test_cli_eval_with_a_clip_only_method(tiny_files, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["preset"]["method"] == "gla-naclip" and res["vfm"] is None and len(res["per_class"]) == 150
+
+
+def test_eval_on_ade847_tif_layout_and_the_release_ignore_index(tiny_files, small_seg, tmp_path):
+    from datafixtures import label_map16
+    from PIL import Image
+
+    write_layout(tmp_path / "ADE", "ade847", n=2)
+    (tmp_path / "three.txt").write_text("wall\nbuilding, edifice\nsky\n")  # a text file: commas split classes
+    for i, label in enumerate(sorted((tmp_path / "ADE" / "annotations_detectron2" / "validation").iterdir())):
+        Image.fromarray(label_map16(60, 120, 4, seed=i)).save(label)  # 4 classes, 65535 stripe
+    r = _cli(tiny_files, "--dataset", "ade_full", "--data-root", str(tmp_path / "ADE"), "--out", str(tmp_path / "o"),
+             "--class-file", str(tmp_path / "three.txt"), "-q")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["dataset"] == "ade847" and res["ignore_index"] == 65535 and res["images"] == 2
+    assert res["out_of_range_labels"]["pixels"] == 0 and 0 <= res["mBoundaryIoU"] <= 100
+    # mmseg's IoUMetric default, which the CorrCLIPv2 release evaluates with: 65535 is a label outside the classes
+    ds = open_dataset("ade847", tmp_path / "ADE", class_file=tmp_path / "three.txt", ignore_index=255)
+    with pytest.warns(RuntimeWarning, match="65535"):
+        rel = evaluate(small_seg, ds, tmp_path / "rel", progress=False)
+    assert rel["ignore_index"] == 255 and rel["out_of_range_labels"]["values"] == [65535]
+    assert rel["out_of_range_labels"]["pixels"] == 2 * 60
