@@ -9,11 +9,10 @@ label 0 after the shift by one). CorrCLIPv2 reports both; its class lists are sh
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 
-from .classes import ClassQueries, parse_classes
+from .classes import ClassQueries, parse_class_file
 
 IGNORE_INDEX = 255
 IGNORE_16BIT = 65535  # the unlabelled value of CAT-Seg's 16-bit TIFF label maps
@@ -78,7 +77,7 @@ def packaged_classes(filename: str) -> ClassQueries:
     """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt'); a .json file is a
     list with one item per class (a name, which may hold commas, or a list of synonyms)."""
     text = resources.files("glaclip").joinpath("classes", filename).read_text(encoding="utf-8")
-    return parse_classes(json.loads(text) if filename.endswith(".json") else text)
+    return parse_class_file(text, filename)
 
 
 def builtin_classes(spec: DatasetSpec) -> ClassQueries:

@@ -4,9 +4,8 @@ and sharded.
 Runs on the collection runner (`runner`): ``OUT/run.json`` is the manifest (data set, classes,
 settings, models by weight content), and every finished image appends one line (its sparse
 confusion counts, per-class boundary IoU counts, window-edge counts and its region masks'
-fingerprint) to ``OUT/progress/rank<R>.jsonl``
-and syncs it, so a killed
-run resumes without recomputing anything it finished; integer counts make the final numbers
+fingerprint) to ``OUT/progress/rank<R>.jsonl`` and syncs it, so a killed run resumes without
+recomputing anything it finished; integer counts make the final numbers
 identical to an uninterrupted run. Images and labels are decoded ahead in background threads. Under
 ``torchrun`` each rank takes every WORLD_SIZE-th image and the counts are all-reduced.
 """
