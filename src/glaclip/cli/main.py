@@ -183,7 +183,7 @@ def evaluate_cmd(
     label_suffix: str = typer.Option(".png", "--label-suffix", help="folder: label file = image stem + this."),
     reduce_zero_label: bool = typer.Option(False, "--reduce-zero-label", help="folder: label 0 is ignored, k -> k-1."),
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="Label value left out of the metrics "
-                                               "[default: 65535 for ade847 and context459, else 255]."),
+                                               "(default: 65535 for ade847 and context459, else 255)."),
     method: MethodOpt = DEFAULT_METHOD,
     protocol: ProtocolOpt = None,
     settings: SetOpt = [],
