@@ -20,20 +20,39 @@ def label_map(h: int, w: int, num_values: int, seed: int) -> np.ndarray:
     return lab
 
 
+def label_map16(h: int, w: int, num_values: int, seed: int, ignore: int = 65535) -> np.ndarray:
+    """`label_map` for CAT-Seg's 16-bit TIFF layouts: values beyond 255 too, the stripe at `ignore`."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, num_values, size=(3, 4))
+    blocks[0, 0] = num_values - 1  # the last class (> 255 for 459 and 847 classes)
+    lab = np.kron(blocks, np.ones((h // 3 + 1, w // 4 + 1), int))[:h, :w].astype(np.uint16)
+    lab[:, w // 2] = ignore
+    return lab
+
+
 def write_layout(root: Path, name: str, n: int = 3, size=(60, 120)) -> list[str]:
-    """Write n images + label maps for data set `name` under root; returns the sample names."""
+    """Write n images + label maps for data set `name` under root; returns the sample names.
+
+    CAT-Seg's 16-bit TIFF sets (ade847, context459) get uint16 TIFF labels written as its preparation
+    scripts write them (Pillow); context459's image folder also holds an image without a label map
+    (VOC2010/JPEGImages holds every VOC image)."""
     spec = SPECS[name]
     num = len(builtin_classes(spec)) + (1 if spec.reduce_zero_label else 0)
     names = []
+    if spec.from_labels:
+        (root / spec.img_dir).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(structured_image(*size, seed=99)).save(root / spec.img_dir / f"2007_000001{spec.img_suffix}")
     for i in range(n):
-        stem = f"frankfurt/frankfurt_{i:06d}" if name == "cityscapes" else f"2008_{i:06d}"
+        stem = f"frankfurt/frankfurt_{i:06d}" if name == "cityscapes" else \
+            f"ADE_val_{i + 1:08d}" if name == "ade847" else f"2008_{i:06d}"
         img = root / spec.img_dir / f"{stem}{spec.img_suffix}"
         ann = root / spec.ann_dir / f"{stem}{spec.ann_suffix}"
         img.parent.mkdir(parents=True, exist_ok=True)
         ann.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(structured_image(*size, seed=i)).save(img, quality=95) if img.suffix == ".jpg" else \
             Image.fromarray(structured_image(*size, seed=i)).save(img)
-        lab = Image.fromarray(label_map(*size, num, seed=i))
+        lab = Image.fromarray(label_map16(*size, num, seed=i) if spec.ann_suffix == ".tif" else
+                              label_map(*size, num, seed=i))
         if name.startswith("voc"):  # VOC's SegmentationClass PNGs are palette images
             lab = lab.convert("P")
             lab.putpalette([v for k in range(256) for v in (k, 255 - k, (7 * k) % 256)])

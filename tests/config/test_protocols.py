@@ -155,3 +155,20 @@ def test_named_presets_take_overrides_of_their_own_settings():
     assert resolve("gla-proxyclip-paper").attention.rho == 0.6
     assert resolve("gla-proxyclip-paper", rho=0.5).attention.rho == 0.5
     assert get_preset("gla-proxyclip-paper", rho=0.5).attention.rho == 0.5
+
+
+@pytest.mark.parametrize("dataset, name, file, n", [("ade847", "ade847", "ade847.json", 847),
+                                                    ("pc459", "context459", "context459.txt", 459)])
+def test_datasets_without_rows_take_the_plain_image_row_and_their_class_file(dataset, name, file, n):
+    # no paper of these methods gives ADE-847 / PASCAL-Context 459 settings: the protocol's row for a plain image
+    from glaclip import effective
+
+    for method in ("gla-proxyclip", "corrclip", "sclip"):
+        preset, queries = effective(method, dataset)
+        plain = resolve(method)
+        assert (preset.window, preset.decision) == (plain.window, plain.decision) and preset.dataset is None
+        assert preset.class_file == file and len(queries) == n and preset.name == f"{method}@{name}:{plain.protocol}"
+    r = run_cli("presets", "--method", "corrclip", "--dataset", dataset, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["class_file"] == file and len(got["queries"]) == n and got["short_side"] == 336

@@ -11,7 +11,7 @@ from datafixtures import kill_when_logged, write_folder, write_layout
 from glaclip import GlaclipError, get_preset
 from glaclip.runs.datasets import open_dataset
 from glaclip.runs.evaluate import evaluate
-from glaclip.runs.metrics import confusion, summarize
+from glaclip.runs.metrics import boundary_iou_counts, confusion, summarize, summarize_boundary
 
 SMALL = {"short_side": 224}  # 60x120 images -> 224x448: three windows, fast with tiny models
 
@@ -25,14 +25,21 @@ def test_metrics_match_direct_computation(small_seg, tmp_path):
     write_folder(tmp_path / "data")
     ds = open_dataset("folder", tmp_path / "data")
     result = evaluate(small_seg, ds, tmp_path / "out", progress=False)
-    cm = sum(confusion(small_seg.predict(str(s.image), ds.classes).labels, ds.load_label(s), 3) for s in ds.samples)
+    preds = [small_seg.predict(str(s.image), ds.classes).labels for s in ds.samples]
+    cm = sum(confusion(p, ds.load_label(s), 3) for p, s in zip(preds, ds.samples))
     direct = summarize(cm, ds.classes.names)
     assert result["mIoU"] == pytest.approx(direct["mIoU"]) and result["aAcc"] == pytest.approx(direct["aAcc"])
+    counts = [boundary_iou_counts(p, ds.load_label(s), 3) for p, s in zip(preds, ds.samples)]
+    inter, union = sum(i for i, _ in counts), sum(u for _, u in counts)
+    mbiou, per_class = summarize_boundary(inter, union)
+    assert result["mBoundaryIoU"] == pytest.approx(mbiou) and 0 < mbiou <= 100 and result["boundary_dilation"] == 0.02
+    assert [r["BoundaryIoU"] for r in result["per_class"]] == pytest.approx(per_class)
+    assert [r["boundary_union"] for r in result["per_class"]] == union.tolist()
     assert result["images"] == 4 and result["boundary_pairs"] > 0 and 0 <= result["BER"] <= 100
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["mIoU"] == result["mIoU"] and "rho=0.55" in saved["preset_line"]
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| mIoU | aAcc | mAcc | BER |" in md and "| road |" in md
+    assert "| mIoU | mBoundaryIoU | aAcc | mAcc | BER |" in md and "| road |" in md
 
 
 def test_resume_after_interruption_gives_identical_numbers(small_seg, tmp_path):
@@ -53,7 +60,7 @@ def test_resume_after_interruption_gives_identical_numbers(small_seg, tmp_path):
     later = []
     resumed = evaluate(small_seg, ds, tmp_path / "cut", progress=False, on_image=later.append)
     assert later == [s.name for s in ds.samples[2:]]  # finished images are not recomputed
-    for key in ("mIoU", "aAcc", "mAcc", "BER", "confusion"):
+    for key in ("mIoU", "mBoundaryIoU", "aAcc", "mAcc", "BER", "confusion"):
         assert resumed[key] == full[key], key
 
 
@@ -96,7 +103,7 @@ def test_cli_eval_on_voc_layout(tiny_files, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["images"] == 2 and res["preset"]["decision"]["prob_thd"] == 0.1 and len(res["per_class"]) == 21
-    assert "mIoU" in r.stdout and "prob_thd=0.1" in r.stderr
+    assert "mIoU | mBoundaryIoU" in r.stdout and "prob_thd=0.1" in r.stderr
     bad = _cli(tiny_files, "--dataset", "voc21", "--data-root", str(tmp_path / "missing"))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("glaclip: error:") and "missing" in bad.stderr
 
@@ -114,6 +121,7 @@ def test_killed_process_resumes(tiny_files, tmp_path):
     a = json.loads((tmp_path / "o" / "results.json").read_text())
     b = json.loads((tmp_path / "fresh" / "results.json").read_text())
     assert a["confusion"] == b["confusion"] and a["mIoU"] == b["mIoU"] and a["BER"] == b["BER"]
+    assert a["mBoundaryIoU"] == b["mBoundaryIoU"] and a["per_class"] == b["per_class"]
     assert len(log.read_text().splitlines()) == 6
 
 
@@ -128,6 +136,7 @@ def test_two_process_gloo_equals_single(tiny_files, tmp_path):
     a = json.loads((tmp_path / "one" / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert a["confusion"] == b["confusion"] and a["mIoU"] == b["mIoU"] and a["BER"] == b["BER"]
+    assert a["mBoundaryIoU"] == b["mBoundaryIoU"] and a["per_class"] == b["per_class"]
     ranks = sorted(p.name for p in (tmp_path / "two" / "progress").iterdir())
     assert ranks == ["rank0.jsonl", "rank1.jsonl"]
     assert sum(len((tmp_path / "two" / "progress" / r).read_text().splitlines()) for r in ranks) == 5
@@ -140,3 +149,25 @@ def test_cli_eval_with_a_clip_only_method(tiny_files, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["preset"]["method"] == "gla-naclip" and res["vfm"] is None and len(res["per_class"]) == 150
+
+
+def test_eval_on_ade847_tif_layout_and_the_release_ignore_index(tiny_files, small_seg, tmp_path):
+    from datafixtures import label_map16
+    from PIL import Image
+
+    write_layout(tmp_path / "ADE", "ade847", n=2)
+    (tmp_path / "three.txt").write_text("wall\nbuilding, edifice\nsky\n")  # a text file: commas split classes
+    for i, label in enumerate(sorted((tmp_path / "ADE" / "annotations_detectron2" / "validation").iterdir())):
+        Image.fromarray(label_map16(60, 120, 4, seed=i)).save(label)  # 4 classes, 65535 stripe
+    r = _cli(tiny_files, "--dataset", "ade_full", "--data-root", str(tmp_path / "ADE"), "--out", str(tmp_path / "o"),
+             "--class-file", str(tmp_path / "three.txt"), "-q")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["dataset"] == "ade847" and res["ignore_index"] == 65535 and res["images"] == 2
+    assert res["out_of_range_labels"]["pixels"] == 0 and 0 <= res["mBoundaryIoU"] <= 100
+    # mmseg's IoUMetric default, which the CorrCLIPv2 release evaluates with: 65535 is a label outside the classes
+    ds = open_dataset("ade847", tmp_path / "ADE", class_file=tmp_path / "three.txt", ignore_index=255)
+    with pytest.warns(RuntimeWarning, match="65535"):
+        rel = evaluate(small_seg, ds, tmp_path / "rel", progress=False)
+    assert rel["ignore_index"] == 255 and rel["out_of_range_labels"]["values"] == [65535]
+    assert rel["out_of_range_labels"]["pixels"] == 2 * 60

@@ -38,6 +38,20 @@ def test_class_file(tmp_path):
         read_class_file(tmp_path / "dup.txt")
 
 
+def test_json_class_file_keeps_commas_in_names(tmp_path):
+    # as the shipped ade847.json: names such as "building, edifice" are one query (CorrCLIPv2, CAT-Seg)
+    f = tmp_path / "ade.json"
+    f.write_text('["wall", "building, edifice", ["sky", "heaven"]]', encoding="utf-8")
+    q = read_class_file(f)
+    assert q.names == ("wall", "building, edifice", "sky") and q.queries[-2:] == ("sky", "heaven")
+    (tmp_path / "bad.json").write_text('{"wall": 1}')
+    with pytest.raises(GlaclipError, match="bad.json.*a list"):
+        read_class_file(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text('["wall",')
+    with pytest.raises(GlaclipError, match="broken.json: not JSON"):
+        read_class_file(tmp_path / "broken.json")
+
+
 def test_templates_are_the_80_openai_ones():
     t = templates()
     assert len(t) == 80 and t[0]("dog") == "a bad photo of a dog." and t[-1]("dog") == "a tattoo of the dog."

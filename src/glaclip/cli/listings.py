@@ -33,13 +33,18 @@ def method_lines() -> Iterator[str]:
 
 def dataset_lines() -> Iterator[str]:
     """Each data set's expected layout and the class file each protocol uses on it."""
-    from ..config.datasets import SPECS
-    from ..config.protocols import PROTOCOLS, class_file
+    from ..config.datasets import IGNORE_INDEX, SPECS
+    from ..config.protocols import DATASETS, PROTOCOLS, class_file
 
     for spec in SPECS.values():
         yield (f"{spec.name:12s} {spec.title}; root .../{spec.root_hint}: {spec.img_dir}/*{spec.img_suffix}, "
                f"{spec.ann_dir}/*{spec.ann_suffix}" + (f", {spec.split_file}" if spec.split_file else "")
-               + (", reduce_zero_label" if spec.reduce_zero_label else ""))
+               + (" (the label maps name the images)" if spec.from_labels else "")
+               + (", reduce_zero_label" if spec.reduce_zero_label else "")
+               + (f", ignore {spec.ignore_index}" if spec.ignore_index != IGNORE_INDEX else ""))
+        if spec.name not in DATASETS:
+            yield f"{'':12s} class file: {spec.classes}; no protocol rows: each protocol's plain-image settings"
+            continue
         files: dict[str, list[str]] = {}
         for proto in PROTOCOLS:
             files.setdefault(class_file(proto, spec.name), []).append(proto)

@@ -173,7 +173,7 @@ def segment(
 @app.command("eval")
 def evaluate_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help="voc21, voc20, context60, context59, coco_object, "
-                                "coco_stuff, cityscapes, ade20k, or folder.", show_default=False),
+                                "coco_stuff, cityscapes, ade20k, ade847, context459, or folder.", show_default=False),
     data_root: Path = typer.Option(..., "--data-root", help="The prepared data set folder (e.g. .../VOCdevkit/VOC2012);"
                                    " for 'folder': one with images/, labels/ and classes.txt.", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: runs/DATASET-METHOD)."),
@@ -182,7 +182,8 @@ def evaluate_cmd(
     class_file: Optional[Path] = typer.Option(None, "--class-file", "-f", help="Replace the data set's class names."),
     label_suffix: str = typer.Option(".png", "--label-suffix", help="folder: label file = image stem + this."),
     reduce_zero_label: bool = typer.Option(False, "--reduce-zero-label", help="folder: label 0 is ignored, k -> k-1."),
-    ignore_index: int = typer.Option(255, "--ignore-index", help="Label value left out of the metrics."),
+    ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="Label value left out of the metrics "
+                                               "(default: 65535 for ade847 and context459, else 255)."),
     method: MethodOpt = DEFAULT_METHOD,
     protocol: ProtocolOpt = None,
     settings: SetOpt = [],
@@ -199,9 +200,9 @@ def evaluate_cmd(
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate on a benchmark or a folder of images + label maps: mIoU, aAcc, mAcc, BER.
+    """Evaluate on a benchmark or a folder of images + label maps: mIoU, Boundary IoU, aAcc, mAcc, BER.
 
-    Writes OUT/results.json (per-class IoU/Acc, confusion matrix, settings) and OUT/results.md;
+    Writes OUT/results.json (per-class IoU/Boundary IoU/Acc, confusion matrix, settings) and OUT/results.md;
     progress is kept in OUT/progress so an interrupted run resumes where it stopped. Under torchrun
     --nproc-per-node K the images are split across K processes. --masks DIR: each image's mask file
     by its path under the data set's image folder, mirrored, else flat by stem.

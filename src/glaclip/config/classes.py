@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -67,8 +68,23 @@ def parse_classes(classes: Iterable[ClassSpec] | str) -> ClassQueries:
     return ClassQueries(tuple(s[0] for s in synonyms), tuple(synonyms), queries, query_class)
 
 
+def parse_class_file(text: str, name: str) -> ClassQueries:
+    """A class file's text: a .json file is a list with one item per class (a name, which may hold
+    commas, or a list of synonyms); any other file is the class syntax (one class per line)."""
+    if not name.lower().endswith(".json"):
+        return parse_classes(text)
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise GlaclipError(f"not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise GlaclipError("a .json class file holds a list (one item per class)")
+    return parse_classes(items)
+
+
 def read_class_file(path: str | Path) -> ClassQueries:
-    """One class per line in index order; synonyms separated by '; '. Blank lines are skipped."""
+    """One class per line in index order; synonyms separated by '; '. Blank lines are skipped.
+    A .json file: a list, one item per class (`parse_class_file`)."""
     p = Path(path)
     if not p.is_file():
         raise GlaclipError(f"class file not found: {p}")
@@ -77,6 +93,6 @@ def read_class_file(path: str | Path) -> ClassQueries:
     except (OSError, UnicodeDecodeError) as exc:
         raise GlaclipError(f"cannot read class file {p}: {exc}") from None
     try:
-        return parse_classes(text)
+        return parse_class_file(text, p.name)
     except GlaclipError as exc:
         raise GlaclipError(f"class file {p}: {exc}") from None

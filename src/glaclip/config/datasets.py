@@ -1,14 +1,21 @@
 """The benchmark data sets glaclip knows by name: layout, default class file (shipped in
-glaclip/classes), aliases. Reading a data set from disk is `runs.datasets`."""
+glaclip/classes), ignore value, aliases. Reading a data set from disk is `runs.datasets`.
+
+ADE20K-Full (847 classes) and PASCAL-Context 459 are read in CAT-Seg's layout (its
+datasets/prepare_ade20k_full.py and prepare_pascal_context_459.py): 16-bit TIFF label maps holding the
+class index, 65535 where no class applies (ADE: unlabelled or a class outside the 847; PASCAL-Context:
+label 0 after the shift by one). CorrCLIPv2 reports both; its class lists are shipped as they are.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
 
-from .classes import ClassQueries, parse_classes
+from .classes import ClassQueries, parse_class_file
 
 IGNORE_INDEX = 255
+IGNORE_16BIT = 65535  # the unlabelled value of CAT-Seg's 16-bit TIFF label maps
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,8 @@ class DatasetSpec:
     split_file: str | None = None  # one image id per line; None: every image under img_dir
     reduce_zero_label: bool = False
     root_hint: str = ""
+    ignore_index: int = IGNORE_INDEX
+    from_labels: bool = False  # the samples are the label maps (the image folder holds other images too)
 
 
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
@@ -46,20 +55,29 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
                 "_leftImg8bit.png", "_gtFine_labelTrainIds.png", root_hint="cityscapes"),
     DatasetSpec("ade20k", "ADE20K (150 classes)", "ade20k.txt", "images/validation", "annotations/validation",
                 ".jpg", ".png", reduce_zero_label=True, root_hint="ADEChallengeData2016"),
+    # one class per entry; the names keep the release's commas (one text query each, as CorrCLIPv2 and CAT-Seg)
+    DatasetSpec("ade847", "ADE20K-Full (847 classes, CAT-Seg's layout)", "ade847.json",
+                "images_detectron2/validation", "annotations_detectron2/validation", ".jpg", ".tif",
+                root_hint="ADE20K_2021_17_01", ignore_index=IGNORE_16BIT),
+    DatasetSpec("context459", "PASCAL-Context (459 classes, CAT-Seg's layout)", "context459.txt", "JPEGImages",
+                "annotations_detectron2/pc459_val", ".jpg", ".tif", root_hint="VOCdevkit/VOC2010",
+                ignore_index=IGNORE_16BIT, from_labels=True),
 ]}
 
 
 ALIASES = {"voc": "voc21", "pc60": "context60", "pc59": "context59", "object": "coco_object",
-           "stuff": "coco_stuff", "city": "cityscapes", "ade": "ade20k"}
+           "stuff": "coco_stuff", "city": "cityscapes", "ade": "ade20k", "pc459": "context459",
+           "ade20k_full": "ade847", "ade_full": "ade847"}
 
 
 FOLDER = "folder"
 
 
 def packaged_classes(filename: str) -> ClassQueries:
-    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt')."""
+    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt'); a .json file is a
+    list with one item per class (a name, which may hold commas, or a list of synonyms)."""
     text = resources.files("glaclip").joinpath("classes", filename).read_text(encoding="utf-8")
-    return parse_classes(text)
+    return parse_class_file(text, filename)
 
 
 def builtin_classes(spec: DatasetSpec) -> ClassQueries:

@@ -2,9 +2,10 @@
 plain folders (names and layouts: `config.datasets`; the settings a method runs with on each: protocols).
 
 Images are found as `glaclip segment` finds them (`collection.walk_files`: symlinked folders followed,
-hidden files and macOS `._*` companions skipped). Labels are read as mmseg reads them (palette PNGs give
-their indices) and, for `reduce_zero_label` data sets, mapped as mmseg maps them: 0 -> ignore, k -> k-1,
-255 stays ignore.
+hidden files and macOS `._*` companions skipped); where the image folder holds more than the benchmark
+(PASCAL-Context 459 in VOC2010/JPEGImages), the label maps name the samples. Labels are read as mmseg
+reads them (palette PNGs give their indices, 16-bit TIFFs their values) and, for `reduce_zero_label`
+data sets, mapped as mmseg maps them: 0 -> ignore, k -> k-1, 255 stays ignore.
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ def reduce_zero_label(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np
 
 def open_dataset(name: str, root: str | Path, class_file: str | Path | None = None, images: str = "images",
                  labels: str = "labels", label_suffix: str = ".png", reduce_zero: bool = False,
-                 ignore_index: int = IGNORE_INDEX, packaged: str | None = None) -> SegDataset:
+                 ignore_index: int | None = None, packaged: str | None = None) -> SegDataset:
     """A benchmark by name (see SPECS) rooted at its prepared folder, or ``folder``: root/images,
     root/labels (same stem + label_suffix) and a class file (default root/classes.txt).
+
+    ignore_index: the label value left out of the metrics; None: the data set's own (65535 for the
+    16-bit TIFF sets ade847 and context459, else 255).
 
     class_file (a user's file) wins over packaged (a file in glaclip/classes, as a protocol names it),
     which wins over the data set's default file."""
@@ -85,13 +89,17 @@ def open_dataset(name: str, root: str | Path, class_file: str | Path | None = No
         spec = DatasetSpec(FOLDER, f"folder {root}", "", images, labels, "", label_suffix,
                            reduce_zero_label=reduce_zero)
         classes = read_class_file(class_file or root / "classes.txt")
-        return SegDataset(spec, root, _list_folder(root, spec), classes, ignore_index)
+        return SegDataset(spec, root, _list_folder(root, spec), classes, _or(ignore_index, IGNORE_INDEX))
     if name not in SPECS:
         raise GlaclipError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
     spec = SPECS[name]
     classes = read_class_file(class_file) if class_file else packaged_classes(packaged or spec.classes)
-    samples = _list_split(root, spec) if spec.split_file else _list_suffixed(root, spec)
-    return SegDataset(spec, root, samples, classes, ignore_index)
+    lister = _list_split if spec.split_file else _list_labelled if spec.from_labels else _list_suffixed
+    return SegDataset(spec, root, lister(root, spec), classes, _or(ignore_index, spec.ignore_index))
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _need_dir(root: Path, sub: str, spec: DatasetSpec) -> Path:
@@ -132,6 +140,19 @@ def _list_suffixed(root: Path, spec: DatasetSpec) -> list[Sample]:
         rel = img.relative_to(img_dir).as_posix()
         stem = rel[: -len(spec.img_suffix)]
         samples.append(Sample(stem, img, ann_dir / f"{stem}{spec.ann_suffix}"))
+    return _check_labels(samples, spec)
+
+
+def _list_labelled(root: Path, spec: DatasetSpec) -> list[Sample]:
+    img_dir, ann_dir = _need_dir(root, spec.img_dir, spec), _need_dir(root, spec.ann_dir, spec)
+    samples = []
+    for ann in walk_files(ann_dir, (spec.ann_suffix,)):
+        stem = ann.relative_to(ann_dir).as_posix()[: -len(spec.ann_suffix)]
+        samples.append(Sample(stem, img_dir / f"{stem}{spec.img_suffix}", ann))
+    absent = [s for s in samples if not s.image.is_file()]
+    if absent:
+        raise GlaclipError(f"{len(absent)} of {len(samples)} images missing for {spec.name}, e.g. "
+                           f"{absent[0].image} (expected for label map {absent[0].label.name})")
     return _check_labels(samples, spec)
 
 

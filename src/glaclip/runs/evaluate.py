@@ -1,10 +1,11 @@
-"""Evaluation runner: predictions over a data set -> mIoU / aAcc / mAcc / BER, resumable and sharded.
+"""Evaluation runner: predictions over a data set -> mIoU / mBoundaryIoU / aAcc / mAcc / BER, resumable
+and sharded.
 
 Runs on the collection runner (`runner`): ``OUT/run.json`` is the manifest (data set, classes,
 settings, models by weight content), and every finished image appends one line (its sparse
-confusion counts, boundary counts and its region masks' fingerprint) to ``OUT/progress/rank<R>.jsonl``
-and syncs it, so a killed
-run resumes without recomputing anything it finished; integer counts make the final numbers
+confusion counts, per-class boundary IoU counts, window-edge counts and its region masks'
+fingerprint) to ``OUT/progress/rank<R>.jsonl`` and syncs it, so a killed run resumes without
+recomputing anything it finished; integer counts make the final numbers
 identical to an uninterrupted run. Images and labels are decoded ahead in background threads. Under
 ``torchrun`` each rank takes every WORLD_SIZE-th image and the counts are all-reduced.
 """
@@ -27,10 +28,18 @@ from ..segmenter import Segmenter
 from .collection import Shard, all_reduce, barrier
 from .datasets import SegDataset
 from .mask_source import MaskSource, fingerprint
-from .metrics import boundary_counts, confusion, summarize, window_edges
+from .metrics import (
+    BOUNDARY_DILATION,
+    boundary_counts,
+    boundary_iou_counts,
+    confusion,
+    summarize,
+    summarize_boundary,
+    window_edges,
+)
 from .runner import Run, begin, model_identity, run_items
 
-FORMAT = 2  # 2: models identified by weight content (1: by path)
+FORMAT = 3  # 3: per-image Boundary IoU counts, ignore index in the identity; 2: models by weight content
 
 
 def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None,
@@ -41,6 +50,8 @@ def run_identity(segmenter: Segmenter, dataset: SegDataset, limit: int | None,
         "dataset": dataset.spec.name,
         "root": str(dataset.root.resolve()),
         "classes": [list(s) for s in dataset.classes.synonyms],
+        "ignore_index": dataset.ignore_index,
+        "boundary_dilation": BOUNDARY_DILATION,
         "preset": segmenter.preset.to_dict(),
         **model_identity(segmenter),
         "dtype": dtype_name(segmenter.clip.dtype),
@@ -72,9 +83,10 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
     c = len(dataset.classes)
     cm = np.zeros((c + 1, c), dtype=np.int64)
     ber = np.zeros(2, dtype=np.int64)
+    biou = np.zeros((2, c), dtype=np.int64)  # per class: boundary intersection, union
     for s in mine:
         if s.name in done:
-            _add_record(cm, ber, done[s.name])
+            _add_record(cm, ber, biou, done[s.name])
     w = segmenter.preset.window
     odd_values: set[int] = set()
     started = time.perf_counter()
@@ -96,7 +108,10 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
             grid = segmenter.grid_for(*resized_shape(*rgb.shape[:2], w.short_side, w.max_long_side))
             diff, counted = boundary_counts(pred, label, window_edges(grid, *rgb.shape[:2]), dataset.ignore_index)
             nz = np.flatnonzero(image_cm)
-            rec = {"name": s.name, "cm": [nz.tolist(), image_cm.ravel()[nz].tolist()], "ber": [diff, counted]}
+            inter, union = boundary_iou_counts(pred, label, c, dataset.ignore_index)
+            hit = np.flatnonzero(union)
+            rec = {"name": s.name, "cm": [nz.tolist(), image_cm.ravel()[nz].tolist()], "ber": [diff, counted],
+                   "biou": [hit.tolist(), inter[hit].tolist(), union[hit].tolist()]}
             if regions is not None:
                 rec["masks"] = fingerprint(regions)
             if image_cm[c].any():
@@ -106,14 +121,14 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
             yield s, rec
 
     def counted(s, rec: dict) -> None:
-        _add_record(cm, ber, rec)
+        _add_record(cm, ber, biou, rec)
         if on_image is not None:
             on_image(s.name)
 
     run_items(run, shard, todo, len(mine), load, handle, workers=workers, done=counted, progress=progress,
               desc=dataset.spec.name)
-    cm, ber = all_reduce(cm, shard), all_reduce(ber, shard)
-    result = _results(cm, ber, dataset, segmenter, len(samples), time.perf_counter() - started)
+    cm, ber, biou = all_reduce(cm, shard), all_reduce(ber, shard), all_reduce(biou, shard)
+    result = _results(cm, ber, biou, dataset, segmenter, len(samples), time.perf_counter() - started)
     result["masks"] = None if masks is None else {"source": masks.describe(), **masks.identity()}
     seen = sorted({v for s in mine for v in (done.get(s.name) or {}).get("oor", [])} | set(odd_values))
     odd = int(cm[c].sum())
@@ -131,19 +146,28 @@ def evaluate(segmenter: Segmenter, dataset: SegDataset, out: str | Path, limit: 
     return result
 
 
-def _add_record(cm: np.ndarray, ber: np.ndarray, rec: dict) -> None:
+def _add_record(cm: np.ndarray, ber: np.ndarray, biou: np.ndarray, rec: dict) -> None:
     idx, counts = rec["cm"]
     np.add.at(cm.reshape(-1), np.asarray(idx, dtype=np.int64), np.asarray(counts, dtype=np.int64))
     ber += np.asarray(rec["ber"], dtype=np.int64)
+    seen, inter, union = (np.asarray(v, dtype=np.int64) for v in rec["biou"])
+    np.add.at(biou[0], seen, inter)
+    np.add.at(biou[1], seen, union)
 
 
-def _results(cm: np.ndarray, ber: np.ndarray, dataset: SegDataset, segmenter: Segmenter, images: int,
-             seconds: float) -> dict:
+def _results(cm: np.ndarray, ber: np.ndarray, biou: np.ndarray, dataset: SegDataset, segmenter: Segmenter,
+             images: int, seconds: float) -> dict:
     metrics = summarize(cm, dataset.classes.names)
+    mbiou, per_class_biou = summarize_boundary(biou[0], biou[1])
+    for row, b, i, u in zip(metrics["per_class"], per_class_biou, biou[0].tolist(), biou[1].tolist()):
+        row.update({"BoundaryIoU": b, "boundary_intersection": i, "boundary_union": u})
     return {
         "dataset": dataset.spec.name,
         "images": images,
         "mIoU": metrics["mIoU"],
+        "mBoundaryIoU": mbiou,
+        "boundary_dilation": BOUNDARY_DILATION,
+        "ignore_index": dataset.ignore_index,
         "aAcc": metrics["aAcc"],
         "mAcc": metrics["mAcc"],
         "BER": float(ber[0] / ber[1] * 100) if ber[1] else None,
@@ -166,19 +190,21 @@ def to_markdown(result: dict) -> str:
     lines = [
         f"# {result['dataset']}: {result['images']} images",
         "",
-        "| mIoU | aAcc | mAcc | BER |",
-        "|---|---|---|---|",
-        f"| {_fmt(result['mIoU'])} | {_fmt(result['aAcc'])} | {_fmt(result['mAcc'])} | {_fmt(result['BER'])} |",
+        "| mIoU | mBoundaryIoU | aAcc | mAcc | BER |",
+        "|---|---|---|---|---|",
+        f"| {_fmt(result['mIoU'])} | {_fmt(result['mBoundaryIoU'])} | {_fmt(result['aAcc'])} | {_fmt(result['mAcc'])} "
+        f"| {_fmt(result['BER'])} |",
         "",
         f"`{result['preset_line']}`",
         "",
         f"CLIP {result['clip']['model']} ({result['clip']['weights']})"
         + (f", VFM {result['vfm']['model']} ({result['vfm']['weights']})" if result["vfm"] else ""),
         "",
-        "| class | IoU | Acc | GT pixels |",
-        "|---|---|---|---|",
+        "| class | IoU | Boundary IoU | Acc | GT pixels |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['class']} | {_fmt(r['IoU'])} | {_fmt(r['Acc'])} | {r['gt_pixels']} |" for r in result["per_class"]]
+    lines += [f"| {r['class']} | {_fmt(r['IoU'])} | {_fmt(r['BoundaryIoU'])} | {_fmt(r['Acc'])} | {r['gt_pixels']} |"
+              for r in result["per_class"]]
     return "\n".join(lines) + "\n"
 
 
