@@ -67,3 +67,12 @@ RADIO_MODELS = {  # NVlabs/RADIO radio/common.py RESOURCE_MAP; CorrCLIPv2 vfms/f
 }
 DEFAULT_RADIO = "c-radio_v3-l"
 RADIO_HUB_REPO = "NVlabs/RADIO"
+
+# CorrCLIPv2's memory-bank stores are named for the CLIP that embedded the regions
+# (`clip_embeddings/{bank}_{key}.pt`): the main CLIP (MetaCLIP) and the auxiliary one (DFN, DMCE).
+BANK_MAIN_KEYS = {"ViT-B-16-quickgelu": "metaclip_b", "ViT-L-14-quickgelu": "metaclip_l"}
+BANK_AUX_KEYS = {"ViT-B-16-quickgelu": "dfnclip_b", "ViT-B-16": "dfnclip_b", "hf-hub:apple/DFN2B-CLIP-ViT-B-16":
+                 "dfnclip_b", "ViT-L-14-quickgelu": "dfnclip_l", "ViT-L-14": "dfnclip_l",
+                 "hf-hub:apple/DFN2B-CLIP-ViT-L-14": "dfnclip_l"}
+DEFAULT_AUX_CLIP = ("hf-hub:apple/DFN2B-CLIP-ViT-B-16", None)  # the release's DMCE CLIP (QuickGELU ViT-B/16)
+DEFAULT_BANK_NAME = "coco"
