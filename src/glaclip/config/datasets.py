@@ -57,9 +57,11 @@ FOLDER = "folder"
 
 
 def packaged_classes(filename: str) -> ClassQueries:
-    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt')."""
+    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt'): one class per line,
+    synonyms separated by ';', commas kept in a name as the releases read them (CorrCLIPv2's Cityscapes
+    'people, person' is one query)."""
     text = resources.files("glaclip").joinpath("classes", filename).read_text(encoding="utf-8")
-    return parse_classes(text)
+    return parse_classes([line for line in text.splitlines() if line.strip()])
 
 
 def builtin_classes(spec: DatasetSpec) -> ClassQueries:

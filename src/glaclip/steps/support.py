@@ -75,3 +75,36 @@ def fuse(logits: torch.Tensor, support: torch.Tensor, alpha: float = ALPHA) -> t
     """alpha x logits + (1 - alpha) x support (both Q x h x w); pixels without support keep their logits."""
     fused = logits * alpha + support.to(logits.dtype) * (1 - alpha)
     return torch.where(torch.isnan(support), logits, fused)
+
+
+def bank_for(root, name: str | None, clip_name: str, radio_name: str, aux_name: str | None,
+             encoders: Mapping[str, str] | None = None):
+    """The files of a bank for these models (store names from the CLIPs' architectures, the index's from
+    RADIO's; `encoders` {'main': key, 'aux': key} names the stores of other CLIPs), checked to exist before
+    any model loads."""
+    from ..config.backbones import BANK_AUX_KEYS, BANK_MAIN_KEYS, DEFAULT_BANK_NAME, RADIO_MODELS
+    from ..errors import GlaclipError
+    from ..io.bank import bank_files
+
+    if encoders is not None:
+        keys = {"main": encoders["main"], **({"aux": encoders["aux"]} if aux_name is not None else {})}
+        return bank_files(root, name or DEFAULT_BANK_NAME, keys, RADIO_MODELS[radio_name].bank_key
+                          if radio_name in RADIO_MODELS else encoders.get("vfm", radio_name))
+    if clip_name not in BANK_MAIN_KEYS:
+        raise GlaclipError(f"no memory-bank store is named for CLIP {clip_name!r} (known: {', '.join(BANK_MAIN_KEYS)})")
+    if radio_name not in RADIO_MODELS:
+        raise GlaclipError(f"no memory-bank index is named for RADIO {radio_name!r} (known: {', '.join(RADIO_MODELS)})")
+    encoders = {"main": BANK_MAIN_KEYS[clip_name]}
+    if aux_name is not None:
+        if aux_name not in BANK_AUX_KEYS:
+            raise GlaclipError(f"no memory-bank store is named for the auxiliary CLIP {aux_name!r} (known: "
+                               f"{', '.join(BANK_AUX_KEYS)})")
+        encoders["aux"] = BANK_AUX_KEYS[aux_name]
+    return bank_files(root, name or DEFAULT_BANK_NAME, encoders, RADIO_MODELS[radio_name].bank_key)
+
+
+def support_extras(bank, feats: torch.Tensor, ids: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """What an image encoding keeps for the support: its regions (ids ascending) and their k bank
+    neighbours, from the image's unit features (C x h x w) and resized id map (h x w)."""
+    values, queries = region_queries(feats, ids.to(feats.device))
+    return {"support_regions": values.cpu(), "support_ids": retrieve(bank, queries, k)}
