@@ -244,3 +244,35 @@ def test_presets_cli_json():
     row = data[0] if isinstance(data, list) else data
     assert row["short_side"] == 784 and row["crop"] == 224 and row["num_support"] == 20 and row["use_aux"] is True
 
+
+
+def test_cli_segment_and_early_checks(cc2_files, tmp_path):
+    from conftest import run_cli
+    from PIL import Image
+
+    img = tmp_path / "im.png"
+    Image.fromarray(structured_image(80, 100, seed=3)).save(img)
+    np.savez_compressed(tmp_path / "im.npz", instance_mask=regions(80, 100))
+    common = ["--method", "corrclip2", "--clip", cc2_files["clip"], "--clip-weights", cc2_files["clip_weights"],
+              "--vfm", "c-radio_v3-l", "--vfm-weights", cc2_files["vfm_weights"], "--device", "cpu", "--dtype",
+              "fp32", "-c", "sky, cat; kitten, grass", "--quiet"]
+    r = run_cli("segment", img, "--masks", tmp_path / "im.npz", "--radio-repo", STANDIN, "--out", tmp_path / "o",
+                *common)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "im_labels.png").is_file()
+    bad = {("--bank", tmp_path / "nope"): "--bank .*nope: folder not found",
+           ("--radio-repo", tmp_path): "--radio-repo .*: no hubconf.py there",
+           ("--aux-clip", "ViT-B-16"): "--aux-clip, --aux-clip-weights and --bank-name need --bank",
+           ("--bank", cc2_files["bank"]): "no memory-bank store is named for CLIP"}
+    for opt, msg in bad.items():
+        r = run_cli("segment", img, "--masks", tmp_path / "im.npz", "--out", tmp_path / "o2", *opt, *common)
+        assert r.returncode != 0 and __import__("re").search(msg, r.stderr), (opt, r.stderr)
+    r = run_cli("segment", img, "--method", "corrclip", "--bank", cc2_files["bank"], "-c", "a, b", "--out",
+                tmp_path / "o3")
+    assert r.returncode != 0 and "--bank: options of --method corrclip2" in r.stderr
+    r = run_cli("compare", img, "--methods", "corrclip", "--bank", cc2_files["bank"], "-c", "a, b",
+                "--out", tmp_path / "c.png")
+    assert r.returncode != 0 and "--bank: options of --method corrclip2" in r.stderr
+    r = run_cli("eval", "--dataset", "voc21", "--data-root", tmp_path, "--method", "corrclip",
+                "--radio-repo", STANDIN)
+    assert r.returncode != 0 and "--radio-repo: options of --method corrclip2" in r.stderr
