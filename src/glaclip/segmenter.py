@@ -33,7 +33,7 @@ from .models.loading import CLIP_WEIGHTS_ENV, load_towers
 from .models.towers import ClipTower, VfmTower
 from .steps.decision import Segmentation, decide
 from .steps.encoding import ImageEncoding
-from .steps.support import bank_for, fuse, support_extras, support_map
+from .steps.support import bank_for, fuse, open_bank_for, support_extras, support_map
 from .steps.text import text_encoder
 from .steps.windows import WindowGrid, crop_masks, crop_windows, stitch, window_grid
 
@@ -129,14 +129,7 @@ class Segmenter:
             files = bank_for(bank, bank_name, wanted["clip"][0], wanted["radio"][0],
                              wanted["aux_clip"][0] if "aux_clip" in wanted else None, bank_encoders)
         towers = load_towers(wanted, device, dtype, {"radio": {"radio_repo": radio_repo}})
-        opened = None
-        if files is not None:
-            from .io.bank import MemoryBank
-
-            dims = {"main": towers["clip"].visual.output_dim}
-            if "aux_clip" in towers:
-                dims["aux"] = towers["aux_clip"].visual.output_dim
-            opened = MemoryBank.open(files, dims, towers["radio"].dim)
+        opened = open_bank_for(files, towers) if files is not None else None
         return cls(towers["clip"], towers.get("vfm"), preset, window_batch=window_batch, compile=compile,
                    text_cache=text_cache, progress=progress, sam=towers.get("sam"), radio=towers.get("radio"),
                    aux_clip=towers.get("aux_clip"), bank=opened)
@@ -304,7 +297,8 @@ class Segmenter:
                 window_masks = torch.cat([crop_masks(resize_masks(m, (x.shape[2], x.shape[3])), grid,
                                                      self.family.mask_pad_id)
                                           for _, x, grid, m, _ in prepared[i:j]]).to(self.device)
-            feats, (gh, gw) = self.window_features(crops, window_masks, prepared[i][4], prepared[i][2])
+            feats, (gh, gw) = (self.window_features(crops, window_masks, prepared[i][4], prepared[i][2])
+                               if self.family.uses_context else self.window_features(crops, window_masks))
             offset = 0
             for size, x, grid, m, context in prepared[i:j]:
                 mine = {k: v[offset : offset + grid.count] for k, v in feats.items()}
@@ -338,18 +332,20 @@ class Segmenter:
         token grid for whole-image inference), before the final resize."""
         text = self.query_embeddings(queries).to(enc.embeddings.device, enc.embeddings.dtype)
         logits = (enc.embeddings @ text.T).permute(0, 3, 1, 2)
-        if self.family.single_map or (self.preset.window.crop == 0 and not any(enc.grid.pad)):
+        if self.family.single_map or (self.preset.window.crop == 0 and not any(enc.grid.pad) and self.bank is None):
             # one token map (whole image, or Trident's SAM grid): straight to the original
             return logits[0]
         canvas = stitch(logits, enc.grid)
         if self.bank is not None and enc.extras and "support_ids" in enc.extras:
-            d = self.preset.decision
             texts = {"main": text}
-            if self.aux_text is not None and d.use_aux:
-                texts["aux"] = self.aux_text.embed(queries.queries).to(text.device, text.dtype)
+            if self.aux_text is not None and self.preset.decision.use_aux:
+                key = ("\0aux",) + queries.queries  # the auxiliary CLIP's query embeddings, cached beside the main
+                if key not in self._query_cache:
+                    self._query_cache[key] = self.aux_text.embed(queries.queries)
+                texts["aux"] = self._query_cache[key].to(text.device, text.dtype)
             ids = resize_masks(enc.masks, tuple(canvas.shape[-2:]))[0]
             support = support_map(self.bank, enc.extras["support_regions"], enc.extras["support_ids"], ids, texts)
-            canvas = fuse(canvas, support, d.bank_alpha)
+            canvas = fuse(canvas, support, self.preset.decision.bank_alpha)
         return canvas
 
     def predict(self, image: ImageInput, classes: Iterable[ClassSpec] | str | ClassQueries,

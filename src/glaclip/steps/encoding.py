@@ -125,7 +125,9 @@ class ImageEncoding:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 names = set(f.keys())
-                tensors = {k: f.get_tensor(k) for k in names if k in ("embeddings", "resized", "masks")
+                # copied out of the file: a tensor at the file's (header-dependent) offset may be misaligned
+                # for the matrix kernels, which then round differently (1e-7 in float32)
+                tensors = {k: f.get_tensor(k).clone() for k in names if k in ("embeddings", "resized", "masks")
                            or k.startswith(EXTRA)}
         except Exception:
             meta = None

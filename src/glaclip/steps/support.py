@@ -108,3 +108,14 @@ def support_extras(bank, feats: torch.Tensor, ids: torch.Tensor, k: int) -> dict
     neighbours, from the image's unit features (C x h x w) and resized id map (h x w)."""
     values, queries = region_queries(feats, ids.to(feats.device))
     return {"support_regions": values.cpu(), "support_ids": retrieve(bank, queries, k)}
+
+
+def open_bank_for(files, towers: Mapping):
+    """Open and check a bank (`bank_for`'s files) against the loaded towers: the stores' widths against the
+    CLIPs' outputs, the index's against RADIO's features."""
+    from ..io.bank import MemoryBank
+
+    dims = {"main": towers["clip"].visual.output_dim}
+    if "aux_clip" in towers:
+        dims["aux"] = towers["aux_clip"].visual.output_dim
+    return MemoryBank.open(files, dims, towers["radio"].dim)
