@@ -55,8 +55,8 @@ def build(files, bank=False, **kw):
     if bank:
         args.update(aux_clip=files["clip"], aux_clip_weights=files["aux"], bank=files["bank"], bank_name="coco",
                     bank_encoders={"main": "metaclip_b", "aux": "dfnclip_b"})
-    args.update(kw)
-    return Segmenter.from_pretrained(method="corrclip2", device="cpu", dtype="fp64", progress=False, **args)
+    args = {"dtype": "fp64", **args, **kw}
+    return Segmenter.from_pretrained(method="corrclip2", device="cpu", progress=False, **args)
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +276,11 @@ def test_cli_segment_and_early_checks(cc2_files, tmp_path):
     r = run_cli("eval", "--dataset", "voc21", "--data-root", tmp_path, "--method", "corrclip",
                 "--radio-repo", STANDIN)
     assert r.returncode != 0 and "--radio-repo: options of --method corrclip2" in r.stderr
+
+
+def test_half_precision_runs(cc2_files):
+    """bf16 (the CPU's half precision): RADIO map, windows, retrieval and support in the CLIP's dtype."""
+    seg = build(cc2_files, bank=True, dtype="bf16")
+    assert seg.radio.dtype == torch.bfloat16 and seg.radio.model.input_conditioner.dtype == torch.bfloat16
+    r = seg.predict(structured_image(90, 120, seed=6), CLASSES, masks=regions(90, 120))
+    assert np.isfinite(r.probs).all() and r.labels.shape == (90, 120)

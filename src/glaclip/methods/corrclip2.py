@@ -64,7 +64,7 @@ class CorrClip2(_MaskGuided):
 
     def prepare(self, rgb, x, window):
         """The image's RADIO map at the resized size (the context of `features` and the bank's queries)."""
-        return x, {"radio": radio_map(self.backbones.radio, rgb, tuple(x.shape[-2:]), x.dtype)}
+        return x, {"radio": radio_map(self.backbones.radio, rgb, tuple(x.shape[-2:]), self.backbones.clip.dtype)}
 
     def support_features(self, context) -> torch.Tensor:
         return context["radio"]
