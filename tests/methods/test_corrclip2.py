@@ -191,6 +191,11 @@ def test_identity_has_every_tower_and_the_bank(cc2, cc2_bank):
     assert {"clip", "radio", "aux_clip", "bank"} <= set(ident)
     assert ident["radio"]["weights"] != "random" and len(ident["bank"]["content"]) == 40
     assert "bank" not in cc2.encoding_identity()["models"]
+    from glaclip.runs.runner import model_identity  # a run's identity (resume refused on another bank or RADIO)
+
+    run = model_identity(cc2_bank)
+    assert run["bank"] == ident["bank"] and run["radio"] == ident["radio"] and run["aux_clip"] == ident["aux_clip"]
+    assert "bank" not in model_identity(cc2) and model_identity(cc2)["radio"] == ident["radio"]
     enc = cc2.encode_image(structured_image(120, 160), masks=regions(120, 160))
     with pytest.raises(GlaclipError, match="differs from this segmenter in: models"):
         cc2_bank.predict(enc, CLASSES, masks=regions(120, 160))
