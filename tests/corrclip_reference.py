@@ -89,15 +89,20 @@ def _block(blk, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x + blk.mlp(blk.ln_2(x))
 
 
-def naive_window(clip_model, vfm, crop: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def naive_window(clip_model, vfm, crop: torch.Tensor, masks: torch.Tensor, feats=None, merge: bool = True
+                 ) -> torch.Tensor:
     """One padded window: crop 1 x 3 x h x w (normalised as the release's CLIP input), masks h x w int
-    (padding 10000) -> M x E final embeddings (before the final L2 normalisation) on the DINO grid."""
+    (padding 10000) -> M x E final embeddings (before the final L2 normalisation) on the DINO grid.
+    feats: (M x C unit features, grid) instead of DINO's q+k (CorrCLIPv2: RADIO's); merge: DBSCAN merging (v1)."""
     v = clip_model.visual
-    mean, std = (torch.tensor(c, dtype=crop.dtype).view(1, 3, 1, 1) for c in (CLIP_MEAN, CLIP_STD))
-    imean, istd = (torch.tensor(c, dtype=crop.dtype).view(1, 3, 1, 1) for c in (IN_MEAN, IN_STD))
-    f, fgrid = naive_qk(vfm, ((crop * std + mean) - imean) / istd)
+    if feats is None:
+        mean, std = (torch.tensor(c, dtype=crop.dtype).view(1, 3, 1, 1) for c in (CLIP_MEAN, CLIP_STD))
+        imean, istd = (torch.tensor(c, dtype=crop.dtype).view(1, 3, 1, 1) for c in (IN_MEAN, IN_STD))
+        f, fgrid = naive_qk(vfm, ((crop * std + mean) - imean) / istd)
+    else:
+        f, fgrid = feats
     m_dino = F.interpolate(masks[None, None].float(), size=fgrid, mode="nearest")[0, 0].int().flatten()
-    merged = torch.from_numpy(naive_merge(m_dino.numpy(), f.numpy())).int()
+    merged = torch.from_numpy(naive_merge(m_dino.numpy(), f.numpy())).int() if merge else m_dino
     attn = torch.from_numpy(naive_scope(f.numpy(), merged.numpy()))
     # CLIP
     p = v.conv1.kernel_size[0]

@@ -33,6 +33,7 @@ from .models.loading import CLIP_WEIGHTS_ENV, load_towers
 from .models.towers import ClipTower, VfmTower
 from .steps.decision import Segmentation, decide
 from .steps.encoding import ImageEncoding
+from .steps.support import bank_for, fuse, open_bank_for, support_extras, support_map
 from .steps.text import text_encoder
 from .steps.windows import WindowGrid, crop_masks, crop_windows, stitch, window_grid
 
@@ -42,15 +43,19 @@ class Segmenter:
     frozen CLIP and, for methods with VFM attention, a frozen VFM."""
 
     def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16,
-                 compile: bool = False, text_cache: bool = True, progress: bool = True, sam=None):
+                 compile: bool = False, text_cache: bool = True, progress: bool = True, sam=None, radio=None,
+                 aux_clip: ClipTower | None = None, bank=None):
         """window_batch: windows per backbone forward (memory vs speed; results do not change).
         compile: run the backbones' window forwards through torch.compile (first call compiles).
         text_cache: keep query embeddings on disk across runs (`text_cache.cache_root()`); never for
         random weights. progress: a progress bar when text encoding takes more than 2 s.
-        sam: `trident.SamTower` for the SAM-aggregated methods (Trident)."""
+        sam: `trident.SamTower` for the SAM-aggregated methods (Trident). radio: `models.radio.RadioTower`
+        (CorrCLIPv2); aux_clip: its auxiliary CLIP (DMCE, text tower only); bank: an opened `io.bank.MemoryBank`
+        (support fused with the logits; None: none)."""
         self.clip = clip
         self.vfm = vfm
         self.sam = sam
+        self.radio, self.aux_clip, self.bank = radio, aux_clip, bank
         self.preset = preset or resolve(DEFAULT_METHOD)
         self.preset.validate()
         self.window_batch = window_batch
@@ -58,9 +63,10 @@ class Segmenter:
         # The backbone forwards are the only fixed-shape, repeated work; everything else is cheap or global.
         wrap = torch.compile if compile else (lambda f: f)
         self.backbones = Backbones(clip, vfm, wrap(vfm.features) if vfm is not None else None,
-                                   wrap(clip.value_tokens), wrap(clip.last_block_input), sam)
+                                   wrap(clip.value_tokens), wrap(clip.last_block_input), sam, radio)
         self.device = clip.visual.conv1.weight.device
         self.text = text_encoder(clip, cache=text_cache, progress=progress)
+        self.aux_text = text_encoder(aux_clip, cache=text_cache, progress=progress) if aux_clip is not None else None
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._check_grids()
 
@@ -70,7 +76,9 @@ class Segmenter:
                         dtype: str = "auto", window_batch: int = 16, compile: bool = False,
                         dataset: str | None = None, protocol: str | None = None, text_cache: bool = True,
                         progress: bool = True, preset: Preset | None = None, sam: str | None = None,
-                        sam_weights: str | None = None, **overrides: Any) -> "Segmenter":
+                        sam_weights: str | None = None, radio_repo: str | None = None, aux_clip: str | None = None,
+                        aux_clip_weights: str | None = None, bank: str | None = None, bank_name: str | None = None,
+                        bank_encoders: dict | None = None, **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file); None: the method's
@@ -85,6 +93,12 @@ class Segmenter:
             without VFM attention load no VFM.
         dataset, protocol: take the settings of that data set's row of the protocol table
             (`protocols.effective`; protocol None: the method's own, 'host', 'gla' or a host's name).
+        vfm, vfm_weights, radio_repo: for CorrCLIPv2, RADIO's model ('c-radio_v3-l'), its checkpoint file
+            and the RADIO checkout whose hub entry builds it (None: $GLACLIP_RADIO_REPO or torch.hub's cache).
+        aux_clip, aux_clip_weights: CorrCLIPv2's auxiliary CLIP (DMCE; text only): None for both: no DMCE;
+            weights alone: a QuickGELU ViT-B/16. bank, bank_name: a memory bank in the release's layout
+            (the folder holding clip_embeddings/ and vfm_embeddings/; name default 'coco'); None: no support;
+            bank_encoders: {'main': ..., 'aux': ..., 'vfm': ...} file keys for models the release never named.
         overrides: any setting of the preset, e.g. rho=0.6, short_side=560, prob_thd=0.1.
         preset: a preset already resolved (`protocols.effective`), instead of method/dataset/protocol;
             overrides still apply on top.
@@ -103,23 +117,39 @@ class Segmenter:
                 clip_weights = entry.clip[1]
         if not entry.needs_sam and (sam is not None or sam_weights is not None):
             raise GlaclipError(f"sam/sam_weights are models of Trident, not of method {preset.method}")
-        given = {"clip": (clip, clip_weights), "vfm": (vfm, vfm_weights), "sam": (sam, sam_weights)}
-        towers = load_towers({t: (given[t][0] or entry.model(t), given[t][1]) for t in entry.towers}, device, dtype)
+        given = {"clip": (clip, clip_weights), "vfm": (vfm, vfm_weights), "sam": (sam, sam_weights),
+                 "radio": (vfm, vfm_weights)}
+        wanted = {t: (given[t][0] or entry.model(t), given[t][1]) for t in entry.towers}
+        files = None
+        if not entry.needs_radio and any(v is not None for v in (radio_repo, aux_clip, aux_clip_weights, bank)):
+            raise GlaclipError(f"radio_repo, aux_clip and bank belong to CorrCLIPv2, not to method {preset.method}")
+        if bank is not None:
+            if aux_clip is not None or aux_clip_weights is not None:
+                wanted["aux_clip"] = (aux_clip or "ViT-B-16-quickgelu", aux_clip_weights)
+            files = bank_for(bank, bank_name, wanted["clip"][0], wanted["radio"][0],
+                             wanted["aux_clip"][0] if "aux_clip" in wanted else None, bank_encoders)
+        towers = load_towers(wanted, device, dtype, {"radio": {"radio_repo": radio_repo}})
+        opened = open_bank_for(files, towers) if files is not None else None
         return cls(towers["clip"], towers.get("vfm"), preset, window_batch=window_batch, compile=compile,
-                   text_cache=text_cache, progress=progress, sam=towers.get("sam"))
+                   text_cache=text_cache, progress=progress, sam=towers.get("sam"), radio=towers.get("radio"),
+                   aux_clip=towers.get("aux_clip"), bank=opened)
 
     def models(self) -> dict:
         """Which models (and weights) this segmenter runs; the VFM is None for CLIP-only methods."""
         vfm = {"model": self.vfm.name, "weights": self.vfm.weights} if self.vfm is not None else None
         out = {"clip": {"model": self.clip.name, "weights": self.clip.weights}, "vfm": vfm}
-        if self.sam is not None:
-            out["sam"] = {"model": self.sam.name, "weights": self.sam.weights}
+        for name in ("sam", "radio", "aux_clip"):
+            tower = getattr(self, name)
+            if tower is not None:
+                out[name] = {"model": tower.name, "weights": tower.weights}
+        if self.bank is not None:
+            out["bank"] = {"root": str(self.bank.files.root), "name": self.bank.files.name}
         return out
 
     def models_line(self) -> str:
         m = self.models()
         vfm = f"{m['vfm']['model']}:{m['vfm']['weights']}" if m["vfm"] else "none"
-        sam = f" sam={m['sam']['model']}:{m['sam']['weights']}" if "sam" in m else ""
+        sam = "".join(f" {k}={m[k]['model']}:{m[k]['weights']}" for k in ("sam", "radio", "aux_clip") if k in m)
         return (f"clip={m['clip']['model']}:{m['clip']['weights']} vfm={vfm}{sam} device={self.device} "
                 f"dtype={dtype_name(self.clip.dtype)}")
 
@@ -164,12 +194,14 @@ class Segmenter:
         return self._query_cache[key]
 
     @torch.no_grad()
-    def window_features(self, crops: torch.Tensor, masks: torch.Tensor | None = None
-                        ) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+    def window_features(self, crops: torch.Tensor, masks: torch.Tensor | None = None, context: Any = None,
+                        grid: WindowGrid | None = None) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Per-window tensors of B windows (B x 3 x h x w, CLIP-normalised; masks: their B x h x w region
         ids for mask-guided methods), `window_batch` at a time (all at once for a family that batches
         itself), and the token grid; what the tensors are is the method family's own (`families.py`)."""
         if self.family.per_image:
+            if self.family.uses_context:
+                return self.family.features(crops, masks, context=context, grid=grid)
             return self.family.features(crops, masks)
         parts: dict[str, list[torch.Tensor]] = {}
         for start in range(0, crops.shape[0], self.window_batch):
@@ -190,10 +222,11 @@ class Segmenter:
     def encoding_identity(self) -> dict:
         """What an image encoding depends on: models (weights), precision, method, window and
         attention settings (the decision settings apply after the text product and may differ)."""
-        models = ImageEncoding.model_identity(self.clip, self.vfm, self.sam)  # weights by content, not by path
-        if "random" in (self.clip.weights, self.vfm.weights if self.vfm is not None else None,
-                        self.sam.weights if self.sam is not None else None):
+        models = ImageEncoding.model_identity(self.clip, self.vfm, self.sam, self.radio, self.aux_clip)  # by content
+        if "random" in (t.weights for t in (self.clip, self.vfm, self.sam, self.radio, self.aux_clip) if t is not None):
             models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
+        if self.bank is not None:
+            models["bank"] = {"name": self.bank.files.name, "content": self.bank.fingerprint()}
         p = self.preset
         return json.loads(json.dumps({"models": models, "dtype": dtype_name(self.clip.dtype),
                                       "method": p.method, "window": dataclasses.asdict(p.window),
@@ -264,7 +297,8 @@ class Segmenter:
                 window_masks = torch.cat([crop_masks(resize_masks(m, (x.shape[2], x.shape[3])), grid,
                                                      self.family.mask_pad_id)
                                           for _, x, grid, m, _ in prepared[i:j]]).to(self.device)
-            feats, (gh, gw) = self.window_features(crops, window_masks)
+            feats, (gh, gw) = (self.window_features(crops, window_masks, prepared[i][4], prepared[i][2])
+                               if self.family.uses_context else self.window_features(crops, window_masks))
             offset = 0
             for size, x, grid, m, context in prepared[i:j]:
                 mine = {k: v[offset : offset + grid.count] for k, v in feats.items()}
@@ -273,8 +307,12 @@ class Segmenter:
                 enc_grid, shape = self.family.layout(grid, (gh, gw), context)
                 emb = F.normalize(self.family.embed(final).to(acc), dim=-1).view(*shape, -1)
                 ident = dict(identity, masks=region_fingerprint(m)) if self.method.needs_masks else identity
-                out.append(ImageEncoding(emb, enc_grid, tuple(size), x, ident, masks=m,
-                                         extras=self.family.extras(context)))
+                extras = self.family.extras(context)
+                if self.bank is not None:
+                    ids = resize_masks(m, (x.shape[2], x.shape[3]))[0]
+                    extras = {**(extras or {}), **support_extras(self.bank, self.family.support_features(context),
+                                                                 ids, self.preset.attention.num_support)}
+                out.append(ImageEncoding(emb, enc_grid, tuple(size), x, ident, masks=m, extras=extras))
             i = j
         return out
 
@@ -294,10 +332,21 @@ class Segmenter:
         token grid for whole-image inference), before the final resize."""
         text = self.query_embeddings(queries).to(enc.embeddings.device, enc.embeddings.dtype)
         logits = (enc.embeddings @ text.T).permute(0, 3, 1, 2)
-        if self.family.single_map or (self.preset.window.crop == 0 and not any(enc.grid.pad)):
+        if self.family.single_map or (self.preset.window.crop == 0 and not any(enc.grid.pad) and self.bank is None):
             # one token map (whole image, or Trident's SAM grid): straight to the original
             return logits[0]
-        return stitch(logits, enc.grid)
+        canvas = stitch(logits, enc.grid)
+        if self.bank is not None and enc.extras and "support_ids" in enc.extras:
+            texts = {"main": text}
+            if self.aux_text is not None and self.preset.decision.use_aux:
+                key = ("\0aux",) + queries.queries  # the auxiliary CLIP's query embeddings, cached beside the main
+                if key not in self._query_cache:
+                    self._query_cache[key] = self.aux_text.embed(queries.queries)
+                texts["aux"] = self._query_cache[key].to(text.device, text.dtype)
+            ids = resize_masks(enc.masks, tuple(canvas.shape[-2:]))[0]
+            support = support_map(self.bank, enc.extras["support_regions"], enc.extras["support_ids"], ids, texts)
+            canvas = fuse(canvas, support, self.preset.decision.bank_alpha)
+        return canvas
 
     def predict(self, image: ImageInput, classes: Iterable[ClassSpec] | str | ClassQueries,
                 prob_thd: float | None = None, masks: MaskInput | None = None) -> Segmentation:

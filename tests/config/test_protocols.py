@@ -26,6 +26,10 @@ TABLE = {
     "corrclip": [(336, 336, 112, 40, 0.2), (336, 336, 112, 40, 0.15), (336, 336, 112, 40, 0.25),
                  (336, 336, 112, 40, 0), (336, 336, 112, 40, 0), (336, 336, 112, 40, 0), (448, 224, 112, 40, 0),
                  (448, 336, 112, 40, 0)],
+    # CORRCLIP2.md section 6 (CorrCLIPv2's configs): v1's with Cityscapes' short side 784
+    "corrclip2": [(336, 336, 112, 40, 0.2), (336, 336, 112, 40, 0.15), (336, 336, 112, 40, 0.25),
+                  (336, 336, 112, 40, 0), (336, 336, 112, 40, 0), (336, 336, 112, 40, 0), (784, 224, 112, 40, 0),
+                  (448, 336, 112, 40, 0)],
     # MASKHOSTS.md section 7 (Trident's configs)
     "trident": [(448, 336, 224, 40, 0.2), (576, 336, 224, 40, 0.15), (448, 336, 224, 40, 0.25),
                 (336, 336, 112, 40, 0), (576, 336, 224, 40, 0), (448, 336, 224, 40, 0), (688, 336, 224, 40, 0),
@@ -34,7 +38,8 @@ TABLE = {
             (336, 224, 112, 40, 0), (336, 224, 112, 40, 0), (560, 224, 112, 40, 0), (336, 224, 112, 40, 0)],
 }
 # 0: patch size, 1: no padding
-PAD = {"proxyclip": 56, "gla": 56, "corrclip": 56, "trident": 56, "clearclip": 0, "sclip": 1, "naclip": 1}
+PAD = {"proxyclip": 56, "gla": 56, "corrclip": 56, "corrclip2": 56, "trident": 56, "clearclip": 0, "sclip": 1,
+       "naclip": 1}
 # Query counts of each protocol's class files (BASELINES.md section 3).
 QUERIES = {("gla", "voc21"): 56, ("sclip", "voc21"): 56, ("naclip", "voc21"): 56, ("proxyclip", "voc21"): 46,
            ("clearclip", "voc21"): 21, ("proxyclip", "voc20"): 20, ("clearclip", "voc20"): 20,
@@ -42,7 +47,7 @@ QUERIES = {("gla", "voc21"): 56, ("sclip", "voc21"): 56, ("naclip", "voc21"): 56
            ("corrclip", "voc21"): 46, ("corrclip", "coco_object"): 96, ("trident", "voc21"): 46,
            ("trident", "coco_object"): 97}
 OWN = {"proxyclip": "proxyclip", "sclip": "sclip", "clearclip": "clearclip", "naclip": "naclip",
-       "corrclip": "corrclip", "gla-corrclip": "corrclip", "trident": "trident"}
+       "corrclip": "corrclip", "gla-corrclip": "corrclip", "corrclip2": "corrclip2", "trident": "trident"}
 HOST = {"gla-proxyclip": "proxyclip", "gla-sclip": "sclip", "gla-clearclip": "clearclip",
         "gla-clearclip-release": "clearclip", "gla-naclip": "naclip"}
 
@@ -52,7 +57,7 @@ def _expected(protocol, dataset):
     return {"protocol": protocol, "dataset": dataset, "short_side": short, "crop": crop, "logit_scale": scale,
             "prob_thd": thd, "area_thd": 0.1 if (protocol, dataset) == ("sclip", "voc21") else None,
             "pamr_steps": 10 if protocol == "naclip" else 0, "pad_multiple": PAD[protocol],
-            "mask_vote": protocol == "corrclip",
+            "mask_vote": protocol in ("corrclip", "corrclip2"),
             **({} if stride is None else {"stride": stride})}
 
 
@@ -71,7 +76,7 @@ def test_every_method_and_dataset_reports_its_protocol(method, dataset, protocol
     assert got["token_norm"] is (method != "proxyclip")
     variant = (dataset in ("voc21", "voc20", "coco_object")
                and expected_protocol in ("proxyclip", "clearclip", "trident")
-               or expected_protocol == "corrclip")  # CorrCLIP's class files differ on every data set
+               or expected_protocol in ("corrclip", "corrclip2"))  # CorrCLIP's class files differ everywhere
     assert got["class_file"] == (f"{dataset}-{expected_protocol}.txt" if variant else f"{dataset}.txt")
     queries = packaged_classes(got["class_file"]).queries
     if (expected_protocol, dataset) in QUERIES:

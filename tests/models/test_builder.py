@@ -1,5 +1,7 @@
 """The one loading skeleton (`models.builder`): its steps in order for each route, and every public loader
-(CLIP, VFM, SAM, SAM 2) going through it."""
+(CLIP, VFM, SAM, SAM 2, RADIO) going through it."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,10 +85,11 @@ def test_file_problems_are_one_line_naming_the_file(tmp_path):
     one_line_error(builder.load, _recipe([]), "huge", "random", device="cpu", must=["unknown tiny model"])
 
 
-@pytest.mark.parametrize("which", ["clip", "vfm", "sam", "sam2"])
+@pytest.mark.parametrize("which", ["clip", "vfm", "sam", "sam2", "radio"])
 def test_every_public_loader_goes_through_the_skeleton(which, arch_dir, monkeypatch):
     """Patching `builder.load` must bite for every loader: none keeps a private copy of the steps."""
     from glaclip.models.loading import load_clip, load_vfm
+    from glaclip.models.radio import load_radio
     from glaclip.models.sam import load_sam
     from glaclip.models.sam2 import load_sam2
 
@@ -101,10 +104,12 @@ def test_every_public_loader_goes_through_the_skeleton(which, arch_dir, monkeypa
     call = {"clip": lambda: load_clip(str(arch_dir / "glaclip-tiny-clip.json"), "random", device="cpu"),
             "vfm": lambda: load_vfm(str(arch_dir / "glaclip-tiny-vfm.json"), "random", device="cpu"),
             "sam": lambda: load_sam("sam-vit-b", None, device="cpu"),
-            "sam2": lambda: load_sam2("sam2-hiera-tiny", "random", device="cpu")}[which]
+            "sam2": lambda: load_sam2("sam2-hiera-tiny", "random", device="cpu"),
+            "radio": lambda: load_radio("tiny-random", radio_repo=Path(__file__).parent / "radio_standin",
+                                        device="cpu")}[which]
     if which == "sam":
         with pytest.raises(MissingWeights, match="sam_vit_b"):  # None names the file to get, from the skeleton
             call()
     else:
         call()
-    assert seen == [{"clip": "CLIP", "vfm": "VFM", "sam": "SAM", "sam2": "SAM 2"}[which]]
+    assert seen == [{"clip": "CLIP", "vfm": "VFM", "sam": "SAM", "sam2": "SAM 2", "radio": "RADIO"}[which]]

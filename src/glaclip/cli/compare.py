@@ -9,6 +9,10 @@ import typer
 
 from ..errors import GlaclipError
 from .options import (
+    AuxClipOpt,
+    AuxClipWeightsOpt,
+    BankNameOpt,
+    BankOpt,
     ClipOpt,
     ClipWeightsOpt,
     DeviceOpt,
@@ -16,12 +20,14 @@ from .options import (
     MasksOpt,
     ProtocolOpt,
     QuietOpt,
+    RadioRepoOpt,
     SamOpt,
     SamWeightsOpt,
     SetOpt,
     VfmWeightsOpt,
     check_file_out,
     parse_overrides,
+    radio_options,
 )
 
 
@@ -48,6 +54,11 @@ def compare_cmd(
     vfm: Optional[str] = typer.Option(None, "--vfm", help="timm name of the vision foundation model for every method "
                                       "that uses one (default: each method's own)."),
     vfm_weights: VfmWeightsOpt = None,
+    bank: BankOpt = None,
+    bank_name: BankNameOpt = None,
+    radio_repo: RadioRepoOpt = None,
+    aux_clip: AuxClipOpt = None,
+    aux_clip_weights: AuxClipWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,
@@ -61,12 +72,15 @@ def compare_cmd(
         raise GlaclipError(f"--out {out}: the figure is a PNG; name it .png")
     if classes and class_file:
         raise GlaclipError("give either --classes or --class-file, not both")
+    from ..config.protocols import resolve
     from ..runs.compare import compare_image, table_lines
 
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     models = {k: v for k, v in dict(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights).items()
               if v is not None}
-    runs = compare_image(image, [m.strip() for m in methods.split(",") if m.strip()],
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    models.update(radio_options([resolve(n) for n in names], bank, bank_name, radio_repo, aux_clip, aux_clip_weights))
+    runs = compare_image(image, names,
                          class_file or ("\n".join(classes) if classes else None), out, dataset=dataset,
                          protocol=protocol, overrides=parse_overrides(settings), masks=masks, sam=sam,
                          sam_weights=sam_weights, models=models, device=device, dtype=dtype, columns=columns,

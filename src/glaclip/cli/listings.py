@@ -13,7 +13,9 @@ def method_lines() -> Iterator[str]:
     from ..config.registry import METHODS
 
     for m in METHODS.values():
-        yield f"{m.name:21s} {m.recipe}" + ("" if m.needs_vfm else " [CLIP only, no VFM]") + (
+        tower = " [VFM: RADIO, --vfm-weights FILE --radio-repo DIR]" if m.needs_radio else \
+            "" if m.needs_vfm else " [CLIP only, no VFM]"
+        yield f"{m.name:21s} {m.recipe}" + tower + (
             " [region masks: --masks or --sam]" if m.needs_masks else "")
         yield (f"{'':21s} protocol: {protocol_name(m.name)} (host: {protocol_name(m.name, 'host')}); "
                f"{PRESETS[m.name].describe()}")

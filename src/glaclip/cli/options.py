@@ -65,6 +65,23 @@ SamWeightsOpt = Annotated[Optional[str], typer.Option(
     "--sam-weights", help="SAM 2 checkpoint file (e.g. sam2_hiera_large.pt) or 'random' (default: the hub's, from "
     "the local cache); alone it means --sam sam2-hiera-large. For --method trident: the SAM checkpoint "
     "(sam_vit_b_01ec64.pth) or 'random'.", show_default=False)]
+BankOpt = Annotated[Optional[Path], typer.Option(
+    "--bank", help="corrclip2: a memory bank in the release's layout (the folder holding clip_embeddings/ and "
+    "vfm_embeddings/, e.g. the published memory_bank/; pip install 'glaclip\\[bank]'). Default: no bank.",
+    show_default=False)]
+BankNameOpt = Annotated[Optional[str], typer.Option(
+    "--bank-name", help="corrclip2: the bank's name in its file names, {name}_metaclip_b.pt ... (default: coco).",
+    show_default=False)]
+RadioRepoOpt = Annotated[Optional[Path], typer.Option(
+    "--radio-repo", help="corrclip2: a checkout of NVlabs/RADIO whose hubconf builds RADIO (env GLACLIP_RADIO_REPO; "
+    "default: torch.hub's cache of NVlabs/RADIO). With --vfm c-radio_v3-l and --vfm-weights FILE.",
+    show_default=False)]
+AuxClipOpt = Annotated[Optional[str], typer.Option(
+    "--aux-clip", help="corrclip2 with --bank: the auxiliary CLIP of DMCE (the release's: "
+    "hf-hub:apple/DFN2B-CLIP-ViT-B-16); default: none (no DMCE).", show_default=False)]
+AuxClipWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--aux-clip-weights", help="corrclip2: the auxiliary CLIP's weights file (alone: a QuickGELU ViT-B/16).",
+    show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone forwards (pays off over many "
                                           "images of one size, mostly on GPU).")]
@@ -128,3 +145,28 @@ def build_segmenter(clip, clip_weights, vfm, vfm_weights, preset, device, dtype,
         dtype=dtype, progress=not quiet, **kwargs))
     _announce(seg, quiet)
     return seg
+
+
+def radio_options(presets, bank: Path | None = None, bank_name: str | None = None, radio_repo: Path | None = None,
+                  aux_clip: str | None = None, aux_clip_weights: str | None = None) -> dict:
+    """CorrCLIPv2's options checked before any model loads -> from_pretrained's keyword arguments (only
+    those given). presets: the run's presets; the options need a method with RADIO among them."""
+    from ..config.registry import METHODS
+
+    given = {"bank": bank, "bank_name": bank_name, "radio_repo": radio_repo, "aux_clip": aux_clip,
+             "aux_clip_weights": aux_clip_weights}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return {}
+    if not any(METHODS[p.method].needs_radio for p in presets):
+        names = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise GlaclipError(f"{names}: options of --method corrclip2 (RADIO and its memory bank)")
+    if bank is not None and not Path(bank).expanduser().is_dir():
+        raise GlaclipError(f"--bank {bank}: folder not found (the folder holding clip_embeddings/ and vfm_embeddings/)")
+    if radio_repo is not None and not (Path(radio_repo).expanduser() / "hubconf.py").is_file():
+        raise GlaclipError(f"--radio-repo {radio_repo}: no hubconf.py there (git clone https://github.com/NVlabs/RADIO)")
+    if aux_clip_weights not in (None, "random") and not Path(aux_clip_weights).expanduser().is_file():
+        raise GlaclipError(f"--aux-clip-weights {aux_clip_weights}: file not found")
+    if bank is None and ("aux_clip" in given or "aux_clip_weights" in given or "bank_name" in given):
+        raise GlaclipError("--aux-clip, --aux-clip-weights and --bank-name need --bank")
+    return {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}

@@ -49,3 +49,30 @@ SAM2_MODELS = {  # as sam2 1.1.0's build_sam.HF_MODEL_ID_TO_FILENAMES (the SAM 2
                                   "sam2_hiera_large.pt"),
 }
 DEFAULT_SAM2 = "sam2-hiera-large"  # the CorrCLIP release's mask generator; what --sam-weights alone implies
+
+
+class RadioModel(NamedTuple):
+    """A RADIO model of NVlabs/RADIO's resource table: its checkpoint URL (torch.hub caches it under
+    `<hub dir>/checkpoints/<file name>`), the name CorrCLIPv2's memory banks give its index
+    (`vfm_embeddings/{bank}_{key}.faiss`) and its feature width."""
+
+    url: str
+    bank_key: str
+    dim: int
+
+
+RADIO_MODELS = {  # NVlabs/RADIO radio/common.py RESOURCE_MAP; CorrCLIPv2 vfms/factory.py (radiov3 = c-radio_v3-l)
+    "c-radio_v3-l": RadioModel("https://huggingface.co/nvidia/C-RADIOv3-L/resolve/main/c-radio-v3_l_half.pth.tar",
+                               "radiov3", 1024),
+}
+DEFAULT_RADIO = "c-radio_v3-l"
+RADIO_HUB_REPO = "NVlabs/RADIO"
+
+# CorrCLIPv2's memory-bank stores are named for the CLIP that embedded the regions
+# (`clip_embeddings/{bank}_{key}.pt`): the main CLIP (MetaCLIP) and the auxiliary one (DFN, DMCE).
+BANK_MAIN_KEYS = {"ViT-B-16-quickgelu": "metaclip_b", "ViT-L-14-quickgelu": "metaclip_l"}
+BANK_AUX_KEYS = {"ViT-B-16-quickgelu": "dfnclip_b", "ViT-B-16": "dfnclip_b", "hf-hub:apple/DFN2B-CLIP-ViT-B-16":
+                 "dfnclip_b", "ViT-L-14-quickgelu": "dfnclip_l", "ViT-L-14": "dfnclip_l",
+                 "hf-hub:apple/DFN2B-CLIP-ViT-L-14": "dfnclip_l"}
+DEFAULT_AUX_CLIP = ("hf-hub:apple/DFN2B-CLIP-ViT-B-16", None)  # the release's DMCE CLIP (QuickGELU ViT-B/16)
+DEFAULT_BANK_NAME = "coco"

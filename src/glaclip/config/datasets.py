@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from .classes import ClassQueries, parse_class_file
+from .classes import ClassQueries, parse_class_file, parse_classes
 
 IGNORE_INDEX = 255
 IGNORE_16BIT = 65535  # the unlabelled value of CAT-Seg's 16-bit TIFF label maps
@@ -74,10 +74,14 @@ FOLDER = "folder"
 
 
 def packaged_classes(filename: str) -> ClassQueries:
-    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt'); a .json file is a
-    list with one item per class (a name, which may hold commas, or a list of synonyms)."""
+    """A class file shipped in glaclip/classes (e.g. 'voc21.txt', 'voc21-proxyclip.txt'): one class per line,
+    synonyms separated by ';', commas kept in a name as the releases read them (CorrCLIPv2's Cityscapes
+    'people, person' is one query); a .json file is a list with one item per class (a name or a list of
+    synonyms)."""
     text = resources.files("glaclip").joinpath("classes", filename).read_text(encoding="utf-8")
-    return parse_class_file(text, filename)
+    if filename.lower().endswith(".json"):
+        return parse_class_file(text, filename)
+    return parse_classes([line for line in text.splitlines() if line.strip()])
 
 
 def builtin_classes(spec: DatasetSpec) -> ClassQueries:

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence
 
 from ..errors import GlaclipError
-from .registry import CLIP_LOCAL, DEFAULT_METHOD, GLOBAL, MASK_GLOBAL, MASK_LOCAL, METHODS, SAM_GLOBAL, VFM_LOCAL
+from .registry import (
+    CLIP_LOCAL,
+    DEFAULT_METHOD,
+    GLOBAL,
+    MASK_GLOBAL,
+    MASK_LOCAL,
+    MASK_RADIO,
+    METHODS,
+    SAM_GLOBAL,
+    VFM_LOCAL,
+)
 
 ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
 # the attention and decision settings each family reads (every method reads the window settings and
@@ -24,7 +34,7 @@ GLA = ("rho", "proxy_iters", "dynamic", "dynamic_beta", "alpha_beta", "alpha_gam
        "memory_mb")
 FAMILY_SETTINGS = {
     GLOBAL: GLA, VFM_LOCAL: ("beta", "gamma", "memory_mb", "token_norm"), CLIP_LOCAL: (), MASK_LOCAL: (),
-    MASK_GLOBAL: ("block_rows", "memory_mb"),
+    MASK_GLOBAL: ("block_rows", "memory_mb"), MASK_RADIO: ("num_support", "use_aux", "bank_alpha"),
     SAM_GLOBAL: ("beta", "gamma", "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_thresh",
                  "sam_iou_thresh", "minimal_area", "sam_mask_coff"),
 }
@@ -72,6 +82,7 @@ class AttentionConfig:
     cos_fac: float = 1.2  # Trident: SAM attention kept where cos(SAM v) > min(cos_fac x row mean, 0.9)
     refine_neg_cos: bool = True  # Trident: False turns a negative threshold into 0.6
     sam_halves: bool = False  # Trident: SAM on the left and right halves separately (its Cityscapes protocol)
+    num_support: int = 20  # CorrCLIPv2: bank neighbours retrieved per region (with a memory bank)
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class DecisionConfig:
     sam_iou_thresh: float = 0.8  # Trident: SAM masks kept above this predicted IoU (any value: <0 keeps all)
     minimal_area: int = 225  # Trident: smallest component (pixels at half resolution) that prompts SAM
     sam_mask_coff: float = 0.005  # Trident: scale of the mask prompt
+    use_aux: bool = True  # CorrCLIPv2 (DMCE): the auxiliary CLIP's store and text beside the main ones, averaged
+    bank_alpha: float = 0.5  # CorrCLIPv2: weight of the image's own logits against the bank's support
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,8 @@ class Preset:
             "sam_refine": d.sam_refine, "coarse_thresh": d.coarse_thresh, "sam_iou_thresh": d.sam_iou_thresh,
             "minimal_area": d.minimal_area, "sam_mask_coff": d.sam_mask_coff,
             "token_norm": a.token_norm, "rho": a.rho, "proxy_iters": a.proxy_iters, "dynamic": a.dynamic,
-            "dynamic_beta": a.dynamic_beta, "class_file": self.class_file,
+            "dynamic_beta": a.dynamic_beta, "num_support": a.num_support, "use_aux": d.use_aux,
+            "bank_alpha": d.bank_alpha, "class_file": self.class_file,
             "queries": list(queries) if queries is not None else None,
         }
 
@@ -200,6 +214,10 @@ class Preset:
             problems.append(f"coarse_thresh must lie in [0, 1], got {d.coarse_thresh}")
         if d.minimal_area < 0 or d.sam_mask_coff < 0:
             problems.append("minimal_area and sam_mask_coff must be >= 0")
+        if a.num_support <= 0:
+            problems.append("num_support must be positive")
+        if not 0.0 <= d.bank_alpha <= 1.0:
+            problems.append(f"bank_alpha must lie in [0, 1], got {d.bank_alpha}")
         if d.pamr_steps < 0:
             problems.append("pamr_steps must be >= 0")
         if not d.pamr_dilations or min(d.pamr_dilations) <= 0:

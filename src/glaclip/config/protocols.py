@@ -32,7 +32,7 @@ Classes = Union[ClassQueries, str, "os.PathLike[str]", Iterable[ClassSpec], None
 # Data sets with a row in every protocol. Other known data sets (ade847, context459: no paper of these
 # methods gives their settings) run with the protocol's plain-image row (None) and their own class file.
 DATASETS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
-PROTOCOLS = ("gla", "proxyclip", "sclip", "clearclip", "naclip", "corrclip", "trident")
+PROTOCOLS = ("gla", "proxyclip", "sclip", "clearclip", "naclip", "corrclip", "corrclip2", "trident")
 
 # (short_side, crop, stride, logit_scale, prob_thd) per protocol and data set; crop 0 = whole image.
 _P, _S, _C, _N, _G = (336, 336, 112, 40.0, 0.0), (336, 224, 112, 40.0, 0.0), (448, 448, 224, 50.0, 0.0), \
@@ -53,6 +53,10 @@ TABLE: dict[str, dict[str | None, tuple[int, int, int, float, float]]] = {
     "corrclip": {None: _P, "voc21": (336, 336, 112, 40.0, 0.2), "context60": (336, 336, 112, 40.0, 0.15),
                  "coco_object": (336, 336, 112, 40.0, 0.25), "voc20": _P, "context59": _P, "coco_stuff": _P,
                  "cityscapes": (448, 224, 112, 40.0, 0.0), "ade20k": (448, 336, 112, 40.0, 0.0)},
+    # CorrCLIPv2 (CorrCLIPv2/configs/cfg_*.py): as v1 but Cityscapes short side 784
+    "corrclip2": {None: _P, "voc21": (336, 336, 112, 40.0, 0.2), "context60": (336, 336, 112, 40.0, 0.15),
+                  "coco_object": (336, 336, 112, 40.0, 0.25), "voc20": _P, "context59": _P, "coco_stuff": _P,
+                  "cityscapes": (784, 224, 112, 40.0, 0.0), "ade20k": (448, 336, 112, 40.0, 0.0)},
     # Trident (configs/cfg_*.py): crop 336, stride 224 (VOC20 112); a plain image as its base config
     "trident": {None: (448, 336, 224, 40.0, 0.0), "voc21": (448, 336, 224, 40.0, 0.2),
                 "context60": (576, 336, 224, 40.0, 0.15), "coco_object": (448, 336, 224, 40.0, 0.25),
@@ -68,7 +72,8 @@ TABLE: dict[str, dict[str | None, tuple[int, int, int, float, float]]] = {
 EXTRAS: dict[str, dict[str, Any]] = {
     "proxyclip": {"pad_multiple": 56}, "sclip": {"pad_multiple": 1}, "clearclip": {"pad_multiple": 0},
     "naclip": {"pad_multiple": 1, "pamr_steps": 10, "pamr_dilations": (8, 16)}, "gla": {"pad_multiple": 56},
-    "corrclip": {"pad_multiple": 56, "mask_vote": True}, "trident": {"pad_multiple": 56},
+    "corrclip": {"pad_multiple": 56, "mask_vote": True}, "corrclip2": {"pad_multiple": 56, "mask_vote": True},
+    "trident": {"pad_multiple": 56},
 }
 # Settings of single rows (protocol, data set): Trident's refinement threshold and SAM attention filter.
 ROW_SETTINGS: dict[tuple[str, str | None], dict[str, Any]] = {
@@ -82,7 +87,7 @@ ROW_SETTINGS: dict[tuple[str, str | None], dict[str, Any]] = {
 AREA_THD = {("sclip", "voc21"): 0.1}
 # Data sets whose class file differs per protocol (BASELINES.md section 3); others share one file.
 CLASS_VARIANTS = {"proxyclip": ("voc21", "voc20", "coco_object"), "clearclip": ("voc21", "voc20", "coco_object"),
-                  "corrclip": DATASETS, "trident": ("voc21", "voc20", "coco_object")}
+                  "corrclip": DATASETS, "corrclip2": DATASETS, "trident": ("voc21", "voc20", "coco_object")}
 
 
 def protocol_name(method: str, protocol: str | None = None) -> str:

@@ -17,20 +17,22 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import GlaclipError
-from .backbones import DEFAULT_CLIP, DEFAULT_SAM, DEFAULT_VFM
+from .backbones import DEFAULT_AUX_CLIP, DEFAULT_CLIP, DEFAULT_RADIO, DEFAULT_SAM, DEFAULT_VFM
 
 # Families (families.FAMILIES): window-local from a VFM, window-local from CLIP's own q/k, global GLA,
 # and the mask-guided ones (CorrCLIP: region masks per image; window-local, or global over all windows).
 VFM_LOCAL, CLIP_LOCAL, GLOBAL = "vfm-local", "clip-local", "global"
 MASK_LOCAL, MASK_GLOBAL = "mask-local", "mask-global"
 SAM_GLOBAL = "sam-aggregated"  # Trident: window features spliced on the image, aggregated by SAM's attention
-FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL, MASK_LOCAL, MASK_GLOBAL, SAM_GLOBAL)
-MASK_FAMILIES = (MASK_LOCAL, MASK_GLOBAL)
+MASK_RADIO = "mask-radio"  # CorrCLIPv2: region masks, RADIO features of the whole image, no merging; bank support
+FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL, MASK_LOCAL, MASK_GLOBAL, SAM_GLOBAL, MASK_RADIO)
+MASK_FAMILIES = (MASK_LOCAL, MASK_GLOBAL, MASK_RADIO)
 # Attention recipes. 'vfm': affinities of the VFM's tokens over CLIP's values; 'block': CLIP's unmodified
 # last block; 'value': the value path alone; otherwise '+'-joined CLIP affinities, each a softmax whose
 # weights are summed: 'q.q' (q-q), 'k.k', 'q.k' (CLIP's own). A global family takes 'vfm' or symmetric ones.
-# 'vfm-qk': cosine of the VFM's last-block q+k (CorrCLIP), restricted to region masks.
-ATTENTIONS = ("vfm", "block", "value", "q.q", "k.k", "q.k", "q.q+k.k", "vfm-qk")
+# 'vfm-qk': cosine of the VFM's last-block q+k (CorrCLIP), restricted to region masks; 'radio': cosine of
+# RADIO's spatial features of the whole image (CorrCLIPv2), restricted to region masks.
+ATTENTIONS = ("vfm", "block", "value", "q.q", "k.k", "q.k", "q.q+k.k", "vfm-qk", "radio")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Method:
     clip: tuple[str, str] | None = None
     pixel_norm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     vfm: str | None = None
+    aux_clip: tuple[str, str | None] | None = None
 
     @property
     def needs_vfm(self) -> bool:
@@ -78,14 +81,21 @@ class Method:
         return self.family == SAM_GLOBAL
 
     @property
+    def needs_radio(self) -> bool:
+        """RADIO (NVlabs/RADIO) is its VFM (CorrCLIPv2); `vfm`/`vfm_weights` then name RADIO's model and file."""
+        return self.attention == "radio"
+
+    @property
     def towers(self) -> tuple[str, ...]:
-        """The frozen networks it loads ("clip", "vfm", "sam"), CLIP first."""
-        return ("clip",) + ("vfm",) * self.needs_vfm + ("sam",) * self.needs_sam
+        """The frozen networks it loads ("clip", "vfm", "sam", "radio"), CLIP first (an auxiliary CLIP, when
+        asked for, comes on top: `Segmenter.from_pretrained(aux_clip=...)`)."""
+        return ("clip",) + ("vfm",) * self.needs_vfm + ("sam",) * self.needs_sam + ("radio",) * self.needs_radio
 
     def model(self, tower: str) -> str:
         """The network it runs as `tower` when none is named: its own backbone, else the package's default."""
         return {"clip": self.clip[0] if self.clip else DEFAULT_CLIP, "vfm": self.vfm or DEFAULT_VFM,
-                "sam": DEFAULT_SAM}[tower]
+                "sam": DEFAULT_SAM, "radio": self.vfm or DEFAULT_RADIO,
+                "aux_clip": self.aux_clip[0] if self.aux_clip else DEFAULT_CLIP}[tower]
 
     @property
     def recipe(self) -> str:
@@ -98,8 +108,9 @@ class Method:
             problems.append(f"family must be one of {', '.join(FAMILY_NAMES)}")
         if self.attention not in ATTENTIONS:
             problems.append(f"attention must be one of {', '.join(ATTENTIONS)}")
-        if (self.family in MASK_FAMILIES) != (self.attention == "vfm-qk"):
-            problems.append("the mask-guided families run attention 'vfm-qk', and only they")
+        if (self.family in MASK_FAMILIES) != (self.attention in ("vfm-qk", "radio")) or \
+                (self.family == MASK_RADIO) != (self.attention == "radio"):
+            problems.append("the mask-guided families run attention 'vfm-qk' (mask-radio: 'radio'), and only they")
         elif (self.family in (VFM_LOCAL, SAM_GLOBAL) and not self.needs_vfm or
               self.family == CLIP_LOCAL and self.needs_vfm):
             problems.append(f"the {self.family} family cannot run attention {self.attention!r}")
@@ -204,6 +215,12 @@ for _entry in [
            "per image, scope and softmax(4 x cos) over the tokens of every window", "GLA on CorrCLIP (glaclip's own "
            "combination, in no paper)", protocol="corrclip", host="corrclip",
            clip=("ViT-B-16-quickgelu", "metaclip_fullcc"), pixel_norm=CORRCLIP_NORM),
+    Method("corrclip2", MASK_RADIO, "radio", "CorrCLIP without region merging, correlations from C-RADIOv3-L "
+           "features of the whole image on 2x CLIP's patch grid; with a memory bank, support logits retrieved per "
+           "region (main and DFN stores) fused 0.5/0.5; map correction by region", "CorrCLIPv2 (Zhang et al., "
+           "journal extension of CorrCLIP) as released", protocol="corrclip2", host="corrclip2",
+           clip=("ViT-B-16-quickgelu", "metaclip_fullcc"), pixel_norm=CORRCLIP_NORM, vfm=DEFAULT_RADIO,
+           aux_clip=DEFAULT_AUX_CLIP),
     Method("trident", SAM_GLOBAL, "vfm", "ProxyCLIP per window (DINO ViT-B/16 output tokens), windows spliced on the "
            "image and aggregated by SAM ViT-B's last-block attention filtered by SAM value similarity, SAM prompt "
            "refinement", "Trident (Shi et al., ICCV 2025) as released", protocol="trident", host="trident",

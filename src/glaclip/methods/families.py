@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config.presets import AttentionConfig
-from ..config.registry import CLIP_LOCAL, GLOBAL, MASK_GLOBAL, MASK_LOCAL, SAM_GLOBAL, VFM_LOCAL, Method
+from ..config.registry import CLIP_LOCAL, GLOBAL, MASK_GLOBAL, MASK_LOCAL, MASK_RADIO, SAM_GLOBAL, VFM_LOCAL, Method
 from ..io.images import clip_to_imagenet
 from ..models.towers import ClipTower, VfmTower
 from ..steps.windows import WindowGrid, token_index
@@ -49,6 +49,7 @@ class Backbones:
     clip_values: Callable[[torch.Tensor], torch.Tensor]  # crops -> B x D x gh' x gw' (last block's values)
     clip_block_input: Callable[[torch.Tensor], tuple[torch.Tensor, tuple[int, int]]]  # tokens entering the last block
     sam: Any = None  # trident.SamTower for the SAM-aggregated family
+    radio: Any = None  # models.radio.RadioTower for CorrCLIPv2
 
 
 class Family:
@@ -57,6 +58,7 @@ class Family:
     per_image = False  # True: `features` gets all windows of one image in one call
     mask_pad_id = 0  # region id of window padding in the masks given to `features`
     single_map = False  # True: one token map per image (`layout`), resized straight to the image (no stitching)
+    uses_context = False  # True (per-image families): `features(crops, masks, context=, grid=)` gets `prepare`'s
 
     def __init__(self, method: Method, backbones: Backbones, attention: AttentionConfig, window_batch: int = 16):
         self.method, self.backbones, self.attention = method, backbones, attention
@@ -85,6 +87,10 @@ class Family:
                ) -> tuple[WindowGrid, tuple[int, int, int]]:
         """The encoding's window grid and token layout (windows, gh, gw) of `final_tokens`' output."""
         return grid, (grid.count, *grid_hw)
+
+    def support_features(self, context: Any) -> torch.Tensor | None:
+        """C x h x w unit features of the resized image for a memory bank's region queries (CorrCLIPv2: RADIO's)."""
+        return None
 
     def extras(self, context: Any) -> dict[str, torch.Tensor] | None:
         """Tensors an encoding keeps for the steps after the decision (`refine`)."""
@@ -155,7 +161,7 @@ class Global(Family):
 # A family's class, or "module:Class" for the families in their own module (imported when first used).
 FAMILIES: dict[str, type[Family] | str] = {VFM_LOCAL: VfmLocal, CLIP_LOCAL: ClipLocal, GLOBAL: Global,
                                            MASK_LOCAL: "corrclip:CorrClip", MASK_GLOBAL: "corrclip:GlaCorrClip",
-                                           SAM_GLOBAL: "trident:Trident"}
+                                           SAM_GLOBAL: "trident:Trident", MASK_RADIO: "corrclip2:CorrClip2"}
 
 
 def family_for(method: Method, backbones: Backbones, attention: AttentionConfig, window_batch: int = 16) -> Family:

@@ -1,4 +1,4 @@
-"""The one skeleton every frozen network is loaded through (CLIP, VFM, SAM, SAM 2):
+"""The one skeleton every frozen network is loaded through (CLIP, VFM, SAM, SAM 2, RADIO):
 
     name check -> device and precision -> which weights (given, environment, default tag)
     -> 'random' | a file | the hub -> read the file -> build empty -> load -> freeze -> tower.

@@ -72,10 +72,11 @@ def tower_identity(tower, tensors: Callable[[], list] | None = None, part: str =
     return {"model": tower.name, "structure": prints["structure"], "weights": prints.get(part, "random")}
 
 
-def towers_identity(clip, vfm=None, sam=None) -> dict:
+def towers_identity(clip, vfm=None, sam=None, radio=None, aux_clip=None) -> dict:
     """The identity of every tower a segmenter runs: CLIP by its image tower's weights (the text tower is
     the text cache's and a run's own part), the VFM (None when the method loads none) and, when loaded,
-    Trident's SAM."""
+    Trident's SAM, CorrCLIPv2's RADIO (whole model) and its auxiliary CLIP (by its text tower, the only
+    part it runs)."""
 
     def image_tensors() -> list:
         text = {k for k, _ in clip.text_tensors()}
@@ -85,4 +86,8 @@ def towers_identity(clip, vfm=None, sam=None) -> dict:
            "vfm": tower_identity(vfm, part="image weights") if vfm is not None else None}
     if sam is not None:
         out["sam"] = tower_identity(sam)
+    if radio is not None:
+        out["radio"] = tower_identity(radio)
+    if aux_clip is not None:
+        out["aux_clip"] = tower_identity(aux_clip, aux_clip.text_tensors, "text weights")
     return out

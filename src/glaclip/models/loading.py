@@ -345,20 +345,22 @@ def import_libraries() -> None:
 
 
 def load_towers(wanted: Mapping[str, tuple[str, str | None]], device: str | torch.device = "auto",
-                dtype: str | torch.dtype = "auto") -> dict:
-    """Every tower a method declares, in one call: `wanted` maps "clip", "vfm" and "sam" to (name, weights)
+                dtype: str | torch.dtype = "auto", options: Mapping[str, dict] | None = None) -> dict:
+    """Every tower a method declares, in one call: `wanted` maps "clip", "vfm", "sam", "radio" and "aux_clip" to
+    (name, weights), `options` a tower to more keyword arguments of its loader (RADIO's radio_repo)
     (CLIP first: the others take its device and precision). Every missing weights file is named at once
     (one `MissingWeights`), not one per attempt."""
+    from .radio import load_radio
     from .sam import load_sam
 
-    loaders = {"clip": load_clip, "vfm": load_vfm, "sam": load_sam}
+    loaders = {"clip": load_clip, "vfm": load_vfm, "sam": load_sam, "radio": load_radio, "aux_clip": load_clip}
     towers: dict = {}
     missing: list[MissingWeights] = []
     for kind, (name, weights) in wanted.items():
         clip = towers.get("clip")
         try:
             towers[kind] = loaders[kind](name, weights, device=clip.visual.conv1.weight.device if clip else device,
-                                         dtype=clip.dtype if clip else dtype)
+                                         dtype=clip.dtype if clip else dtype, **(options or {}).get(kind, {}))
         except MissingWeights as exc:
             missing.append(exc)
     if missing:

@@ -186,6 +186,9 @@ def comparison_figure(rgb: np.ndarray, runs: Sequence[MethodRun], columns: int =
     return canvas
 
 
+RADIO_ONLY = ("radio_repo", "aux_clip", "aux_clip_weights", "bank", "bank_name")  # CorrCLIPv2's model arguments
+
+
 def compare_image(image, names: Sequence[str], classes, out: Path, dataset: str | None = None,
                   protocol: str | None = None, overrides: dict | None = None, masks=None, sam: str | None = None,
                   sam_weights: str | None = None, models: dict | None = None, device: str = "auto",
@@ -226,8 +229,8 @@ def compare_image(image, names: Sequence[str], classes, out: Path, dataset: str 
 
     def load(preset):
         extra = routed.sam if METHODS[preset.method].needs_sam else {}
-        return Segmenter.from_pretrained(preset=preset, device=dev, dtype=dtype, progress=progress, **(models or {}),
-                                         **extra)
+        own = {k: v for k, v in (models or {}).items() if k not in RADIO_ONLY or METHODS[preset.method].needs_radio}
+        return Segmenter.from_pretrained(preset=preset, device=dev, dtype=dtype, progress=progress, **own, **extra)
 
     def generator():
         """SAM 2 on the methods' device (`compare` times its load)."""

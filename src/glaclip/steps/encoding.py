@@ -56,14 +56,15 @@ class ImageEncoding:
                 f"method={self.identity.get('method')}, image_path={self.image_path!r})")
 
     @staticmethod
-    def model_identity(clip, vfm, sam=None) -> dict:
+    def model_identity(clip, vfm, sam=None, radio=None, aux_clip=None) -> dict:
         """The models an encoding depends on, by content (`models.identity.towers_identity`): per tower
         its name, a hash of its module structure and of the weights the image path uses (CLIP's image
-        tower, the whole VFM, Trident's SAM when given), hashed once per loaded model. Where the weights
-        came from (a path, a tag) is not part of it; random weights are not hashed."""
+        tower, the whole VFM, Trident's SAM, RADIO, an auxiliary CLIP's text tower when given), hashed
+        once per loaded model. Where the weights came from (a path, a tag) is not part of it; random
+        weights are not hashed."""
         from ..models.identity import towers_identity
 
-        return towers_identity(clip, vfm, sam)
+        return towers_identity(clip, vfm, sam, radio, aux_clip)
 
     def with_masks(self, masks) -> "ImageEncoding":
         """This encoding with region masks given beside it (`Segmenter.predict(encoding, masks=...)`):
@@ -124,7 +125,9 @@ class ImageEncoding:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 names = set(f.keys())
-                tensors = {k: f.get_tensor(k) for k in names if k in ("embeddings", "resized", "masks")
+                # copied out of the file: a tensor at the file's (header-dependent) offset may be misaligned
+                # for the matrix kernels, which then round differently (1e-7 in float32)
+                tensors = {k: f.get_tensor(k).clone() for k in names if k in ("embeddings", "resized", "masks")
                            or k.startswith(EXTRA)}
         except Exception:
             meta = None

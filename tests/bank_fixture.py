@@ -1,0 +1,43 @@
+"""A tiny memory bank written in CorrCLIPv2's release layout by the tests themselves (its builder's
+recipe: IVFPQ over an inner-product quantizer, nlist = max(1, int(8 sqrt(N))), 8-bit codes, wrapped in
+an IndexIDMap2 with ids = store rows; or a Flat IndexIDMap2)."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_bank(root: Path, name: str, vfm: np.ndarray, stores: dict[str, np.ndarray], kind: str = "ivfpq",
+               vfm_key: str = "radiov3", m: int | None = None) -> Path:
+    """vfm: N x C region VFM features (normalised as the builder does); stores: {encoder: N x D}."""
+    import faiss
+
+    (root / "clip_embeddings").mkdir(parents=True, exist_ok=True)
+    (root / "vfm_embeddings").mkdir(parents=True, exist_ok=True)
+    for enc, rows in stores.items():
+        torch.save(torch.from_numpy(rows).to(torch.float16), root / "clip_embeddings" / f"{name}_{enc}.pt")
+    x = vfm.astype(np.float32)
+    x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    n, d = x.shape
+    if kind == "ivfpq":
+        inner = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, max(1, int(8 * np.sqrt(n))), m or min(32, d), 8)
+        inner.train(x)
+    else:
+        inner = faiss.IndexFlatL2(d)
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(x, np.arange(n, dtype=np.int64))
+    path = root / "vfm_embeddings" / f"{name}_{vfm_key}.faiss"
+    faiss.write_index(index, str(path))
+    return path
+
+
+def random_bank(root: Path, n: int = 300, c: int = 32, dims: dict[str, int] | None = None, kind: str = "ivfpq",
+                seed: int = 0, name: str = "coco") -> dict:
+    """A bank of n random regions; returns the arrays written ({'vfm': ..., encoder: ...})."""
+    rng = np.random.default_rng(seed)
+    dims = dims or {"metaclip_b": 16, "dfnclip_b": 16}
+    arrays = {"vfm": rng.standard_normal((n, c)).astype(np.float32)}
+    arrays.update({enc: rng.standard_normal((n, d)).astype(np.float32) for enc, d in dims.items()})
+    write_bank(root, name, arrays["vfm"], {enc: arrays[enc] for enc in dims}, kind)
+    return arrays
