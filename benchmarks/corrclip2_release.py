@@ -226,8 +226,10 @@ def run_glaclip(*, radio_repo, inputs, image: str, dtype: str, bank: bool, class
         aux_clip="ViT-B-16-quickgelu", aux_clip_weights=str(inputs / "dfn.pt"),
         bank=str(inputs / "bank") if bank else None, bank_name=BANK, device="cpu", dtype=dtype,
         short_side=VOC21["short_side"], crop=VOC21["crop"], stride=VOC21["stride"],
-        logit_scale=VOC21["logit_scale"], prob_thd=VOC21["prob_thd"], num_support=VOC21["num_support"])
+        logit_scale=VOC21["logit_scale"], prob_thd=VOC21["prob_thd"], num_support=VOC21["num_support"],
+        text_cache=False, progress=False)
     classes = read_class_file(class_file)
+    seg.query_embeddings(classes)  # the release makes its text embeddings at construction, outside predict
     masks = np.load(inputs / "masks" / f"{Path(image).stem}.npz")["instance_mask"]
     from PIL import Image
 
