@@ -312,12 +312,14 @@ def saved_rows(out: Path) -> list[dict]:
     return rows
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
+def summary_lines(rows: list[dict], classes: str = "") -> list[str]:
     from common import machine_line
 
     lines = [f"Machine: {machine_line('cpu')}. The release (CorrCLIPv2, CPU patches of corrclip2_shims.py), "
-             "VOC21 protocol, random weights; bank: random unit vectors in the release's layout.", "",
-             "| case | input | RADIO input | regions | release s | peak MiB | models MiB | bank MiB | "
+             f"VOC21 protocol settings, classes {classes or 'configs/cls_voc21.txt'}, random weights; bank: random "
+             "unit vectors in the release's layout. 'peak' = resident set during predict (models included), "
+             "'before' = the peak before it (models; later rows: the earlier cases').", "",
+             "| case | input | RADIO input | regions | release s | peak MiB | before MiB | bank MiB | "
              "labels at prob_thd 0 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['input']} | {r['radio_input']} | {r['regions']} | {r['seconds']:.1f} | "
@@ -368,8 +370,8 @@ def main() -> None:
                 print(f"{dtype}: {res['error']}", file=sys.stderr)
                 continue
             rows = saved_rows(Path(a.run))
-            write_text(Path(a.run) / "summary.md", summary_lines(rows))
-        print("\n".join(summary_lines(rows)))
+            write_text(Path(a.run) / "summary.md", summary_lines(rows, a.class_file))
+        print("\n".join(summary_lines(rows, a.class_file)))
     if a.compare:
         a.class_file = a.class_file or str(Path(a.compare) / "classes.txt")
         problem = glaclip_ready()
