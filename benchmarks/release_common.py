@@ -110,15 +110,17 @@ def framework_stubs(extra: dict[str, dict] | None = None) -> dict[str, types.Mod
 # ---- importing a release -----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def imported_release(release_dir: str | Path, dino_repo: str | Path, module: str, shadowed: Iterable[str],
+def imported_release(release_dir: str | Path, dino_repo: str | Path | None, module: str, shadowed: Iterable[str],
                      stubs: dict[str, types.ModuleType], extra_path: str | Path | None = None):
     """Import `module` from release_dir (the folder first on sys.path, so its vendored packages shadow
-    pip's) with `stubs` in sys.modules, after DINO's vision_transformer from dino_repo; extra_path is
-    appended to sys.path. Every module under a name in `shadowed` is set aside first and dropped at
-    the end. Yields (release module, vision_transformer module); restores sys.path, sys.modules and
-    os.environ on exit (the release's modules keep working through their own references)."""
-    release, dino = Path(release_dir).resolve(), Path(dino_repo).resolve()
-    for path in (release / f"{module}.py", dino / "vision_transformer.py"):
+    pip's) with `stubs` in sys.modules, after DINO's vision_transformer from dino_repo (None: no DINO,
+    CorrCLIPv2); extra_path is appended to sys.path. Every module under a name in `shadowed` is set
+    aside first and dropped at the end. Yields (release module, vision_transformer module or None);
+    restores sys.path, sys.modules and os.environ on exit (the release's modules keep working through
+    their own references)."""
+    release = Path(release_dir).resolve()
+    dino = Path(dino_repo).resolve() if dino_repo is not None else None
+    for path in (release / f"{module}.py", *([dino / "vision_transformer.py"] if dino else [])):
         if not path.is_file():
             raise ValueError(f"no {path.name} in {path.parent}")
     tops = tuple(shadowed)
@@ -130,10 +132,14 @@ def imported_release(release_dir: str | Path, dino_repo: str | Path, module: str
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if is_shadowed(k)}
     sys.modules.update(stubs)
     try:
-        sys.path.insert(0, str(dino))
-        vit = importlib.import_module("vision_transformer")
-        sys.modules.pop("utils", None)  # DINO's utils.py: not to be confused with anything of the release
-        sys.path[0] = str(release)
+        vit = None
+        if dino is not None:
+            sys.path.insert(0, str(dino))
+            vit = importlib.import_module("vision_transformer")
+            sys.modules.pop("utils", None)  # DINO's utils.py: not to be confused with anything of the release
+            sys.path[0] = str(release)
+        else:
+            sys.path.insert(0, str(release))
         if extra_path:
             sys.path.append(str(extra_path))
         with contextlib.redirect_stdout(sys.stderr):  # "EoMT is not installed" etc.
