@@ -1,6 +1,7 @@
 """Host methods and GLA plug-ins against direct restatements of their published recipes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,7 +187,11 @@ def test_single_window_gla_reduces_to_window_local_proxyclip():
 def test_every_method_runs_through_predict(segmenter, files6, name, monkeypatch):
     seg, masks = segmenter, None
     if METHODS[name].needs_masks:  # CorrCLIP needs region masks and a CLIP of >= 5 blocks
-        seg, masks = Segmenter.from_pretrained(method=name, device="cpu", **files6), block_masks(150, 260)
+        files = dict(files6)
+        if METHODS[name].needs_radio:  # CorrCLIPv2: RADIO's interface, a stand-in's hub entry
+            files.update(vfm="tiny-random", vfm_weights=None,
+                         radio_repo=str(Path(__file__).resolve().parents[1] / "models" / "radio_standin"))
+        seg, masks = Segmenter.from_pretrained(method=name, device="cpu", **files), block_masks(150, 260)
     if METHODS[name].needs_sam:  # Trident aggregates with SAM: a tiny random one in place of SAM ViT-B
         pytest.importorskip("segment_anything")
         from conftest import tiny_sam

@@ -26,7 +26,7 @@ from .corrclip import PAD_ID, _MaskGuided, nearest, scope_weights
 def radio_map(radio, rgb: np.ndarray, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """H x W x 3 uint8 -> C x h x w: RADIO's features of the whole image (input in [0, 1] at RADIO's nearest
     supported resolution, bilinear) resized bilinearly to `size` and L2-normalised per pixel, in `dtype`."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(radio.device, dtype) / 255
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(radio.device, dtype) / 255
     snapped = radio.nearest_resolution(rgb.shape[0], rgb.shape[1])
     x = F.interpolate(x, size=snapped, mode="bilinear", align_corners=False)
     feats = radio.features(x).to(dtype)
