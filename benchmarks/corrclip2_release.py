@@ -27,6 +27,10 @@ the retrieval's queries, ids and distances, and seconds / peak_mb (the predict c
 / load_peak_mb; OUT/text_<dtype>.npz the release's text embeddings (main, aux) and OUT/summary.md the table
 (with the bank's resident size: the two stores as the release holds them + the index).
 
+--clip-arch ViT-L-14-quickgelu (with --make-inputs and --run) takes the release's large scale: clip_l.pt
+(a random ViT-L-14-quickgelu) as the main CLIP and the bank's {name}_metaclip_l.pt (768-d rows); the DMCE
+CLIP stays the ViT-B/16 one, as in the release. --compare reads the architecture from the saved cases.
+
 --compare runs glaclip's `Segmenter.from_pretrained(method="corrclip2", ...)` (issue 27's API contract)
 on the same inputs, each case in its own process, and prints max|dprob| and label agreement against
 the saved release outputs.
@@ -50,6 +54,10 @@ BANK_SIZE = 512  # >= 256 (PQ's 256 centroids need as many training points); nli
 VFM_DIM, CLIP_DIM = 1024, 512
 ODD_SIZE = (301, 424)  # h, w of the second image
 VOC21 = dict(short_side=336, prob_thd=0.2, logit_scale=40.0, crop=336, stride=112, num_support=20)
+# the release's two CLIP scales (cfg/base_config.py): main CLIP -> (weights file in --inputs, bank store, width);
+# the DMCE store stays DFN ViT-B/16's for both
+CLIP_ARCHS = {"ViT-B-16-quickgelu": ("clip.pt", "metaclip_b", 512),
+              "ViT-L-14-quickgelu": ("clip_l.pt", "metaclip_l", 768)}
 
 
 # ---- inputs ------------------------------------------------------------------------------------------
@@ -76,6 +84,7 @@ def write_bank(folder: Path, name: str = BANK, n: int = BANK_SIZE, seed: int = 0
     for encoder in ("metaclip_b", "dfnclip_b"):
         rows = torch.from_numpy(unit(CLIP_DIM)).to(torch.float16)
         torch.save(rows, folder / "clip_embeddings" / f"{name}_{encoder}.pt")
+    write_large_store(folder, name, n, seed)
     vfm = torch.from_numpy(unit(VFM_DIM)).to(torch.float16).float().numpy()  # the builder's fp16 store rows
     vfm /= np.linalg.norm(vfm, axis=1, keepdims=True) + 1e-12
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(VFM_DIM), VFM_DIM, bank_nlist(n), 32, 8)
@@ -85,8 +94,18 @@ def write_bank(folder: Path, name: str = BANK, n: int = BANK_SIZE, seed: int = 0
     faiss.write_index(idmap, str(folder / "vfm_embeddings" / f"{name}_radiov3.faiss"))
 
 
+def write_large_store(folder: Path, name: str = BANK, n: int = BANK_SIZE, seed: int = 0) -> None:
+    """The L/14 main store ({name}_metaclip_l.pt: n x 768 fp16 unit rows) of a bank, from its own seed
+    (the B/16 stores and the index are the same with or without it)."""
+    path = folder / "clip_embeddings" / f"{name}_metaclip_l.pt"
+    if path.exists():
+        return
+    x = np.random.default_rng(seed + 1000).standard_normal((n, CLIP_ARCHS["ViT-L-14-quickgelu"][2]))
+    torch.save(torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True)).to(torch.float16), path)
+
+
 def make_inputs(folder: str | Path, image: str | Path = "examples/street.png",
-                radio_repo: str | Path | None = None) -> None:
+                radio_repo: str | Path | None = None, clip_arch: str = "ViT-B-16-quickgelu") -> None:
     """Everything --run and --compare read (see the module docstring); the RADIO file only with radio_repo."""
     import cv2
     import open_clip
@@ -95,10 +114,11 @@ def make_inputs(folder: str | Path, image: str | Path = "examples/street.png",
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    for name, seed in (("clip.pt", 0), ("dfn.pt", 1)):
+    for name, arch, seed in (("clip.pt", "ViT-B-16-quickgelu", 0), ("dfn.pt", "ViT-B-16-quickgelu", 1),
+                             (CLIP_ARCHS[clip_arch][0], clip_arch, 0)):
         if not (folder / name).exists():
             torch.manual_seed(seed)
-            torch.save(open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).state_dict(), folder / name)
+            torch.save(open_clip.create_model(arch, pretrained=None).state_dict(), folder / name)
     if radio_repo is not None and not (folder / "radio.pth").exists():
         write_radio_checkpoint(radio_repo, folder / "radio.pth")
     bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
@@ -110,7 +130,10 @@ def make_inputs(folder: str | Path, image: str | Path = "examples/street.png",
                 cv2.resize(bgr, ODD_SIZE[::-1], interpolation=cv2.INTER_AREA))
     _save_npz(folder / "masks" / f"{stem}.npz", instance_mask=random_masks(*bgr.shape[:2], seed=1))
     _save_npz(folder / "masks" / f"{stem}_odd.npz", instance_mask=random_masks(*ODD_SIZE, seed=2))
-    write_bank(folder / "bank")
+    if (folder / "bank" / "vfm_embeddings" / f"{BANK}_radiov3.faiss").exists():
+        write_large_store(folder / "bank")
+    else:
+        write_bank(folder / "bank")
     print(f"wrote {folder}: clip.pt, dfn.pt{', radio.pth' if radio_repo else ''}, images/, masks/, bank/")
 
 
@@ -129,7 +152,8 @@ def _bank_mb(model) -> float:
     return (size + faiss.serialize_index(model.gpu_index).size) / 2**20
 
 
-def run_release(release_dir, *, radio_repo, inputs, out, dtype: str = "fp32", class_file=None) -> list[dict]:
+def run_release(release_dir, *, radio_repo, inputs, out, dtype: str = "fp32", class_file=None,
+                clip_arch: str = "ViT-B-16-quickgelu") -> list[dict]:
     """The release on every image of inputs/images, with and without the bank, in dtype; saves each case
     to out/ and returns short summaries (no arrays)."""
     from corrclip2_shims import cpu_release, radio_to, release_imports
@@ -141,17 +165,19 @@ def run_release(release_dir, *, radio_repo, inputs, out, dtype: str = "fp32", cl
     (out / "classes.txt").write_bytes(class_file.read_bytes())  # what --compare reads
     rows = []
     with release_imports(release_dir) as seg_mod, torch.no_grad():
-        with cpu_release(seg_mod, dtype=tdtype, clip_files={"main": inputs / "clip.pt", "aux": inputs / "dfn.pt"},
-                         bank_dir=inputs / "bank", radio_repo=radio_repo, radio_ckpt=inputs / "radio.pth"):
+        clip_file, main_store, _ = CLIP_ARCHS[clip_arch]
+        with cpu_release(seg_mod, dtype=tdtype, clip_files={"main": inputs / clip_file, "aux": inputs / "dfn.pt"},
+                         bank_dir=inputs / "bank", radio_repo=radio_repo, radio_ckpt=inputs / "radio.pth",
+                         main_arch=clip_arch):
             with measure() as build:
                 model = seg_mod.CorrCLIPSegmentation(
-                    clip_type="metaclip_fullcc", model_type="ViT-B-16-quickgelu", name_path=str(class_file),
+                    clip_type="metaclip_fullcc", model_type=clip_arch, name_path=str(class_file),
                     aux_clip_type=None, aux_model_type="hf-hub:apple/DFN2B-CLIP-ViT-B-16", vfm_type="radiov3",
                     device=torch.device("cpu"), dtype=tdtype, prob_thd=VOC21["prob_thd"],
                     logit_scale=VOC21["logit_scale"], slide_stride=VOC21["stride"], slide_crop=VOC21["crop"],
                     instance_mask_path=str(inputs / "masks"), mask_generator=None, background_id=0,
                     use_support_embedding=True, use_aux_model=True, num_support=VOC21["num_support"],
-                    mb_region_set=BANK, mb_main_encoder="metaclip_b", mb_aux_encoder="dfnclip_b")
+                    mb_region_set=BANK, mb_main_encoder=main_store, mb_aux_encoder="dfnclip_b")
                 radio_to(model.vfm.model, tdtype)
             _save(out / f"text_{dtype}.npz", main=model.query_features.numpy(),
                   aux=model.aux_query_features.numpy(), query_idx=model.query_idx.numpy())
@@ -160,13 +186,13 @@ def run_release(release_dir, *, radio_repo, inputs, out, dtype: str = "fp32", cl
                 for bank in (True, False):
                     model.use_support_embedding = bank
                     rows.append(_release_case(model, image, out, dtype, bank, bank_mb if bank else 0.0,
-                                              build["seconds"], record_outputs))
+                                              build["seconds"], record_outputs, clip_arch))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
 def _release_case(model, image: Path, out: Path, dtype: str, bank: bool, bank_mb: float, build_s: float,
-                  record_outputs) -> dict:
+                  record_outputs, clip_arch: str = "ViT-B-16-quickgelu") -> dict:
     tdtype = DTYPES[dtype]
     inputs, ori_shape = mmseg_inputs(image, VOC21["short_side"], tdtype)
     sample = DataSample(str(image), ori_shape, tuple(inputs.shape[2:]))
@@ -196,7 +222,7 @@ def _release_case(model, image: Path, out: Path, dtype: str, bank: bool, bank_mb
                "input": "x".join(map(str, inputs.shape[2:])), "radio_input": "x".join(map(str, radio_in)),
                "regions": int(len(np.unique(np.load(Path(model.instance_mask_path) / f"{image.stem}.npz")
                                             ["instance_mask"]))),
-               "n_labels_thd0": int(len(np.unique(arrays["labels_thd0"])))}
+               "n_labels_thd0": int(len(np.unique(arrays["labels_thd0"]))), "clip_arch": clip_arch}
     assert not set(arrays) & set(summary)
     _save(out / f"{case}.npz", **arrays, **{k: np.asarray(v) for k, v in summary.items()})
     return summary
@@ -208,20 +234,22 @@ def _save(path: Path, **arrays) -> None:
     _save_npz(path, **arrays)
 
 
-def _release_process(release: str, radio_repo: str, inputs: str, out: str, dtype: str, class_file: str) -> dict:
+def _release_process(release: str, radio_repo: str, inputs: str, out: str, dtype: str, class_file: str,
+                     clip_arch: str = "ViT-B-16-quickgelu") -> dict:
     return {"rows": run_release(release, radio_repo=radio_repo, inputs=inputs, out=out, dtype=dtype,
-                                class_file=class_file)}
+                                class_file=class_file, clip_arch=clip_arch)}
 
 
 # ---- glaclip -----------------------------------------------------------------------------------------
 
-def run_glaclip(*, radio_repo, inputs, image: str, dtype: str, bank: bool, class_file) -> dict:
+def run_glaclip(*, radio_repo, inputs, image: str, dtype: str, bank: bool, class_file,
+                clip_arch: str = "ViT-B-16-quickgelu") -> dict:
     """glaclip's method='corrclip2' per issue 27's API contract on the same inputs."""
     from glaclip import Segmenter, read_class_file
 
     inputs = Path(inputs)
     seg = Segmenter.from_pretrained(
-        method="corrclip2", clip="ViT-B-16-quickgelu", clip_weights=str(inputs / "clip.pt"),
+        method="corrclip2", clip=clip_arch, clip_weights=str(inputs / CLIP_ARCHS[clip_arch][0]),
         vfm="c-radio_v3-l", vfm_weights=str(inputs / "radio.pth"), radio_repo=str(radio_repo),
         aux_clip="ViT-B-16-quickgelu", aux_clip_weights=str(inputs / "dfn.pt"),
         bank=str(inputs / "bank") if bank else None, bank_name=BANK, device="cpu", dtype=dtype,
@@ -277,7 +305,8 @@ def compare(a: argparse.Namespace) -> list[str]:
             continue
         image = Path(a.inputs) / "images" / rel["image"]
         ours = isolated(_glaclip_case, dict(radio_repo=a.radio_repo, inputs=a.inputs, image=str(image),
-                                            dtype=rel["dtype"], bank=bool(rel["bank"]), class_file=a.class_file),
+                                            dtype=rel["dtype"], bank=bool(rel["bank"]), class_file=a.class_file,
+                                            clip_arch=str(rel.get("clip_arch", "ViT-B-16-quickgelu"))),
                         timeout=a.timeout)
         if "error" in ours:
             dprob = agree = thd0 = "-"
@@ -304,11 +333,11 @@ def _glaclip_case(kwargs: dict) -> dict:
 def saved_rows(out: Path) -> list[dict]:
     """The summaries of every case saved in out (earlier runs' too)."""
     keys = ("case", "image", "dtype", "bank", "seconds", "peak_mb", "load_peak_mb", "bank_mb", "build_s", "input",
-            "radio_input", "regions", "n_labels_thd0")
+            "radio_input", "regions", "n_labels_thd0", "clip_arch")
     rows = []
     for path in sorted(out.glob("*_fp*_*bank.npz")):
         with np.load(path) as z:
-            rows.append({k: z[k].item() for k in keys})
+            rows.append({k: z[k].item() for k in keys if k in z.files})
     return rows
 
 
@@ -337,12 +366,14 @@ def main() -> None:
     ap.add_argument("--inputs", help="the folder --make-inputs wrote")
     ap.add_argument("--image", default="examples/street.png", help="--make-inputs: the image (and its odd-sized copy)")
     ap.add_argument("--class-file", help="default: the release's configs/cls_voc21.txt")
+    ap.add_argument("--clip-arch", default="ViT-B-16-quickgelu", choices=sorted(CLIP_ARCHS),
+                    help="the main CLIP (the release's base or large scale); --compare reads it from the saved cases")
     ap.add_argument("--dtype", dest="dtypes", action="append", choices=sorted(DTYPES), help="repeatable (default both)")
     ap.add_argument("--out", help="--compare: also write the table to this Markdown file")
     ap.add_argument("--timeout", type=float, default=14400, help="seconds per process")
     a = ap.parse_args()
     if a.make_inputs:
-        make_inputs(a.make_inputs, a.image, a.radio_repo)
+        make_inputs(a.make_inputs, a.image, a.radio_repo, a.clip_arch)
         return
     if not (a.run or a.compare):
         raise SystemExit("one of --make-inputs DIR, --run OUT, --compare OUT")
@@ -352,7 +383,8 @@ def main() -> None:
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}")
     inputs = Path(a.inputs)
-    for path in (inputs / "clip.pt", inputs / "dfn.pt", inputs / "radio.pth", Path(a.radio_repo) / "hubconf.py",
+    main = inputs / CLIP_ARCHS[a.clip_arch][0] if a.run else inputs / "clip.pt"
+    for path in (main, inputs / "dfn.pt", inputs / "radio.pth", Path(a.radio_repo) / "hubconf.py",
                  inputs / "bank" / "vfm_embeddings" / f"{BANK}_radiov3.faiss"):
         if not path.is_file():
             raise SystemExit(f"not found: {path} (--make-inputs DIR --radio-repo RADIO writes the inputs)")
@@ -365,7 +397,7 @@ def main() -> None:
         rows = []
         for dtype in a.dtypes or ["fp32", "fp64"]:
             res = isolated(_release_process, a.release, a.radio_repo, str(inputs), a.run, dtype, a.class_file,
-                           timeout=a.timeout)
+                           a.clip_arch, timeout=a.timeout)
             if "error" in res:
                 print(f"{dtype}: {res['error']}", file=sys.stderr)
                 continue

@@ -2,7 +2,8 @@
 modules its folder shadows, RADIO's checkpoint arguments for a randomly initialised C-RADIOv3-L, and
 the run-time patches that take the release off CUDA and fp16 without touching its files:
 
-- `create_model` of the segmentor module: the main CLIP (`ViT-B-16-quickgelu` + `metaclip_fullcc`) and
+- `create_model` of the segmentor module: the main CLIP (`ViT-B-16-quickgelu` + `metaclip_fullcc`, or
+  `ViT-L-14-quickgelu` for the large scale) and
   the DMCE auxiliary CLIP (`hf-hub:apple/DFN2B-CLIP-ViT-B-16`, whose architecture the release reads from
   the hub) are built by the vendored open_clip as `ViT-B-16-quickgelu` with pretrained=None and fp32,
   then our state dict, then the run's dtype (the release asks for precision='fp16');
@@ -123,9 +124,10 @@ class _RowsOnCpu:
 
 @contextlib.contextmanager
 def cpu_release(seg_mod, *, dtype: torch.dtype, clip_files: dict[str, Path], bank_dir: str | Path | None,
-                radio_repo: str | Path, radio_ckpt: str | Path):
+                radio_repo: str | Path, radio_ckpt: str | Path, main_arch: str = MAIN_ARCH):
     """The patches listed in this module's docstring, on the release's modules, for the block (build the
-    segmentor inside it). clip_files: {'main': ..., 'aux': ...} open_clip state dicts."""
+    segmentor inside it). clip_files: {'main': ..., 'aux': ...} open_clip state dicts; main_arch: the main
+    CLIP's architecture (ViT-B-16-quickgelu, or ViT-L-14-quickgelu for the release's large scale)."""
     import faiss
 
     vendored_open_clip = seg_mod.open_clip
@@ -134,8 +136,8 @@ def cpu_release(seg_mod, *, dtype: torch.dtype, clip_files: dict[str, Path], ban
     def create_model(model_type, pretrained=None, precision="fp32", **kwargs):
         if model_type == AUX_HUB_NAME:
             arch, file = AUX_ARCH, clip_files["aux"]
-        elif model_type == MAIN_ARCH:
-            arch, file = MAIN_ARCH, clip_files["main"]
+        elif model_type == main_arch:
+            arch, file = main_arch, clip_files["main"]
         else:
             raise ValueError(f"harness: no weights for {model_type}")
         model = vendored_open_clip.create_model(arch, pretrained=None, precision="fp32")
