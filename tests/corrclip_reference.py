@@ -1,5 +1,6 @@
 """A direct, naive transcription of CorrCLIP's per-window forward (MASKHOSTS.md section 1, steps 3-5),
-for checking the package against.
+for checking the package against. `naive_branches` and `naive_project` are its CLIP side before and
+after the correlation weights (for GLA on CorrCLIP, whose weights span all windows).
 
 Written as the release lays it out: one window at a time, the region tokens prepended to the sequence
 with one boolean attention mask over all blocks, python loops over regions, the dense matrices. It
@@ -94,7 +95,6 @@ def naive_window(clip_model, vfm, crop: torch.Tensor, masks: torch.Tensor, feats
     """One padded window: crop 1 x 3 x h x w (normalised as the release's CLIP input), masks h x w int
     (padding 10000) -> M x E final embeddings (before the final L2 normalisation) on the DINO grid.
     feats: (M x C unit features, grid) instead of DINO's q+k (CorrCLIPv2: RADIO's); merge: DBSCAN merging (v1)."""
-    v = clip_model.visual
     if feats is None:
         mean, std = (torch.tensor(c, dtype=crop.dtype).view(1, 3, 1, 1) for c in (CLIP_MEAN, CLIP_STD))
         imean, istd = (torch.tensor(c, dtype=crop.dtype).view(1, 3, 1, 1) for c in (IN_MEAN, IN_STD))
@@ -104,7 +104,16 @@ def naive_window(clip_model, vfm, crop: torch.Tensor, masks: torch.Tensor, feats
     m_dino = F.interpolate(masks[None, None].float(), size=fgrid, mode="nearest")[0, 0].int().flatten()
     merged = torch.from_numpy(naive_merge(m_dino.numpy(), f.numpy())).int() if merge else m_dino
     attn = torch.from_numpy(naive_scope(f.numpy(), merged.numpy()))
-    # CLIP
+    v_main, v_spatial, semantic = naive_branches(clip_model, crop, merged, fgrid)
+    return naive_project(clip_model, attn.to(v_main.dtype) @ v_main, attn.to(v_main.dtype) @ v_spatial, semantic)
+
+
+def naive_branches(clip_model, crop: torch.Tensor, merged: torch.Tensor, fgrid: tuple[int, int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CLIP's side of one window given its (merged) region ids on the feature grid (M ints): the last
+    block's values of the main and the spatial tokens resized to the feature grid (M x D each, before the
+    correlation weights) and the semantic tokens on the feature grid (M x D)."""
+    v = clip_model.visual
     p = v.conv1.kernel_size[0]
     cgrid = (crop.shape[-2] // p, crop.shape[-1] // p)
     x = v.conv1(crop).flatten(2).transpose(1, 2)[0]
@@ -141,14 +150,19 @@ def naive_window(clip_model, vfm, crop: torch.Tensor, masks: torch.Tensor, feats
     for tokens in (seq[r:], torch.stack(spatial).mean(0)):
         vals = F.linear(last.ln_1(tokens), last.attn.in_proj_weight[2 * d :], last.attn.in_proj_bias[2 * d :])[1:]
         vals = vals.T.reshape(1, d, *cgrid)
-        vals = F.interpolate(vals, size=fgrid, mode="bilinear", align_corners=False).flatten(2)[0].T
-        branches.append(last.attn.out_proj(attn.to(vals.dtype) @ vals))
+        branches.append(F.interpolate(vals, size=fgrid, mode="bilinear", align_corners=False).flatten(2)[0].T)
     mct = _block(last, seq, allowed)[:r]
     expand = F.interpolate(torch.stack(regions).view(r, 1, *cgrid).to(mct.dtype), size=fgrid, mode="nearest").flatten(1)
-    semantic = expand.T @ mct
+    return branches[0], branches[1], expand.T @ mct
+
+
+def naive_project(clip_model, main: torch.Tensor, spatial: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+    """Weighted main and spatial values (M x D) and semantic tokens -> M x E: out_proj on the first two,
+    ln_post per branch, main + 1.0 spatial + 0.5 semantic, projection."""
+    v = clip_model.visual
+    out_proj = v.transformer.resblocks[-1].attn.out_proj
     ln = v.ln_post
-    out = ln(branches[0]) + ln(branches[1]) * 1.0 + ln(semantic) * 0.5
-    return out @ v.proj
+    return (ln(out_proj(main)) + ln(out_proj(spatial)) * 1.0 + ln(semantic) * 0.5) @ v.proj
 
 
 def naive_vote(labels: np.ndarray, masks: np.ndarray) -> np.ndarray:

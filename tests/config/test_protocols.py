@@ -47,7 +47,8 @@ QUERIES = {("gla", "voc21"): 56, ("sclip", "voc21"): 56, ("naclip", "voc21"): 56
            ("corrclip", "voc21"): 46, ("corrclip", "coco_object"): 96, ("trident", "voc21"): 46,
            ("trident", "coco_object"): 97}
 OWN = {"proxyclip": "proxyclip", "sclip": "sclip", "clearclip": "clearclip", "naclip": "naclip",
-       "corrclip": "corrclip", "gla-corrclip": "corrclip", "corrclip2": "corrclip2", "trident": "trident"}
+       "corrclip": "corrclip", "gla-corrclip": "corrclip", "corrclip2": "corrclip2", "gla-corrclip2": "corrclip2",
+       "trident": "trident"}
 HOST = {"gla-proxyclip": "proxyclip", "gla-sclip": "sclip", "gla-clearclip": "clearclip",
         "gla-clearclip-release": "clearclip", "gla-naclip": "naclip"}
 

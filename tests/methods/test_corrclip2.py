@@ -1,5 +1,7 @@
 """CorrCLIPv2 (methods/corrclip2.py): the RADIO path, every window against v1's naive restatement without
-merging on RADIO features, the bank support fused before the decision, protocol rows, identity, errors.
+merging on RADIO features, the bank support fused before the decision, protocol rows, identity, errors;
+corrclip2 = v1's own family without merging on RADIO's window features (+ the support fusion); gla-corrclip2
+(one window: corrclip2; several: a dense restatement over all windows; block rows; registry rows).
 RADIO is the stand-in of tests/models/radio_standin loaded through torch.hub (CI has no RADIO checkout)."""
 
 import json
@@ -50,13 +52,13 @@ def cc2_files(tmp_path_factory, files6):  # files6: conftest (a 6-block tiny CLI
             "bank": str(d / "bank"), "arrays": arrays}
 
 
-def build(files, bank=False, **kw):
+def build(files, bank=False, method="corrclip2", **kw):
     args = {k: files[k] for k in ("clip", "clip_weights", "vfm", "vfm_weights", "radio_repo")}
     if bank:
         args.update(aux_clip=files["clip"], aux_clip_weights=files["aux"], bank=files["bank"], bank_name="coco",
                     bank_encoders={"main": "metaclip_b", "aux": "dfnclip_b"})
     args = {"dtype": "fp64", **args, **kw}
-    return Segmenter.from_pretrained(method="corrclip2", device="cpu", progress=False, **args)
+    return Segmenter.from_pretrained(method=method, device="cpu", progress=False, **args)
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +291,219 @@ def test_half_precision_runs(cc2_files):
     assert seg.radio.dtype == torch.bfloat16 and seg.radio.model.input_conditioner.dtype == torch.bfloat16
     r = seg.predict(structured_image(90, 120, seed=6), CLASSES, masks=regions(90, 120))
     assert np.isfinite(r.probs).all() and r.labels.shape == (90, 120)
+
+
+@pytest.fixture(scope="module")
+def pair(cc2_files):
+    """corrclip2 and gla-corrclip2 on the same files, text embeddings in memory only (fp64 both)."""
+    return {m: build(cc2_files, method=m, text_cache=False) for m in ("corrclip2", "gla-corrclip2")}
+
+
+@pytest.fixture(scope="module")
+def pair_bank(cc2_files):
+    return {m: build(cc2_files, bank=True, method=m, text_cache=False) for m in ("corrclip2", "gla-corrclip2")}
+
+
+def with_settings(seg, **overrides):
+    return seg.with_preset(seg.preset.with_overrides(**overrides)) if overrides else seg
+
+
+# --- corrclip2 = CorrCLIP (v1) without merging, on RADIO's window features, plus the bank support ----------------
+
+@pytest.fixture(scope="module")
+def v1_seg(files6):  # CorrCLIP v1 on the same CLIP (files6 is cc2_files' CLIP), text embeddings in memory only
+    return Segmenter.from_pretrained(method="corrclip", device="cpu", dtype="fp64", text_cache=False, progress=False,
+                                     window_batch=64, **files6)
+
+
+def v1_on_radio(v1_seg, cc2_seg, img, masks, monkeypatch):
+    """CorrCLIP v1's family (MASK_LOCAL, its own code) with DBSCAN merging made the identity and DINO's q+k replaced
+    by CorrCLIPv2's RADIO window features of the image: -> (v1 segmenter, its encoding, corrclip2's encoding)."""
+    import glaclip.methods.corrclip as v1
+    from glaclip.methods.corrclip2 import radio_map, window_features
+
+    w = cc2_seg.preset.window
+    seg = with_settings(v1_seg, short_side=w.short_side, crop=w.crop, stride=w.stride)
+    # What differs between the two releases besides merging and the feature source: nothing on a plain image. Same
+    # CLIP preprocessing (the mmseg constants), padding (multiples of 56, id 10000), windows and decision (map
+    # correction); the correlation grid is the feature source's (v1: the DINO grid; v2: 2x CLIP's patch grid),
+    # which comes with the features here. Protocol rows differ on Cityscapes only (short side 784 and its class
+    # file's line 12 'people, person'), and v1's DINO input would be ImageNet-normalised windows (replaced here).
+    assert seg.method.pixel_norm == cc2_seg.method.pixel_norm and seg.family.mask_pad_id == cc2_seg.family.mask_pad_id
+    assert seg.preset.window == cc2_seg.preset.window and seg.preset.decision == cc2_seg.preset.decision
+    enc2 = cc2_seg.encode_image(img, masks=masks)
+    x, grid = enc2.resized, enc2.grid
+    full = radio_map(cc2_seg.radio, img, tuple(x.shape[-2:]), torch.float64)
+    feats, size = window_features(full, grid, cc2_seg.clip.patch_size)
+
+    def radio_not_dino(crops):
+        assert crops.shape[0] == grid.count  # window_batch 64: every window in one call
+        return feats, size
+
+    monkeypatch.setattr(v1, "merge_regions", lambda ids, f: ids)
+    monkeypatch.setattr(seg.family, "_vfm", radio_not_dino)
+    return seg, seg.encode_image(img, masks=masks), enc2
+
+
+@pytest.mark.parametrize("shape, overrides", [((120, 200), {}),  # 336 x 560: 3 windows of 336
+                                              ((100, 220), {"short_side": 100, "crop": 112, "stride": 56})])  # padded
+def test_corrclip2_is_corrclip_without_merging_on_radio_plus_support(pair, pair_bank, v1_seg, monkeypatch, shape,
+                                                                     overrides):
+    from glaclip.config.classes import parse_classes
+    from glaclip.segmenter import resize_masks
+    from glaclip.steps.support import support_map
+
+    img, masks = structured_image(*shape, seed=8), regions(*shape)
+    cc2_plain = with_settings(pair["corrclip2"], **overrides)
+    seg1, enc1, enc2 = v1_on_radio(v1_seg, cc2_plain, img, masks, monkeypatch)
+    assert enc1.grid.count > 1 and (any(enc1.grid.pad) == bool(overrides))
+    np.testing.assert_allclose(enc1.embeddings.numpy(), enc2.embeddings.numpy(), rtol=0, atol=1e-12)
+    a, b = cc2_plain.predict(enc2, CLASSES, masks=masks), seg1.predict(enc1, CLASSES, masks=masks)
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # with a bank: v1's logits fused with the support, alpha x own + (1 - alpha) x support, before the decision
+    queries = parse_classes(CLASSES)
+    cc2b = with_settings(pair_bank["corrclip2"], **overrides)
+    encb = cc2b.encode_image(img, masks=masks)
+    own = seg1.canvas(enc1, queries)
+    ids = resize_masks(encb.masks, tuple(own.shape[-2:]))[0]
+    texts = {"main": cc2b.query_embeddings(queries), "aux": cc2b.aux_text.embed(queries.queries)}
+    support = support_map(cc2b.bank, encb.extras["support_regions"], encb.extras["support_ids"], ids, texts)
+    assert not torch.isnan(support).any()
+    alpha = cc2b.preset.decision.bank_alpha
+    want = alpha * own + (1 - alpha) * support
+    torch.testing.assert_close(cc2b.canvas(encb, queries), want, atol=1e-12, rtol=0)
+    got = cc2b.predict(encb, CLASSES, masks=masks)
+    ref = decide(want, encb.resized, encb.size, queries, cc2b.preset, torch.from_numpy(masks))
+    np.testing.assert_allclose(got.probs, ref.probs, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+
+
+# --- gla-corrclip2: GLA's keys of all windows inside CorrCLIPv2 ---------------------------------------------------
+
+def build_gla(files, bank=False, **kw):
+    return build(files, bank=bank, method="gla-corrclip2", text_cache=False, **kw)
+
+
+
+@pytest.mark.parametrize("bank", [False, True])
+@pytest.mark.parametrize("shape, overrides", [((120, 120), {}),  # 336 x 336: one window of 336
+                                              ((120, 170), {"crop": 0})])  # whole image 336 x 476, padded to 504
+def test_gla_corrclip2_on_one_window_is_corrclip2(pair, pair_bank, shape, overrides, bank):
+    segs = {m: with_settings(s, **overrides) for m, s in (pair_bank if bank else pair).items()}
+    img, masks = structured_image(*shape, seed=4), regions(*shape)
+    encs = {m: s.encode_image(img, masks=masks) for m, s in segs.items()}
+    assert encs["corrclip2"].grid.count == 1 and any(encs["corrclip2"].grid.pad) == ("crop" in overrides)
+    np.testing.assert_allclose(encs["gla-corrclip2"].embeddings.numpy(), encs["corrclip2"].embeddings.numpy(),
+                               rtol=0, atol=1e-10)
+    a, b = (segs[m].predict(encs[m], CLASSES, masks=masks) for m in ("corrclip2", "gla-corrclip2"))
+    np.testing.assert_allclose(b.probs, a.probs, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(b.labels, a.labels)
+    if bank:
+        assert torch.equal(encs["gla-corrclip2"].extras["support_ids"], encs["corrclip2"].extras["support_ids"])
+
+
+def dense_gla_corrclip2(seg, img, masks):
+    """gla-corrclip2 restated: per window RADIO features, raw ids and CLIP branches (corrclip_reference), then ONE
+    dense N x N scope rule and softmax(4 cos) over the tokens of all windows -> N x E unit embeddings, N x N weights."""
+    from corrclip_reference import naive_branches, naive_project
+
+    x = seg.encode_image(img, masks=masks).resized
+    grid = seg.grid_for(*x.shape[-2:])
+    full = naive_radio_map(seg.radio.model, img, tuple(x.shape[-2:]))
+    big = F.interpolate(torch.from_numpy(masks)[None, None].float(), size=x.shape[-2:], mode="nearest")[0].int()
+    wm = crop_masks(big, grid, PAD_ID)
+    crops = F.pad(torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in grid.boxes]), grid.pad)
+    feats, ids, mains, spatials, semantics = [], [], [], [], []
+    for b, box in enumerate(grid.boxes):
+        f, fgrid = naive_window_feats(full, box, grid.pad)
+        i = F.interpolate(wm[b][None, None].float(), size=fgrid, mode="nearest")[0, 0].int().flatten()
+        main, spatial, semantic = naive_branches(seg.clip.model, crops[b : b + 1], i, fgrid)
+        for out, t in zip((feats, ids, mains, spatials, semantics), (f, i, main, spatial, semantic)):
+            out.append(t)
+    f, i = torch.cat(feats), torch.cat(ids)
+    sim = f @ f.T
+    u0 = i.min()  # the image's smallest id: its tokens are the unsegmented ones
+    same_region = (i[:, None] == i[None, :]) & (i != u0)[:, None]
+    unsegmented = ((i[:, None] == u0) | (i[None, :] == u0)) & (sim > sim.mean())
+    w = torch.where(same_region | unsegmented, 4 * sim, torch.tensor(float("-inf"), dtype=sim.dtype)).softmax(-1)
+    out = naive_project(seg.clip.model, w @ torch.cat(mains), w @ torch.cat(spatials), torch.cat(semantics))
+    return F.normalize(out, dim=-1), w, grid
+
+
+@pytest.mark.parametrize("shape, overrides, zero", [
+    ((120, 200), {"short_side": 112, "crop": 112, "stride": 56}, True),  # 112 x 187: 3 windows
+    ((100, 220), {"short_side": 100, "crop": 112, "stride": 56}, True),  # 3 windows 100 x 112, padded to 112
+    ((112, 190), {"short_side": 112, "crop": 112, "stride": 56}, False)])  # no id 0: the smallest real id is u0
+def test_gla_corrclip2_against_dense_attention_over_all_windows(pair, shape, overrides, zero):
+    seg = with_settings(pair["gla-corrclip2"], **overrides)
+    img, masks = structured_image(*shape, seed=6), regions(*shape)
+    if not zero:
+        masks[masks == 0] = 2
+    want, w, grid = dense_gla_corrclip2(seg, img, masks)
+    assert grid.count == 3 and any(grid.pad) == (shape[0] == 100)
+    m = w.shape[0] // grid.count
+    assert w[:m, m:].sum() > 0.1  # the weights do reach other windows' tokens
+    enc = seg.encode_image(img, masks=masks)
+    np.testing.assert_allclose(enc.embeddings.flatten(0, 2).numpy(), want.detach().numpy(), rtol=0, atol=1e-10)
+    local = with_settings(pair["corrclip2"], **overrides).encode_image(img, masks=masks)
+    assert not torch.allclose(local.embeddings, enc.embeddings, atol=1e-6)  # not corrclip2 with several windows
+
+
+def test_gla_corrclip2_block_rows_do_not_change_results(pair, monkeypatch):
+    import glaclip.methods.corrclip2 as cc2mod
+
+    seen = []
+    real = cc2mod.global_scope_attention
+    monkeypatch.setattr(cc2mod, "global_scope_attention", lambda *a: seen.append(a[-1]) or real(*a))
+    img, masks = structured_image(120, 200, seed=7), regions(120, 200)
+    settings = {"short_side": 112, "crop": 112, "stride": 56}
+    runs = {rows: with_settings(pair["gla-corrclip2"], block_rows=rows, **settings).predict(img, CLASSES, masks=masks)
+            for rows in (7, 250, None)}
+    assert seen[:2] == [7, 250] and seen[2] >= 588  # None: from memory_mb, here every row (3 x 196 tokens) at once
+    for rows in (7, 250):
+        np.testing.assert_allclose(runs[rows].probs, runs[None].probs, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(runs[rows].labels, runs[None].labels)
+
+
+def test_gla_corrclip2_registry_presets_and_protocol(pair):
+    from typer.testing import CliRunner
+
+    from glaclip.cli import app
+    from glaclip.cli.options import radio_options
+    from glaclip.config.presets import used_settings
+    from glaclip.config.protocols import DATASETS
+    from glaclip.config.registry import MASK_GLOBAL, MASK_RADIO_GLOBAL, METHODS, Method
+
+    g, c = METHODS["gla-corrclip2"], METHODS["corrclip2"]
+    assert g.family == MASK_RADIO_GLOBAL and g.attention == "radio" and g.needs_radio and g.needs_masks
+    assert not g.needs_vfm and not g.needs_sam
+    for attr in ("towers", "protocol", "host", "clip", "pixel_norm", "vfm", "aux_clip"):
+        assert getattr(g, attr) == getattr(c, attr), attr
+    assert [g.model(t) for t in ("clip", "radio", "aux_clip")] == [c.model(t) for t in ("clip", "radio", "aux_clip")]
+    assert used_settings("gla-corrclip2") == used_settings("corrclip2") | {"block_rows", "memory_mb"}
+    for ds in (None, *DATASETS, "ade847", "context459"):
+        (pg, qg), (pc, qc) = effective("gla-corrclip2", ds), effective("corrclip2", ds)
+        assert (pg.window, pg.attention, pg.decision, pg.protocol, pg.class_file) == \
+            (pc.window, pc.attention, pc.decision, pc.protocol, pc.class_file) and qg == qc, ds
+    assert effective("gla-corrclip2", "cityscapes")[0].window.short_side == 784
+    assert effective("gla-corrclip2", "voc21", "host")[0].protocol == "corrclip2"
+    for family, attention in ((MASK_RADIO_GLOBAL, "vfm-qk"), (MASK_GLOBAL, "radio")):
+        with pytest.raises(GlaclipError, match="mask-guided families run attention"):
+            Method("x", family, attention, "d", "p").check()
+    assert radio_options([pg], radio_repo=STANDIN) == {"radio_repo": str(STANDIN)}  # RADIO's options accepted
+    assert pair["gla-corrclip2"].family.support_features is not None and \
+        type(pair["gla-corrclip2"].family).__name__ == "GlaCorrClip2"
+    with pytest.raises(GlaclipError, match="needs region masks"):
+        pair["gla-corrclip2"].predict(structured_image(64, 64), CLASSES)
+    runner = CliRunner()
+    out = runner.invoke(app, ["presets", "--method", "gla-corrclip2", "--dataset", "voc21", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    row = data[0] if isinstance(data, list) else data
+    assert (row["method"], row["protocol"], row["class_file"]) == ("gla-corrclip2", "corrclip2", "voc21-corrclip2.txt")
+    assert (row["crop"], row["prob_thd"], row["mask_vote"], row["num_support"]) == (336, 0.2, True, 20)
+    out = runner.invoke(app, ["methods"])
+    assert out.exit_code == 0 and "gla-corrclip2" in out.output
+    line = next(t for t in out.output.splitlines() if t.startswith("gla-corrclip2"))
+    assert "[VFM: RADIO" in line and "[region masks" in line

@@ -21,6 +21,7 @@ from .registry import (
     MASK_GLOBAL,
     MASK_LOCAL,
     MASK_RADIO,
+    MASK_RADIO_GLOBAL,
     METHODS,
     SAM_GLOBAL,
     VFM_LOCAL,
@@ -35,6 +36,7 @@ GLA = ("rho", "proxy_iters", "dynamic", "dynamic_beta", "alpha_beta", "alpha_gam
 FAMILY_SETTINGS = {
     GLOBAL: GLA, VFM_LOCAL: ("beta", "gamma", "memory_mb", "token_norm"), CLIP_LOCAL: (), MASK_LOCAL: (),
     MASK_GLOBAL: ("block_rows", "memory_mb"), MASK_RADIO: ("num_support", "use_aux", "bank_alpha"),
+    MASK_RADIO_GLOBAL: ("block_rows", "memory_mb", "num_support", "use_aux", "bank_alpha"),
     SAM_GLOBAL: ("beta", "gamma", "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_thresh",
                  "sam_iou_thresh", "minimal_area", "sam_mask_coff"),
 }

@@ -25,8 +25,11 @@ VFM_LOCAL, CLIP_LOCAL, GLOBAL = "vfm-local", "clip-local", "global"
 MASK_LOCAL, MASK_GLOBAL = "mask-local", "mask-global"
 SAM_GLOBAL = "sam-aggregated"  # Trident: window features spliced on the image, aggregated by SAM's attention
 MASK_RADIO = "mask-radio"  # CorrCLIPv2: region masks, RADIO features of the whole image, no merging; bank support
-FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL, MASK_LOCAL, MASK_GLOBAL, SAM_GLOBAL, MASK_RADIO)
-MASK_FAMILIES = (MASK_LOCAL, MASK_GLOBAL, MASK_RADIO)
+MASK_RADIO_GLOBAL = "mask-radio-global"  # GLA on CorrCLIPv2: as mask-radio, scope and softmax over all windows
+FAMILY_NAMES = (VFM_LOCAL, CLIP_LOCAL, GLOBAL, MASK_LOCAL, MASK_GLOBAL, SAM_GLOBAL, MASK_RADIO, MASK_RADIO_GLOBAL)
+MASK_FAMILIES = (MASK_LOCAL, MASK_GLOBAL, MASK_RADIO, MASK_RADIO_GLOBAL)
+RADIO_FAMILIES = (MASK_RADIO, MASK_RADIO_GLOBAL)  # the families that run attention 'radio'
+GLOBAL_FAMILIES = (GLOBAL, MASK_GLOBAL, MASK_RADIO_GLOBAL)  # attention over all windows, `block_rows` at a time
 # Attention recipes. 'vfm': affinities of the VFM's tokens over CLIP's values; 'block': CLIP's unmodified
 # last block; 'value': the value path alone; otherwise '+'-joined CLIP affinities, each a softmax whose
 # weights are summed: 'q.q' (q-q), 'k.k', 'q.k' (CLIP's own). A global family takes 'vfm' or symmetric ones.
@@ -109,8 +112,9 @@ class Method:
         if self.attention not in ATTENTIONS:
             problems.append(f"attention must be one of {', '.join(ATTENTIONS)}")
         if (self.family in MASK_FAMILIES) != (self.attention in ("vfm-qk", "radio")) or \
-                (self.family == MASK_RADIO) != (self.attention == "radio"):
-            problems.append("the mask-guided families run attention 'vfm-qk' (mask-radio: 'radio'), and only they")
+                (self.family in RADIO_FAMILIES) != (self.attention == "radio"):
+            problems.append("the mask-guided families run attention 'vfm-qk' (mask-radio and mask-radio-global: "
+                            "'radio'), and only they")
         elif (self.family in (VFM_LOCAL, SAM_GLOBAL) and not self.needs_vfm or
               self.family == CLIP_LOCAL and self.needs_vfm):
             problems.append(f"the {self.family} family cannot run attention {self.attention!r}")
@@ -221,6 +225,11 @@ for _entry in [
            "journal extension of CorrCLIP) as released", protocol="corrclip2", host="corrclip2",
            clip=("ViT-B-16-quickgelu", "metaclip_fullcc"), pixel_norm=CORRCLIP_NORM, vfm=DEFAULT_RADIO,
            aux_clip=DEFAULT_AUX_CLIP),
+    Method("gla-corrclip2", MASK_RADIO_GLOBAL, "radio", "CorrCLIPv2 with GLA's keys of all windows: the raw region "
+           "ids of one map per image, scope and softmax(4 x cos) of RADIO features over the tokens of every window; "
+           "bank support and map correction as corrclip2", "GLA on CorrCLIPv2 (glaclip's own combination, in no "
+           "paper)", protocol="corrclip2", host="corrclip2", clip=("ViT-B-16-quickgelu", "metaclip_fullcc"),
+           pixel_norm=CORRCLIP_NORM, vfm=DEFAULT_RADIO, aux_clip=DEFAULT_AUX_CLIP),
     Method("trident", SAM_GLOBAL, "vfm", "ProxyCLIP per window (DINO ViT-B/16 output tokens), windows spliced on the "
            "image and aggregated by SAM ViT-B's last-block attention filtered by SAM value similarity, SAM prompt "
            "refinement", "Trident (Shi et al., ICCV 2025) as released", protocol="trident", host="trident",

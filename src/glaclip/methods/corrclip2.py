@@ -11,6 +11,14 @@ region of its own).
 
 The per-image map also gives the memory bank's region queries (`support_features`, used by the
 segmenter with `steps.support`).
+
+`gla-corrclip2` (this project's own combination, `GlaCorrClip2`): the same windows, RADIO features and
+CLIP branches, but the scope rule and softmax(4 x cos) over the tokens of ALL windows of the image
+(`corrclip.global_scope_attention`, a block of query rows at a time) with the values of all windows.
+The region map is the raw ids of the image's one map, so a region continues across windows; the rule's
+unsegmented id is the image's smallest, and the window padding (id 10000 in every window) is one
+region of its own. Bank support, decision and map correction as CorrCLIPv2. With a single window it is
+CorrCLIPv2.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GlaclipError
-from .corrclip import PAD_ID, _MaskGuided, nearest, scope_weights
+from .corrclip import PAD_ID, _MaskGuided, _rows, global_scope_attention, nearest, scope_weights
 
 
 def radio_map(radio, rgb: np.ndarray, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
@@ -69,12 +77,16 @@ class CorrClip2(_MaskGuided):
     def support_features(self, context) -> torch.Tensor:
         return context["radio"]
 
-    def features(self, crops, masks=None, context=None, grid=None):
+    def _inputs(self, crops, masks, context, grid) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+        """The windows' unit RADIO features (B x M x C), their grid and their raw region ids on it (B x M)."""
         if masks is None or context is None or grid is None:
-            raise ValueError("CorrCLIPv2 needs the windows' region masks, the image's RADIO map and its window grid")
-        clip = self.backbones.clip
-        f, vfm_grid = window_features(context["radio"].to(crops.device), grid, clip.patch_size)
-        ids = nearest(masks, vfm_grid).flatten(1)
+            raise ValueError(f"{self.method.name} needs the windows' region masks, the image's RADIO map and its "
+                             "window grid")
+        f, vfm_grid = window_features(context["radio"].to(crops.device), grid, self.backbones.clip.patch_size)
+        return f, vfm_grid, nearest(masks, vfm_grid).flatten(1)
+
+    def features(self, crops, masks=None, context=None, grid=None):
+        f, vfm_grid, ids = self._inputs(crops, masks, context, grid)
         out = []
         step = self.window_batch
         for s in range(0, crops.shape[0], step):
@@ -91,4 +103,20 @@ class CorrClip2(_MaskGuided):
         return None
 
 
-__all__ = ["CorrClip2", "radio_map", "window_features"]
+class GlaCorrClip2(CorrClip2):
+    """GLA on CorrCLIPv2: raw region ids of one map per image; scope and softmax over all windows' tokens."""
+
+    def features(self, crops, masks=None, context=None, grid=None):
+        f, vfm_grid, ids = self._inputs(crops, masks, context, grid)
+        b, m = ids.shape
+        step = self.window_batch
+        branches = [self._clip(crops[s : s + step], ids[s : s + step], vfm_grid) for s in range(0, b, step)]
+        v_main, v_spatial, semantic = (torch.cat(t) for t in zip(*branches))
+        values = torch.cat([v_main, v_spatial], -1).flatten(0, 1)
+        rows = self.attention.block_rows or _rows(b * m, self.attention)
+        attended = global_scope_attention(f.flatten(0, 1), ids.flatten(), values, rows)
+        main, spatial = attended.view(b, m, -1).chunk(2, dim=-1)
+        return {"finals": self._project(main, spatial, semantic)}, vfm_grid
+
+
+__all__ = ["CorrClip2", "GlaCorrClip2", "radio_map", "window_features"]

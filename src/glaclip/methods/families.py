@@ -15,8 +15,9 @@ of the feature tensors are the family's own. `masks` (B x h x w region ids of th
 
 Families: window-local from a VFM (ProxyCLIP), window-local from CLIP's own q/k (CLIP, MaskCLIP,
 SCLIP, ClearCLIP, NACLIP), global over all windows (GLA, on VFM keys or on CLIP's q/k), and the
-mask-guided ones (CorrCLIP and GLA on it, in `corrclip.py`), and the SAM-aggregated one (Trident, in
-`trident.py`: per-image hooks `prepare`, `layout`, `extras`, `identity`, `refine`).
+mask-guided ones (CorrCLIP and GLA on it, in `corrclip.py`; CorrCLIPv2 and GLA on it, in
+`corrclip2.py`), and the SAM-aggregated one (Trident, in `trident.py`: per-image hooks `prepare`,
+`layout`, `extras`, `identity`, `refine`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ import torch
 import torch.nn.functional as F
 
 from ..config.presets import AttentionConfig
-from ..config.registry import CLIP_LOCAL, GLOBAL, MASK_GLOBAL, MASK_LOCAL, MASK_RADIO, SAM_GLOBAL, VFM_LOCAL, Method
+from ..config.registry import (
+    CLIP_LOCAL,
+    GLOBAL,
+    MASK_GLOBAL,
+    MASK_LOCAL,
+    MASK_RADIO,
+    MASK_RADIO_GLOBAL,
+    SAM_GLOBAL,
+    VFM_LOCAL,
+    Method,
+)
 from ..io.images import clip_to_imagenet
 from ..models.towers import ClipTower, VfmTower
 from ..steps.windows import WindowGrid, token_index
@@ -161,7 +172,8 @@ class Global(Family):
 # A family's class, or "module:Class" for the families in their own module (imported when first used).
 FAMILIES: dict[str, type[Family] | str] = {VFM_LOCAL: VfmLocal, CLIP_LOCAL: ClipLocal, GLOBAL: Global,
                                            MASK_LOCAL: "corrclip:CorrClip", MASK_GLOBAL: "corrclip:GlaCorrClip",
-                                           SAM_GLOBAL: "trident:Trident", MASK_RADIO: "corrclip2:CorrClip2"}
+                                           SAM_GLOBAL: "trident:Trident", MASK_RADIO: "corrclip2:CorrClip2",
+                                           MASK_RADIO_GLOBAL: "corrclip2:GlaCorrClip2"}
 
 
 def family_for(method: Method, backbones: Backbones, attention: AttentionConfig, window_batch: int = 16) -> Family:

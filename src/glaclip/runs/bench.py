@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config.classes import parse_classes
-from ..config.registry import GLOBAL, MASK_GLOBAL
+from ..config.registry import GLOBAL_FAMILIES
 from ..errors import GlaclipError
 from ..io.images import resized_shape
 
@@ -161,7 +161,7 @@ def bench(seg, sizes: list[str], dense: bool = True, echo=print) -> list[dict]:
         image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
         seconds, peak, labels = _timed(seg, image)
         row = {"size": f"{h}x{w}", "windows": windows, "tokens": n, "seconds": seconds, "peak_mb": peak}
-        if seg.method.family not in (GLOBAL, MASK_GLOBAL):
+        if seg.method.family not in GLOBAL_FAMILIES:
             cells = ["n/a (window-local attention)", "", ""]
         elif not dense:
             cells = ["not run", "", ""]
