@@ -266,8 +266,9 @@ class Segmenter:
     def encoding_identity(self) -> dict:
         """What an image encoding depends on: models (weights), precision, method, window and
         attention settings (the decision settings apply after the text product and may differ)."""
-        models = ImageEncoding.model_identity(self.clip, self.vfm, self.sam, self.radio, self.aux_clip)  # by content
-        if "random" in (t.weights for t in (self.clip, self.vfm, self.sam, self.radio, self.aux_clip) if t is not None):
+        towers = (self.clip, self.vfm, self.sam, self.radio, self.aux_clip, self.bank_clip)
+        models = ImageEncoding.model_identity(*towers)  # by content
+        if "random" in (t.weights for t in towers if t is not None):
             models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
         if self.bank is not None:
             models["bank"] = {"name": self.bank.files.name, "content": self.bank.fingerprint()}
