@@ -303,3 +303,40 @@ def test_cli_segment_with_a_bank_and_early_checks(files, cli_bank, tmp_path, mon
     r = run_cli("compare", img, "--methods", "clearclip,sclip", "--bank-clip", "ViT-B-16", "-c", "a, b", "--out",
                 tmp_path / "c.png")
     assert r.returncode == 2 and "--bank-clip: options of bank support; they need --bank DIR" in r.stderr
+
+
+def test_trident_fuses_on_its_sam_grid(files, tmp_path):
+    """Trident (one map on SAM's grid): the support painted on that grid (the resized id map resized nearest to
+    it) and fused there; bank_alpha=1.0 is Trident alone. Built from towers (tiny SAM, patch-16 VFM)."""
+    import json
+
+    from conftest import tiny_sam
+
+    from glaclip.config.protocols import resolve
+    from glaclip.io.bank import MemoryBank, bank_files
+    from glaclip.models.loading import load_clip, load_vfm
+    from glaclip.models.radio import load_radio
+
+    (tmp_path / "vfm16.json").write_text(json.dumps({"model": "vit_base_patch16_224",
+                                                     "kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 2}}))
+    torch.manual_seed(3)
+    vfm = load_vfm(str(tmp_path / "vfm16.json"), "random", device="cpu", dtype="fp64")
+    clip = load_clip(files["clip"], files["clip_weights"], device="cpu", dtype="fp64")
+    bank_clip = load_clip(files["clip"], files["bank_clip_weights"], device="cpu", dtype="fp64")
+    radio = load_radio("c-radio_v3-l", files["radio_weights"], radio_repo=str(STANDIN), device="cpu", dtype="fp64")
+    bank = MemoryBank.open(bank_files(files["bank"], "coco", {"main": "metaclip_b"}, "radiov3"), {"main": 32}, 32)
+    preset = resolve("trident", "voc21", short_side=112, crop=112, stride=48, sam_refine=False)
+    sam = tiny_sam()
+    seg = Segmenter(clip, vfm, preset, sam=sam, radio=radio, bank=bank, bank_clip=bank_clip, text_cache=False,
+                    progress=False)
+    plain = Segmenter(clip, vfm, preset, sam=sam, text_cache=False, progress=False)
+    img, masks = structured_image(90, 140, seed=4), regions(90, 140)
+    queries = parse_classes(CLASSES)
+    enc = seg.encode_image(img, masks=masks)
+    own = plain.canvas(plain.encode_image(img), queries)
+    assert seg.family.single_map and tuple(own.shape[-2:]) != tuple(enc.resized.shape[-2:])
+    support = naive_support(files, img, masks, tuple(enc.resized.shape[-2:]), grid_size=tuple(own.shape[-2:]),
+                            aux=False)[0]
+    torch.testing.assert_close(seg.canvas(enc, queries), own * 0.5 + support * 0.5, atol=1e-12, rtol=0)
+    one = seg.with_preset(seg.preset.with_overrides(bank_alpha=1.0)).predict(enc, CLASSES)
+    np.testing.assert_array_equal(one.probs, plain.predict(img, CLASSES).probs)
