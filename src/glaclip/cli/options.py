@@ -53,10 +53,10 @@ ProtocolOpt = Annotated[Optional[str], typer.Option(
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk text-embedding cache "
                                           "(`glaclip cache info`).")]
 MasksOpt = Annotated[Optional[Path], typer.Option(
-    "--masks", help="Region masks (for corrclip, or --set mask_vote=true): a folder of id maps, one per image, "
-    "NAME.npz (key instance_mask) or 16-bit NAME.png, NAME the image's output name (x_png for x.png beside x.jpg) "
-    "or stem, mirroring the input folders, else flat (as the release's region_masks/voc); for a single image also "
-    "one file.", show_default=False)]
+    "--masks", help="Region masks (for corrclip, --set mask_vote=true, or any method with --bank): a folder of id "
+    "maps, one per image, NAME.npz (key instance_mask) or 16-bit NAME.png, NAME the image's output name (x_png for "
+    "x.png beside x.jpg) or stem, mirroring the input folders, else flat (as the release's region_masks/voc); for "
+    "a single image also one file.", show_default=False)]
 SamOpt = Annotated[Optional[str], typer.Option(
     "--sam", help="Generate the region masks with SAM 2 instead: sam2-hiera-large (the release's), -base-plus, -small "
     "or -tiny (pip install 'glaclip\\[masks]'). For --method trident: its SAM, sam-vit-b (the default), -l or -h.",
