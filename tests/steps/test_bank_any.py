@@ -340,3 +340,22 @@ def test_trident_fuses_on_its_sam_grid(files, tmp_path):
     torch.testing.assert_close(seg.canvas(enc, queries), own * 0.5 + support * 0.5, atol=1e-12, rtol=0)
     one = seg.with_preset(seg.preset.with_overrides(bank_alpha=1.0)).predict(enc, CLASSES)
     np.testing.assert_array_equal(one.probs, plain.predict(img, CLASSES).probs)
+
+
+def test_mask_routing_counts_a_bank(tmp_path):
+    """Every command's --masks/--sam routing (runs/mask_source.route): with a bank, a method that reads no masks
+    needs them (one line when missing) and takes --masks instead of ignoring it."""
+    from glaclip.config.protocols import resolve
+    from glaclip.runs.mask_source import route
+
+    clear, folder = resolve("clearclip"), tmp_path / "masks"
+    folder.mkdir()
+    with pytest.raises(GlaclipError, match="needs region masks: give .* for bank support"):
+        route([clear], bank=True)
+    assert route([clear], masks=folder, bank=True).request.path == folder
+    with pytest.warns(RuntimeWarning, match="does not use region masks"):
+        assert route([clear], masks=folder).request is None
+    np.savez_compressed(tmp_path / "m.npz", instance_mask=regions(8, 8))
+    several = route([clear, resolve("sclip")], masks=tmp_path / "m.npz", one_image=True, bank=True)
+    assert not several.ignored and several.request.path == tmp_path / "m.npz"
+    assert route([clear, resolve("sclip")], masks=tmp_path / "m.npz", one_image=True).ignored
