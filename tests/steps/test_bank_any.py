@@ -359,3 +359,20 @@ def test_mask_routing_counts_a_bank(tmp_path):
     several = route([clear, resolve("sclip")], masks=tmp_path / "m.npz", one_image=True, bank=True)
     assert not several.ignored and several.request.path == tmp_path / "m.npz"
     assert route([clear, resolve("sclip")], masks=tmp_path / "m.npz", one_image=True).ignored
+
+
+def test_cli_compare_hands_the_bank_to_every_method(files, cli_bank, tmp_path):
+    import json
+
+    from PIL import Image
+
+    img = tmp_path / "im.png"
+    Image.fromarray(structured_image(64, 80, seed=3)).save(img)
+    np.savez_compressed(tmp_path / "im.npz", instance_mask=regions(64, 80))
+    r = run_cli("compare", img, "--methods", "clearclip,maskclip", "--masks", tmp_path / "im.npz", "--bank", cli_bank,
+                "--radio-weights", files["radio_weights"], "--radio-repo", STANDIN, "--bank-clip-weights", "random",
+                "--clip", files["clip"], "--clip-weights", files["clip_weights"], "--device", "cpu", "--dtype", "fp32",
+                "-c", "sky, grass", "--out", tmp_path / "c.png", "--quiet")
+    assert r.returncode == 0, r.stderr
+    runs = json.loads((tmp_path / "c.json").read_text())["runs"]
+    assert len(runs) == 2 and all("bank_alpha=0.5" in run["preset"] and "bank=" in run["models"] for run in runs)
