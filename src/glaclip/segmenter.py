@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config.backbones import DEFAULT_BANK_CLIP, DEFAULT_RADIO
 from .config.classes import ClassQueries, ClassSpec, parse_classes
-from .config.presets import Preset
+from .config.presets import Preset, bank_only_settings
 from .config.protocols import effective, resolve
 from .config.registry import DEFAULT_METHOD, METHODS, Method
 from .errors import GlaclipError
@@ -29,7 +30,8 @@ from .io.masks import fingerprint as region_fingerprint
 from .methods.attention import accumulation_dtype
 from .methods.families import Backbones, family_for
 from .models.devices import dtype_name
-from .models.loading import CLIP_WEIGHTS_ENV, load_towers
+from .models.loading import CLIP_WEIGHTS_ENV, load_towers, same_weights
+from .models.radio import radio_map
 from .models.towers import ClipTower, VfmTower
 from .steps.decision import Segmentation, decide
 from .steps.encoding import ImageEncoding
@@ -44,18 +46,22 @@ class Segmenter:
 
     def __init__(self, clip: ClipTower, vfm: VfmTower | None, preset: Preset | None = None, window_batch: int = 16,
                  compile: bool = False, text_cache: bool = True, progress: bool = True, sam=None, radio=None,
-                 aux_clip: ClipTower | None = None, bank=None):
+                 aux_clip: ClipTower | None = None, bank=None, bank_clip: ClipTower | None = None):
         """window_batch: windows per backbone forward (memory vs speed; results do not change).
         compile: run the backbones' window forwards through torch.compile (first call compiles).
         text_cache: keep query embeddings on disk across runs (`text_cache.cache_root()`); never for
         random weights. progress: a progress bar when text encoding takes more than 2 s.
         sam: `trident.SamTower` for the SAM-aggregated methods (Trident). radio: `models.radio.RadioTower`
-        (CorrCLIPv2); aux_clip: its auxiliary CLIP (DMCE, text tower only); bank: an opened `io.bank.MemoryBank`
-        (support fused with the logits; None: none)."""
+        (CorrCLIPv2's VFM, or the bank's queries for any other method); aux_clip: the auxiliary CLIP (DMCE, text
+        tower only); bank: an opened `io.bank.MemoryBank` (support fused with the logits; None: none);
+        bank_clip: the CLIP whose text answers the bank's main store (text tower only; None: `clip`'s text,
+        as CorrCLIPv2; it may be `clip` itself)."""
         self.clip = clip
         self.vfm = vfm
         self.sam = sam
-        self.radio, self.aux_clip, self.bank = radio, aux_clip, bank
+        self.radio, self.aux_clip, self.bank, self.bank_clip = radio, aux_clip, bank, bank_clip
+        if bank is not None and radio is None:
+            raise GlaclipError("a memory bank needs RADIO, whose features are the bank's queries")
         self.preset = preset or resolve(DEFAULT_METHOD)
         self.preset.validate()
         self.window_batch = window_batch
@@ -67,6 +73,8 @@ class Segmenter:
         self.device = clip.visual.conv1.weight.device
         self.text = text_encoder(clip, cache=text_cache, progress=progress)
         self.aux_text = text_encoder(aux_clip, cache=text_cache, progress=progress) if aux_clip is not None else None
+        self.bank_text = (self.text if bank_clip is None or bank_clip is clip else
+                          text_encoder(bank_clip, cache=text_cache, progress=progress))
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._check_grids()
 
@@ -78,7 +86,9 @@ class Segmenter:
                         progress: bool = True, preset: Preset | None = None, sam: str | None = None,
                         sam_weights: str | None = None, radio_repo: str | None = None, aux_clip: str | None = None,
                         aux_clip_weights: str | None = None, bank: str | None = None, bank_name: str | None = None,
-                        bank_encoders: dict | None = None, **overrides: Any) -> "Segmenter":
+                        bank_encoders: dict | None = None, radio: str | None = None, radio_weights: str | None = None,
+                        bank_clip: str | None = None, bank_clip_weights: str | None = None,
+                        **overrides: Any) -> "Segmenter":
         """Load both models and a preset.
 
         clip: open_clip model name (or 'hf-hub:...', or an open_clip JSON config file); None: the method's
@@ -99,10 +109,21 @@ class Segmenter:
             weights alone: a QuickGELU ViT-B/16. bank, bank_name: a memory bank in the release's layout
             (the folder holding clip_embeddings/ and vfm_embeddings/; name default 'coco'); None: no support;
             bank_encoders: {'main': ..., 'aux': ..., 'vfm': ...} file keys for models the release never named.
+        Bank support for any other method (our own, in no paper; README "Bank support for any method"): bank
+            and bank_name as above; RADIO (the bank's queries) is an extra model: radio (default 'c-radio_v3-l'),
+            radio_weights (its checkpoint file) and radio_repo; bank_clip, bank_clip_weights: the CLIP whose text
+            answers the main store (text tower only; default MetaCLIP ViT-B-16-quickgelu / metaclip_fullcc, the
+            stores' own; its architecture names the store file; the method's own CLIP is reused when both name
+            the same model and weights); aux_clip as above. Region masks are then needed.
         overrides: any setting of the preset, e.g. rho=0.6, short_side=560, prob_thd=0.1.
         preset: a preset already resolved (`protocols.effective`), instead of method/dataset/protocol;
             overrides still apply on top.
         """
+        bank_settings = bank_only_settings(preset.method if preset is not None else resolve(method or DEFAULT_METHOD)
+                                           .method, overrides)
+        if bank is None and bank_settings:
+            raise GlaclipError(f"{', '.join(bank_settings)}: settings of bank support; they need a memory bank "
+                               "(bank=DIR, --bank DIR)")
         if preset is None:
             preset, _ = effective(method or DEFAULT_METHOD, dataset, protocol, overrides)
         elif method is not None or dataset is not None or protocol is not None:
@@ -121,24 +142,44 @@ class Segmenter:
                  "radio": (vfm, vfm_weights)}
         wanted = {t: (given[t][0] or entry.model(t), given[t][1]) for t in entry.towers}
         files = None
-        if not entry.needs_radio and any(v is not None for v in (radio_repo, aux_clip, aux_clip_weights, bank)):
-            raise GlaclipError(f"radio_repo, aux_clip and bank belong to CorrCLIPv2, not to method {preset.method}")
+        extra = {"radio": radio, "radio_weights": radio_weights, "bank_clip": bank_clip,
+                 "bank_clip_weights": bank_clip_weights}
+        if entry.needs_radio and any(v is not None for v in extra.values()):
+            named = ", ".join(k for k, v in extra.items() if v is not None)
+            raise GlaclipError(f"{named}: not for {preset.method}, whose RADIO is its VFM (vfm=, vfm_weights=) and "
+                               "whose bank answers its own CLIP's text")
+        if not entry.needs_radio and bank is None:
+            more = dict(radio_repo=radio_repo, aux_clip=aux_clip, aux_clip_weights=aux_clip_weights,
+                        bank_name=bank_name, bank_encoders=bank_encoders)
+            named = [k for k, v in {**extra, **more}.items() if v is not None]
+            if named:
+                raise GlaclipError(f"{', '.join(named)}: options of bank support; they need a memory bank (bank=DIR)")
+        reuse = False
         if bank is not None:
+            if not entry.needs_radio:  # bank support of any method: RADIO and the bank's text CLIP as extra towers
+                wanted["radio"] = (radio or DEFAULT_RADIO, radio_weights)
+                pair = (bank_clip or DEFAULT_BANK_CLIP[0], bank_clip_weights or DEFAULT_BANK_CLIP[1])
+                reuse = same_weights(pair, wanted["clip"])
+                if not reuse:
+                    wanted["bank_clip"] = pair
             if aux_clip is not None or aux_clip_weights is not None:
                 wanted["aux_clip"] = (aux_clip or "ViT-B-16-quickgelu", aux_clip_weights)
-            files = bank_for(bank, bank_name, wanted["clip"][0], wanted["radio"][0],
+            text_clip = wanted.get("bank_clip", wanted["clip"])[0]
+            files = bank_for(bank, bank_name, text_clip, wanted["radio"][0],
                              wanted["aux_clip"][0] if "aux_clip" in wanted else None, bank_encoders)
         towers = load_towers(wanted, device, dtype, {"radio": {"radio_repo": radio_repo}})
+        if reuse:
+            towers["bank_clip"] = towers["clip"]
         opened = open_bank_for(files, towers) if files is not None else None
         return cls(towers["clip"], towers.get("vfm"), preset, window_batch=window_batch, compile=compile,
                    text_cache=text_cache, progress=progress, sam=towers.get("sam"), radio=towers.get("radio"),
-                   aux_clip=towers.get("aux_clip"), bank=opened)
+                   aux_clip=towers.get("aux_clip"), bank=opened, bank_clip=towers.get("bank_clip"))
 
     def models(self) -> dict:
         """Which models (and weights) this segmenter runs; the VFM is None for CLIP-only methods."""
         vfm = {"model": self.vfm.name, "weights": self.vfm.weights} if self.vfm is not None else None
         out = {"clip": {"model": self.clip.name, "weights": self.clip.weights}, "vfm": vfm}
-        for name in ("sam", "radio", "aux_clip"):
+        for name in ("sam", "radio", "aux_clip", "bank_clip"):
             tower = getattr(self, name)
             if tower is not None:
                 out[name] = {"model": tower.name, "weights": tower.weights}
@@ -149,7 +190,10 @@ class Segmenter:
     def models_line(self) -> str:
         m = self.models()
         vfm = f"{m['vfm']['model']}:{m['vfm']['weights']}" if m["vfm"] else "none"
-        sam = "".join(f" {k}={m[k]['model']}:{m[k]['weights']}" for k in ("sam", "radio", "aux_clip") if k in m)
+        sam = "".join(f" {k}={m[k]['model']}:{m[k]['weights']}" for k in ("sam", "radio", "aux_clip", "bank_clip")
+                      if k in m)
+        if "bank" in m:
+            sam += f" bank={m['bank']['root']}:{m['bank']['name']}"
         return (f"clip={m['clip']['model']}:{m['clip']['weights']} vfm={vfm}{sam} device={self.device} "
                 f"dtype={dtype_name(self.clip.dtype)}")
 
@@ -222,8 +266,9 @@ class Segmenter:
     def encoding_identity(self) -> dict:
         """What an image encoding depends on: models (weights), precision, method, window and
         attention settings (the decision settings apply after the text product and may differ)."""
-        models = ImageEncoding.model_identity(self.clip, self.vfm, self.sam, self.radio, self.aux_clip)  # by content
-        if "random" in (t.weights for t in (self.clip, self.vfm, self.sam, self.radio, self.aux_clip) if t is not None):
+        towers = (self.clip, self.vfm, self.sam, self.radio, self.aux_clip, self.bank_clip)
+        models = ImageEncoding.model_identity(*towers)  # by content
+        if "random" in (t.weights for t in towers if t is not None):
             models["random_weights_of"] = self._instance  # random weights: this segmenter's own only
         if self.bank is not None:
             models["bank"] = {"name": self.bank.files.name, "content": self.bank.fingerprint()}
@@ -258,8 +303,13 @@ class Segmenter:
 
     @property
     def needs_masks(self) -> bool:
-        """Whether this segmenter's method reads region masks (CorrCLIP) or its decision does (mask_vote)."""
-        return self.preset.reads_masks
+        """Whether this segmenter reads region masks: its method (CorrCLIP), its decision (mask_vote) or its
+        memory bank's support (the bank's queries are regions)."""
+        return self.preset.reads_masks or self.bank is not None
+
+    def describe(self) -> str:
+        """The preset's line (`Preset.describe`), with bank support's settings when a bank is fused."""
+        return self.preset.describe(bank=self.bank is not None)
 
     @torch.no_grad()
     def encode_images(self, rgbs: list[np.ndarray], max_windows: int | None = None,
@@ -278,9 +328,18 @@ class Segmenter:
             if m is None and self.method.needs_masks:
                 raise GlaclipError(f"method {self.preset.method} needs region masks: give masks=... (an H x W id "
                                    "map), --masks DIR or --sam NAME")
+            if m is None and self.bank is not None:
+                raise GlaclipError("bank support needs region masks (the bank's queries are regions): give masks=... "
+                                   "(an H x W id map), --masks DIR or --sam NAME")
             x = preprocess(rgb, w.short_side, w.max_long_side, acc, self.method.pixel_norm)
             x, context = self.family.prepare(rgb, x, w)
-            prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3]), m, context))
+            support = None
+            if self.bank is not None and self.family.support_features(context) is None:
+                # any other method: the bank's queries from RADIO's map of the image at the resized size
+                support = support_extras(self.bank, radio_map(self.radio, rgb, tuple(x.shape[-2:]), self.clip.dtype),
+                                         resize_masks(m, (x.shape[2], x.shape[3]))[0],
+                                         self.preset.attention.num_support)
+            prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3]), m, context, support))
         limit = max_windows or 4 * self.window_batch
         identity = self.encoding_identity()
         out = []
@@ -291,24 +350,27 @@ class Segmenter:
                    prepared[j][2].padded_size == prepared[i][2].padded_size and total + prepared[j][2].count <= limit):
                 total += prepared[j][2].count
                 j += 1
-            crops = torch.cat([crop_windows(x.to(self.device), grid) for _, x, grid, _, _ in prepared[i:j]])
+            crops = torch.cat([crop_windows(x.to(self.device), grid) for _, x, grid, _, _, _ in prepared[i:j]])
             window_masks = None
             if self.method.needs_masks:
                 window_masks = torch.cat([crop_masks(resize_masks(m, (x.shape[2], x.shape[3])), grid,
                                                      self.family.mask_pad_id)
-                                          for _, x, grid, m, _ in prepared[i:j]]).to(self.device)
+                                          for _, x, grid, m, _, _ in prepared[i:j]]).to(self.device)
             feats, (gh, gw) = (self.window_features(crops, window_masks, prepared[i][4], prepared[i][2])
                                if self.family.uses_context else self.window_features(crops, window_masks))
             offset = 0
-            for size, x, grid, m, context in prepared[i:j]:
+            for size, x, grid, m, context, support in prepared[i:j]:
                 mine = {k: v[offset : offset + grid.count] for k, v in feats.items()}
                 offset += grid.count
                 final = self.final_tokens(mine, grid, (gh, gw), context)
                 enc_grid, shape = self.family.layout(grid, (gh, gw), context)
                 emb = F.normalize(self.family.embed(final).to(acc), dim=-1).view(*shape, -1)
-                ident = dict(identity, masks=region_fingerprint(m)) if self.method.needs_masks else identity
+                ident = (dict(identity, masks=region_fingerprint(m)) if self.method.needs_masks or self.bank is not None
+                         else identity)
                 extras = self.family.extras(context)
-                if self.bank is not None:
+                if support is not None:
+                    extras = {**(extras or {}), **support}
+                elif self.bank is not None:
                     ids = resize_masks(m, (x.shape[2], x.shape[3]))[0]
                     extras = {**(extras or {}), **support_extras(self.bank, self.family.support_features(context),
                                                                  ids, self.preset.attention.num_support)}
@@ -327,23 +389,38 @@ class Segmenter:
                                "image again with this segmenter")
         enc.with_masks(masks)
 
+    def _text_of(self, role: str, encoder, queries: ClassQueries, like: torch.Tensor) -> torch.Tensor:
+        """Query embeddings of another CLIP's text tower (auxiliary, bank), cached beside the main ones."""
+        key = (f"\0{role}",) + queries.queries
+        if key not in self._query_cache:
+            self._query_cache[key] = encoder.embed(queries.queries)
+        return self._query_cache[key].to(like.device, like.dtype)
+
     def canvas(self, enc: ImageEncoding, queries: ClassQueries) -> torch.Tensor:
         """The text product of an encoding: logits Q x h x w stitched on the resized image (or on the
-        token grid for whole-image inference), before the final resize."""
+        token grid for whole-image inference), before the final resize; with a memory bank, the bank's
+        support fused in (at the resized size; for other methods than CorrCLIPv2 on one token map, on
+        that map: README "Bank support for any method")."""
         text = self.query_embeddings(queries).to(enc.embeddings.device, enc.embeddings.dtype)
         logits = (enc.embeddings @ text.T).permute(0, 3, 1, 2)
-        if self.family.single_map or (self.preset.window.crop == 0 and not any(enc.grid.pad) and self.bank is None):
-            # one token map (whole image, or Trident's SAM grid): straight to the original
-            return logits[0]
-        canvas = stitch(logits, enc.grid)
-        if self.bank is not None and enc.extras and "support_ids" in enc.extras:
-            texts = {"main": text}
+        support = self.bank is not None and bool(enc.extras) and "support_ids" in enc.extras
+        one_map = self.family.single_map or (self.preset.window.crop == 0 and not any(enc.grid.pad))
+        if one_map and (self.bank is None or not self.method.needs_radio):
+            # one token map (whole image, or Trident's SAM grid): straight to the original (CorrCLIPv2 with a
+            # bank stitches it on the resized image first, as its release)
+            canvas = logits[0]
+        else:
+            canvas = stitch(logits, enc.grid)
+        if support:
+            if self.bank_clip is None or self.bank_clip is self.clip:  # CorrCLIPv2, or the method's own CLIP reused
+                texts = {"main": text}
+            else:
+                texts = {"main": self._text_of("bank", self.bank_text, queries, text)}
             if self.aux_text is not None and self.preset.decision.use_aux:
-                key = ("\0aux",) + queries.queries  # the auxiliary CLIP's query embeddings, cached beside the main
-                if key not in self._query_cache:
-                    self._query_cache[key] = self.aux_text.embed(queries.queries)
-                texts["aux"] = self._query_cache[key].to(text.device, text.dtype)
-            ids = resize_masks(enc.masks, tuple(canvas.shape[-2:]))[0]
+                texts["aux"] = self._text_of("aux", self.aux_text, queries, text)
+            ids = resize_masks(enc.masks, (enc.grid.height, enc.grid.width))[0]  # the map the queries came from
+            if tuple(ids.shape) != tuple(canvas.shape[-2:]):  # one token map: each cell its region, nearest
+                ids = resize_masks(ids, tuple(canvas.shape[-2:]))[0]
             support = support_map(self.bank, enc.extras["support_regions"], enc.extras["support_ids"], ids, texts)
             canvas = fuse(canvas, support, self.preset.decision.bank_alpha)
         return canvas

@@ -213,8 +213,11 @@ def test_checks_before_models_load(cc2_files, monkeypatch, tmp_path):
         Segmenter.from_pretrained(method="corrclip2", bank=str(tmp_path / "none"), device="cpu")
     with pytest.raises(GlaclipError, match="no memory-bank store is named for CLIP"):
         Segmenter.from_pretrained(method="corrclip2", clip="ViT-S-16", bank=cc2_files["bank"], device="cpu")
-    with pytest.raises(GlaclipError, match="belong to CorrCLIPv2, not to method corrclip"):
-        Segmenter.from_pretrained(method="corrclip", bank=cc2_files["bank"], device="cpu")
+    # any other method takes a bank (tests/steps/test_bank_any.py); RADIO's options alone need one
+    with pytest.raises(GlaclipError, match="radio_repo: options of bank support; they need a memory bank"):
+        Segmenter.from_pretrained(method="corrclip", radio_repo=cc2_files["radio_repo"], device="cpu")
+    with pytest.raises(GlaclipError, match="radio_weights, bank_clip: not for corrclip2, whose RADIO is its VFM"):
+        build(cc2_files, bank=True, radio_weights=cc2_files["vfm_weights"], bank_clip="ViT-B-16")
 
 
 def test_masks_required(cc2):
@@ -274,15 +277,15 @@ def test_cli_segment_and_early_checks(cc2_files, tmp_path):
     for opt, msg in bad.items():
         r = run_cli("segment", img, "--masks", tmp_path / "im.npz", "--out", tmp_path / "o2", *opt, *common)
         assert r.returncode != 0 and __import__("re").search(msg, r.stderr), (opt, r.stderr)
-    r = run_cli("segment", img, "--method", "corrclip", "--bank", cc2_files["bank"], "-c", "a, b", "--out",
-                tmp_path / "o3")
-    assert r.returncode != 0 and "--bank: options of --method corrclip2" in r.stderr
-    r = run_cli("compare", img, "--methods", "corrclip", "--bank", cc2_files["bank"], "-c", "a, b",
+    r = run_cli("segment", img, "--masks", tmp_path / "im.npz", "--bank", cc2_files["bank"], "--radio-weights",
+                cc2_files["vfm_weights"], "--out", tmp_path / "o3", *common)
+    assert r.returncode == 2 and "--radio-weights: not for --method corrclip2" in r.stderr
+    r = run_cli("compare", img, "--methods", "corrclip", "--radio-repo", STANDIN, "-c", "a, b",
                 "--out", tmp_path / "c.png")
-    assert r.returncode != 0 and "--bank: options of --method corrclip2" in r.stderr
+    assert r.returncode != 0 and "--radio-repo: options of bank support; they need --bank DIR" in r.stderr
     r = run_cli("eval", "--dataset", "voc21", "--data-root", tmp_path, "--method", "corrclip",
                 "--radio-repo", STANDIN)
-    assert r.returncode != 0 and "--radio-repo: options of --method corrclip2" in r.stderr
+    assert r.returncode != 0 and "--radio-repo: options of bank support; they need --bank DIR" in r.stderr
 
 
 def test_half_precision_runs(cc2_files):

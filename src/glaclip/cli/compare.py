@@ -11,6 +11,8 @@ from ..errors import GlaclipError
 from .options import (
     AuxClipOpt,
     AuxClipWeightsOpt,
+    BankClipOpt,
+    BankClipWeightsOpt,
     BankNameOpt,
     BankOpt,
     ClipOpt,
@@ -20,7 +22,9 @@ from .options import (
     MasksOpt,
     ProtocolOpt,
     QuietOpt,
+    RadioOpt,
     RadioRepoOpt,
+    RadioWeightsOpt,
     SamOpt,
     SamWeightsOpt,
     SetOpt,
@@ -59,6 +63,10 @@ def compare_cmd(
     radio_repo: RadioRepoOpt = None,
     aux_clip: AuxClipOpt = None,
     aux_clip_weights: AuxClipWeightsOpt = None,
+    radio: RadioOpt = None,
+    radio_weights: RadioWeightsOpt = None,
+    bank_clip: BankClipOpt = None,
+    bank_clip_weights: BankClipWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,
@@ -79,7 +87,8 @@ def compare_cmd(
     models = {k: v for k, v in dict(clip=clip, clip_weights=clip_weights, vfm=vfm, vfm_weights=vfm_weights).items()
               if v is not None}
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    models.update(radio_options([resolve(n) for n in names], bank, bank_name, radio_repo, aux_clip, aux_clip_weights))
+    models.update(radio_options([resolve(n) for n in names], bank, bank_name, radio_repo, aux_clip, aux_clip_weights,
+                                radio, radio_weights, bank_clip, bank_clip_weights, parse_overrides(settings)))
     runs = compare_image(image, names,
                          class_file or ("\n".join(classes) if classes else None), out, dataset=dataset,
                          protocol=protocol, overrides=parse_overrides(settings), masks=masks, sam=sam,

@@ -11,6 +11,8 @@ from ..config.registry import DEFAULT_METHOD
 from .options import (
     AuxClipOpt,
     AuxClipWeightsOpt,
+    BankClipOpt,
+    BankClipWeightsOpt,
     BankNameOpt,
     BankOpt,
     ClipOpt,
@@ -23,7 +25,9 @@ from .options import (
     NoCacheOpt,
     ProtocolOpt,
     QuietOpt,
+    RadioOpt,
     RadioRepoOpt,
+    RadioWeightsOpt,
     SamOpt,
     SamWeightsOpt,
     SetOpt,
@@ -65,6 +69,10 @@ def evaluate_cmd(
     radio_repo: RadioRepoOpt = None,
     aux_clip: AuxClipOpt = None,
     aux_clip_weights: AuxClipWeightsOpt = None,
+    radio: RadioOpt = None,
+    radio_weights: RadioWeightsOpt = None,
+    bank_clip: BankClipOpt = None,
+    bank_clip_weights: BankClipWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     compile: CompileOpt = False,
@@ -87,9 +95,11 @@ def evaluate_cmd(
 
     # the protocol's row for this data set, then --set; bad settings fail before the models load
     own = class_file or (Path(data_root) / "classes.txt" if dataset.lower() == "folder" else None)
-    preset, _ = effective(method, dataset, protocol, parse_overrides(settings), own)
-    radio = radio_options([preset], bank, bank_name, radio_repo, aux_clip, aux_clip_weights)
-    routed = route([preset], masks, sam, sam_weights)
+    overrides = parse_overrides(settings)
+    preset, _ = effective(method, dataset, protocol, overrides, own)
+    banked = radio_options([preset], bank, bank_name, radio_repo, aux_clip, aux_clip_weights, radio, radio_weights,
+                           bank_clip, bank_clip_weights, overrides)
+    routed = route([preset], masks, sam, sam_weights, bank=bank is not None)
     own_sam, request = routed.sam, routed.request
     ds = open_dataset(dataset, data_root, class_file=class_file, label_suffix=label_suffix,
                       reduce_zero=reduce_zero_label, ignore_index=ignore_index, packaged=preset.class_file)
@@ -98,7 +108,7 @@ def evaluate_cmd(
     out = out or Path("runs") / (f"{ds.spec.name}-{method}" + ("" if protocol in (None, "default") else f"-{protocol}"))
     check_writable(out)
     seg = build_segmenter(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                compile=compile, text_cache=not no_cache, masks=request, **own_sam, **radio)
+                compile=compile, text_cache=not no_cache, masks=request, **own_sam, **banked)
     source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else say)
     result = evaluate(seg, ds, out, limit=limit, resume=resume, progress=not quiet, shard=shard, masks=source)
     if shard.rank == 0 and not quiet:

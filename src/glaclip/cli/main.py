@@ -21,6 +21,8 @@ from .labelstudio import labelstudio_cmd
 from .options import (
     AuxClipOpt,
     AuxClipWeightsOpt,
+    BankClipOpt,
+    BankClipWeightsOpt,
     BankNameOpt,
     BankOpt,
     ClipOpt,
@@ -33,7 +35,9 @@ from .options import (
     NoCacheOpt,
     ProtocolOpt,
     QuietOpt,
+    RadioOpt,
     RadioRepoOpt,
+    RadioWeightsOpt,
     SamOpt,
     SamWeightsOpt,
     SetOpt,
@@ -106,6 +110,10 @@ def segment(
     radio_repo: RadioRepoOpt = None,
     aux_clip: AuxClipOpt = None,
     aux_clip_weights: AuxClipWeightsOpt = None,
+    radio: RadioOpt = None,
+    radio_weights: RadioWeightsOpt = None,
+    bank_clip: BankClipOpt = None,
+    bank_clip_weights: BankClipWeightsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     compile: CompileOpt = False,
@@ -141,10 +149,11 @@ def segment(
         raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
     if export not in (None, "coco", "fiftyone"):
         raise GlaclipError(f"--export takes coco or fiftyone, not {export!r}")
-    radio = radio_options([preset], bank, bank_name, radio_repo, aux_clip, aux_clip_weights)
+    banked = radio_options([preset], bank, bank_name, radio_repo, aux_clip, aux_clip_weights, radio, radio_weights,
+                           bank_clip, bank_clip_weights, overrides)
     items = collect(images)
     routed = route([preset], masks, sam, sam_weights, save_masks, one_image=len(items) == 1,
-                   carried=all(is_encoding_file(it.path) for it in items))
+                   carried=all(is_encoding_file(it.path) for it in items), bank=bank is not None)
     own_sam, request = routed.sam, routed.request
     check_encoding_masks(request, items)
     check_writable(out)
@@ -157,7 +166,7 @@ def segment(
     with hold(out) if shard.rank == 0 else nullcontext():  # one run at a time per --out
         device = rank_device(shard, device)
         seg = build_segmenter(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,
-                    compile=compile, text_cache=not no_cache, masks=request, **own_sam, **radio)
+                    compile=compile, text_cache=not no_cache, masks=request, **own_sam, **banked)
         source = open_masks(request, seg, dtype, echo=None if quiet or shard.rank else say)
         opts = Options(save_probs=save_probs, alpha=alpha, export=export, workers=workers, overwrite=overwrite,
                        batch_images=batch_images or (4 if seg.device.type == "cuda" else 1),

@@ -76,3 +76,6 @@ BANK_AUX_KEYS = {"ViT-B-16-quickgelu": "dfnclip_b", "ViT-B-16": "dfnclip_b", "hf
                  "hf-hub:apple/DFN2B-CLIP-ViT-L-14": "dfnclip_l"}
 DEFAULT_AUX_CLIP = ("hf-hub:apple/DFN2B-CLIP-ViT-B-16", None)  # the release's DMCE CLIP (QuickGELU ViT-B/16)
 DEFAULT_BANK_NAME = "coco"
+# Bank support for a method other than CorrCLIPv2: the text-only CLIP whose text answers the main store (the
+# published stores hold MetaCLIP 2.5B ViT-B/16 image embeddings); its architecture picks the store's key.
+DEFAULT_BANK_CLIP = ("ViT-B-16-quickgelu", "metaclip_fullcc")

@@ -27,6 +27,7 @@ from .registry import (
     VFM_LOCAL,
 )
 
+BANK_SETTINGS = ("num_support", "use_aux", "bank_alpha")  # read by bank support (any method with a memory bank)
 ALIASES = {"T": "proxy_iters", "S": "short_side", "c": "crop", "s": "stride"}  # METHOD.md's symbols
 # the attention and decision settings each family reads (every method reads the window settings and
 # DECISION: DecisionConfig also holds Trident's); `Preset.describe` lists these only
@@ -35,8 +36,8 @@ GLA = ("rho", "proxy_iters", "dynamic", "dynamic_beta", "alpha_beta", "alpha_gam
        "memory_mb")
 FAMILY_SETTINGS = {
     GLOBAL: GLA, VFM_LOCAL: ("beta", "gamma", "memory_mb", "token_norm"), CLIP_LOCAL: (), MASK_LOCAL: (),
-    MASK_GLOBAL: ("block_rows", "memory_mb"), MASK_RADIO: ("num_support", "use_aux", "bank_alpha"),
-    MASK_RADIO_GLOBAL: ("block_rows", "memory_mb", "num_support", "use_aux", "bank_alpha"),
+    MASK_GLOBAL: ("block_rows", "memory_mb"), MASK_RADIO: BANK_SETTINGS,
+    MASK_RADIO_GLOBAL: ("block_rows", "memory_mb", *BANK_SETTINGS),
     SAM_GLOBAL: ("beta", "gamma", "cos_fac", "refine_neg_cos", "sam_halves", "sam_refine", "coarse_thresh",
                  "sam_iou_thresh", "minimal_area", "sam_mask_coff"),
 }
@@ -156,11 +157,12 @@ class Preset:
         """Whether the method reads region masks (CorrCLIP) or the decision does (mask_vote)."""
         return METHODS[self.method].needs_masks or self.decision.mask_vote
 
-    def describe(self) -> str:
-        """One line with every setting the method uses (`used_settings`), e.g. for logs and result files."""
+    def describe(self, bank: bool = False) -> str:
+        """One line with every setting the method uses (`used_settings`), e.g. for logs and result files;
+        bank: with a memory bank's support (its settings listed too)."""
         parts = [f"preset={self.name}", f"method={self.method}", f"protocol={self.protocol}",
                  f"dataset={self.dataset or 'none'}"]
-        used = used_settings(self.method)
+        used = used_settings(self.method, bank)
         for group in (self.window, self.attention, self.decision):
             parts += [f"{f.name}={getattr(group, f.name)}" for f in fields(group) if f.name in used]
         return " ".join(parts)
@@ -267,14 +269,22 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
     return value
 
 
-def used_settings(method: str) -> set[str]:
+def used_settings(method: str, bank: bool = False) -> set[str]:
     """The settings a method reads: the window settings, its family's (`FAMILY_SETTINGS`), the decision's,
-    NACLIP's gaussian_std where it adds the neighbourhood (an unknown method or family: all)."""
+    NACLIP's gaussian_std where it adds the neighbourhood, and with a memory bank (`bank`) the bank
+    support's (`BANK_SETTINGS`) (an unknown method or family: all)."""
     entry = METHODS.get(method)
     if entry is None or entry.family not in FAMILY_SETTINGS:
         return set(setting_names())
     return {f.name for f in fields(WindowConfig)} | set(FAMILY_SETTINGS[entry.family]) | set(DECISION) | (
-        {"gaussian_std"} if entry.neighbourhood else set())
+        {"gaussian_std"} if entry.neighbourhood else set()) | (set(BANK_SETTINGS) if bank else set())
+
+
+def bank_only_settings(method: str, overrides) -> list[str]:
+    """The settings among `overrides` (names as given; aliases allowed) that `method` reads only with a
+    memory bank (bank support's, for every method whose family does not read them itself)."""
+    unused = set(BANK_SETTINGS) - used_settings(method)
+    return [k for k in overrides if ALIASES.get(k, k) in unused]
 
 
 def setting_names() -> list[str]:

@@ -23,23 +23,12 @@ CorrCLIPv2.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import GlaclipError
+from ..models.radio import radio_map  # moved to models/ (bank support of any method); re-exported
 from .corrclip import PAD_ID, _MaskGuided, _rows, global_scope_attention, nearest, scope_weights
-
-
-def radio_map(radio, rgb: np.ndarray, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """H x W x 3 uint8 -> C x h x w: RADIO's features of the whole image (input in [0, 1] at RADIO's nearest
-    supported resolution, bilinear) resized bilinearly to `size` and L2-normalised per pixel, in `dtype`."""
-    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(radio.device, dtype) / 255
-    snapped = radio.nearest_resolution(rgb.shape[0], rgb.shape[1])
-    x = F.interpolate(x, size=snapped, mode="bilinear", align_corners=False)
-    feats = radio.features(x).to(dtype)
-    feats = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
-    return F.normalize(feats, dim=1)[0]
 
 
 def window_features(full: torch.Tensor, grid, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:

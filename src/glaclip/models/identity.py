@@ -72,11 +72,11 @@ def tower_identity(tower, tensors: Callable[[], list] | None = None, part: str =
     return {"model": tower.name, "structure": prints["structure"], "weights": prints.get(part, "random")}
 
 
-def towers_identity(clip, vfm=None, sam=None, radio=None, aux_clip=None) -> dict:
+def towers_identity(clip, vfm=None, sam=None, radio=None, aux_clip=None, bank_clip=None) -> dict:
     """The identity of every tower a segmenter runs: CLIP by its image tower's weights (the text tower is
     the text cache's and a run's own part), the VFM (None when the method loads none) and, when loaded,
     Trident's SAM, CorrCLIPv2's RADIO (whole model) and its auxiliary CLIP (by its text tower, the only
-    part it runs)."""
+    part it runs), and a bank-support CLIP (`bank_clip`, by its text tower too)."""
 
     def image_tensors() -> list:
         text = {k for k, _ in clip.text_tensors()}
@@ -90,4 +90,6 @@ def towers_identity(clip, vfm=None, sam=None, radio=None, aux_clip=None) -> dict
         out["radio"] = tower_identity(radio)
     if aux_clip is not None:
         out["aux_clip"] = tower_identity(aux_clip, aux_clip.text_tensors, "text weights")
+    if bank_clip is not None:
+        out["bank_clip"] = tower_identity(bank_clip, bank_clip.text_tensors, "text weights")
     return out

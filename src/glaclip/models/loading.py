@@ -41,7 +41,7 @@ CLIP_WEIGHTS_ENV = "GLACLIP_CLIP_WEIGHTS"
 VFM_WEIGHTS_ENV = "GLACLIP_VFM_WEIGHTS"
 
 
-__all__ = ["CLIP_WEIGHTS_ENV", "VFM_WEIGHTS_ENV", "RANDOM", "load_clip", "load_vfm", "load_towers"]
+__all__ = ["CLIP_WEIGHTS_ENV", "VFM_WEIGHTS_ENV", "RANDOM", "load_clip", "load_vfm", "load_towers", "same_weights"]
 
 
 class _OpenClipRecords(logging.Filter):
@@ -344,16 +344,30 @@ def import_libraries() -> None:
     import timm  # noqa: F401
 
 
+def same_weights(a: tuple[str, str | None], b: tuple[str, str | None]) -> bool:
+    """Whether two (model, weights) pairs name the same loaded model before loading: the same model name and
+    the same weights (one pretrained tag, or one file by its real path); never for weights left to a
+    default (None) or 'random' (each load differs)."""
+    (name_a, weights_a), (name_b, weights_b) = a, b
+    if name_a != name_b or weights_a is None or weights_b is None or RANDOM in (weights_a, weights_b):
+        return False
+    if builder.looks_like_path(weights_a) or builder.looks_like_path(weights_b):
+        return os.path.realpath(os.path.expanduser(weights_a)) == os.path.realpath(os.path.expanduser(weights_b))
+    return weights_a == weights_b
+
+
 def load_towers(wanted: Mapping[str, tuple[str, str | None]], device: str | torch.device = "auto",
                 dtype: str | torch.dtype = "auto", options: Mapping[str, dict] | None = None) -> dict:
-    """Every tower a method declares, in one call: `wanted` maps "clip", "vfm", "sam", "radio" and "aux_clip" to
+    """Every tower a method declares, in one call: `wanted` maps "clip", "vfm", "sam", "radio", "aux_clip" and
+    "bank_clip" (a CLIP whose text tower alone runs, as "aux_clip") to
     (name, weights), `options` a tower to more keyword arguments of its loader (RADIO's radio_repo)
     (CLIP first: the others take its device and precision). Every missing weights file is named at once
     (one `MissingWeights`), not one per attempt."""
     from .radio import load_radio
     from .sam import load_sam
 
-    loaders = {"clip": load_clip, "vfm": load_vfm, "sam": load_sam, "radio": load_radio, "aux_clip": load_clip}
+    loaders = {"clip": load_clip, "vfm": load_vfm, "sam": load_sam, "radio": load_radio, "aux_clip": load_clip,
+               "bank_clip": load_clip}
     towers: dict = {}
     missing: list[MissingWeights] = []
     for kind, (name, weights) in wanted.items():

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config.backbones import DEFAULT_RADIO, RADIO_HUB_REPO, RADIO_MODELS
 from ..errors import GlaclipError, MissingWeights, one_line
@@ -69,6 +71,17 @@ class RadioTower:
         spatial features (`model(x, feature_fmt='NCHW')`, second output)."""
         out = self.model(x01.to(self.device, self.dtype), feature_fmt="NCHW")
         return out[1]
+
+
+def radio_map(radio, rgb: np.ndarray, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """H x W x 3 uint8 -> C x h x w: RADIO's features of the whole image (input in [0, 1] at RADIO's nearest
+    supported resolution, bilinear) resized bilinearly to `size` and L2-normalised per pixel, in `dtype`."""
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(radio.device, dtype) / 255
+    snapped = radio.nearest_resolution(rgb.shape[0], rgb.shape[1])
+    x = F.interpolate(x, size=snapped, mode="bilinear", align_corners=False)
+    feats = radio.features(x).to(dtype)
+    feats = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
+    return F.normalize(feats, dim=1)[0]
 
 
 def radio_repo_dir(radio_repo: str | os.PathLike | None = None) -> Path:

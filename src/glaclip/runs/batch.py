@@ -235,7 +235,7 @@ def segment_collection(seg, items: list[Item], queries: ClassQueries, out: Path,
         seg.query_embeddings(queries)  # once, with its own progress bar, before the images' bar starts
     palette = distinct_palette(len(queries))
     settings = seg.preset.settings(queries.queries)
-    preset_dict, preset_line, models = seg.preset.to_dict(), seg.preset.describe(), seg.models()
+    preset_dict, preset_line, models = seg.preset.to_dict(), seg.describe(), seg.models()
     mask_line = opts.masks.describe() if opts.masks is not None else None
 
     def handle(batch: list[tuple[Item, Loaded]]):

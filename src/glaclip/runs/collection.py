@@ -280,7 +280,8 @@ def same_on_all_ranks(text: str, shard: Shard) -> bool:
     return int(t[0]) == -int(t[1])
 
 
-TOWERS = ("clip", "vfm", "sam", "radio", "aux_clip")  # the frozen networks a segmenter runs, as its identity names them
+# the frozen networks a segmenter runs, as its identity names them
+TOWERS = ("clip", "vfm", "sam", "radio", "aux_clip", "bank_clip")
 
 
 def check_random_weights(models: dict, shard: Shard, resuming_work: bool, out: Path, restart_flag: str) -> None:

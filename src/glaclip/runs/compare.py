@@ -85,20 +85,20 @@ def _masks_row(rgb: np.ndarray, method: str, mask_source: Callable[[], object] |
 
 def compare(rgb: np.ndarray, entries: Sequence[tuple], load: Callable, masks=None,
             mask_source: Callable[[], object] | None = None, echo: Callable[[str], None] | None = None,
-            device: str | torch.device = "auto") -> list[MethodRun]:
+            device: str | torch.device = "auto", bank: bool = False) -> list[MethodRun]:
     """Run each method on one H x W x 3 uint8 image.
 
     entries: (method name, preset, class queries) per method, in order (`protocols.effective`).
     load(preset) -> Segmenter on `device`. masks: an H x W region map for the methods that read
     masks; else mask_source() -> a generating `mask_source.MaskSource` (or None), which loads its
     model, called before the first such method loads: the masks are made once, SAM 2's load, their
-    time and peak memory a row of their own.
+    time and peak memory a row of their own. bank: the methods fuse a memory bank's support (all read masks).
     """
     device = resolve_device(device)
     runs: list[MethodRun] = []
     for method, preset, queries in entries:
         _release(device)
-        if masks is None and preset.reads_masks:
+        if masks is None and (preset.reads_masks or bank):
             masks, row = _masks_row(rgb, method, mask_source, device)
             runs.append(row)
             if echo is not None:
@@ -114,7 +114,7 @@ def compare(rgb: np.ndarray, entries: Sequence[tuple], load: Callable, masks=Non
             if seg.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-        runs.append(MethodRun(method, seg.preset.describe(), seg.models_line(), list(queries.names), labels,
+        runs.append(MethodRun(method, seg.describe(), seg.models_line(), list(queries.names), labels,
                               seconds, peak.mb, load_seconds))
         if echo is not None:
             echo(f"glaclip: {method}: {seconds:.2f} s, peak {peak.mb:.0f} MiB")
@@ -186,7 +186,10 @@ def comparison_figure(rgb: np.ndarray, runs: Sequence[MethodRun], columns: int =
     return canvas
 
 
-RADIO_ONLY = ("radio_repo", "aux_clip", "aux_clip_weights", "bank", "bank_name")  # CorrCLIPv2's model arguments
+# bank support's model arguments: for every method with a bank; RADIO's own and the bank CLIP's not for corrclip2
+# (its RADIO is its VFM: --radio/--radio-weights replace its --vfm/--vfm-weights here; its text is its own)
+BANK_OPTIONS = ("radio_repo", "aux_clip", "aux_clip_weights", "bank", "bank_name", "radio", "radio_weights",
+                "bank_clip", "bank_clip_weights")
 
 
 def compare_image(image, names: Sequence[str], classes, out: Path, dataset: str | None = None,
@@ -216,7 +219,8 @@ def compare_image(image, names: Sequence[str], classes, out: Path, dataset: str 
         if queries is None:
             raise GlaclipError("no classes given; use --classes 'cat, dog; puppy, sky' or --class-file FILE")
         entries.append((name, preset, queries))
-    routed = route([p for _, p, _ in entries], masks, sam, sam_weights, one_image=True)
+    bank = (models or {}).get("bank") is not None
+    routed = route([p for _, p, _ in entries], masks, sam, sam_weights, one_image=True, bank=bank)
     request = routed.request
     if routed.ignored:
         say("glaclip: warning: none of these methods reads region masks; --masks/--sam are ignored")
@@ -229,7 +233,14 @@ def compare_image(image, names: Sequence[str], classes, out: Path, dataset: str 
 
     def load(preset):
         extra = routed.sam if METHODS[preset.method].needs_sam else {}
-        own = {k: v for k, v in (models or {}).items() if k not in RADIO_ONLY or METHODS[preset.method].needs_radio}
+        own = dict(models or {})
+        if METHODS[preset.method].needs_radio:
+            for key, vfm_key in (("radio", "vfm"), ("radio_weights", "vfm_weights")):
+                if own.get(key) is not None:
+                    own[vfm_key] = own[key]
+            own = {k: v for k, v in own.items() if k not in BANK_OPTIONS[-4:]}  # RADIO's and the bank CLIP's
+        elif not bank:
+            own = {k: v for k, v in own.items() if k not in BANK_OPTIONS}
         return Segmenter.from_pretrained(preset=preset, device=dev, dtype=dtype, progress=progress, **own, **extra)
 
     def generator():
@@ -246,7 +257,7 @@ def compare_image(image, names: Sequence[str], classes, out: Path, dataset: str 
     from ..models.loading import import_libraries
 
     import_libraries()  # what every method imports is not part of the first method's load
-    runs = compare(rgb, entries, load, masks=region_map, mask_source=generator, echo=say, device=dev)
+    runs = compare(rgb, entries, load, masks=region_map, mask_source=generator, echo=say, device=dev, bank=bank)
     figure = comparison_figure(rgb, runs, columns=columns)
     numbers = {"image": str(image), "runs": [r.to_dict() for r in runs]}
     with atomic_paths([out, out.with_suffix(".json")]) as (tmp_png, tmp_json):

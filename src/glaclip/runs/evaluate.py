@@ -175,7 +175,7 @@ def _results(cm: np.ndarray, ber: np.ndarray, biou: np.ndarray, dataset: SegData
         "per_class": metrics["per_class"],
         "settings": segmenter.preset.settings(dataset.classes.queries),
         "preset": segmenter.preset.to_dict(),
-        "preset_line": segmenter.preset.describe(),
+        "preset_line": segmenter.describe(),
         **segmenter.models(),
         "seconds_this_run": round(seconds, 1),
         "confusion": cm.tolist(),

@@ -38,7 +38,7 @@ from .collection import (
 def model_identity(seg) -> dict:
     """The models a segmenter runs, by content: per tower its name, a hash of its structure and of
     its weights (CLIP's image tower and, under `text_weights`, its text tower; the whole VFM; Trident's
-    SAM; CorrCLIPv2's RADIO, auxiliary CLIP (text tower) and memory bank), each
+    SAM; RADIO, the auxiliary and bank CLIPs (text towers) and the memory bank of bank support), each
     hashed once per loaded model (`encoding.ImageEncoding.model_identity`,
     `text_cache.model_fingerprints`). Replacing the weights behind a path changes it; the path
     does not enter it. Random weights read "random"."""
@@ -46,8 +46,8 @@ def model_identity(seg) -> dict:
     from ..steps.encoding import ImageEncoding
 
     models = ImageEncoding.model_identity(seg.clip, seg.vfm, seg.sam, getattr(seg, "radio", None),
-                                          getattr(seg, "aux_clip", None))
-    if getattr(seg, "bank", None) is not None:  # CorrCLIPv2's memory bank, by content (`MemoryBank.fingerprint`)
+                                          getattr(seg, "aux_clip", None), getattr(seg, "bank_clip", None))
+    if getattr(seg, "bank", None) is not None:  # the memory bank of bank support, by content (`MemoryBank.fingerprint`)
         models["bank"] = {"name": seg.bank.files.name, "content": seg.bank.fingerprint()}
     clip = seg.clip
     models["clip"]["text_weights"] = "random" if clip.weights == "random" else model_fingerprints(

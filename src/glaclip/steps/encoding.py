@@ -56,15 +56,15 @@ class ImageEncoding:
                 f"method={self.identity.get('method')}, image_path={self.image_path!r})")
 
     @staticmethod
-    def model_identity(clip, vfm, sam=None, radio=None, aux_clip=None) -> dict:
+    def model_identity(clip, vfm, sam=None, radio=None, aux_clip=None, bank_clip=None) -> dict:
         """The models an encoding depends on, by content (`models.identity.towers_identity`): per tower
         its name, a hash of its module structure and of the weights the image path uses (CLIP's image
-        tower, the whole VFM, Trident's SAM, RADIO, an auxiliary CLIP's text tower when given), hashed
+        tower, the whole VFM, Trident's SAM, RADIO, an auxiliary or bank CLIP's text tower when given), hashed
         once per loaded model. Where the weights came from (a path, a tag) is not part of it; random
         weights are not hashed."""
         from ..models.identity import towers_identity
 
-        return towers_identity(clip, vfm, sam, radio, aux_clip)
+        return towers_identity(clip, vfm, sam, radio, aux_clip, bank_clip)
 
     def with_masks(self, masks) -> "ImageEncoding":
         """This encoding with region masks given beside it (`Segmenter.predict(encoding, masks=...)`):

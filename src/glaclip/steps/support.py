@@ -112,10 +112,11 @@ def support_extras(bank, feats: torch.Tensor, ids: torch.Tensor, k: int) -> dict
 
 def open_bank_for(files, towers: Mapping):
     """Open and check a bank (`bank_for`'s files) against the loaded towers: the stores' widths against the
-    CLIPs' outputs, the index's against RADIO's features."""
+    CLIPs' outputs (the main store's against 'bank_clip' when loaded, else 'clip'), the index's against
+    RADIO's features."""
     from ..io.bank import MemoryBank
 
-    dims = {"main": towers["clip"].visual.output_dim}
+    dims = {"main": towers.get("bank_clip", towers["clip"]).visual.output_dim}
     if "aux_clip" in towers:
         dims["aux"] = towers["aux_clip"].visual.output_dim
     return MemoryBank.open(files, dims, towers["radio"].dim)
