@@ -126,7 +126,7 @@ def release_side(release: str, radio_repo: str, inputs: str, bank: str | None, c
                  repeat: int) -> dict:
     """The release in this process (CPU patches of corrclip2_shims), fp32."""
     from corrclip2_shims import cpu_release, radio_to, release_imports
-    from release_common import DataSample, mmseg_inputs
+    from release_common import DataSample, half_as, mmseg_inputs
 
     inputs_p = Path(inputs)
     with release_imports(release) as seg_mod, torch.no_grad():
@@ -149,7 +149,8 @@ def release_side(release: str, radio_repo: str, inputs: str, bank: str | None, c
                 x, ori_shape = mmseg_inputs(image, VOC21["short_side"], torch.float32)
                 model.predict(x, [DataSample(str(image), ori_shape, tuple(x.shape[2:]))])
 
-            times = _timed_predicts(predict, input_images(inputs_p), repeat)
+            with half_as(torch.float32):  # the release's hard-coded .half(), as in corrclip2_release
+                times = _timed_predicts(predict, input_images(inputs_p), repeat)
             bank_mb = 0.0
             if bank is not None:
                 stores = [s.data for s in (model.all_clip_feats, model.all_aux_clip_feats) if s is not None]

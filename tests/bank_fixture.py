@@ -41,3 +41,12 @@ def random_bank(root: Path, n: int = 300, c: int = 32, dims: dict[str, int] | No
     arrays.update({enc: rng.standard_normal((n, d)).astype(np.float32) for enc, d in dims.items()})
     write_bank(root, name, arrays["vfm"], {enc: arrays[enc] for enc in dims}, kind)
     return arrays
+
+
+def regions(h, w):
+    """An h x w region-id map: three rectangles (ids 3, 7, 9) on the unsegmented id 0."""
+    m = np.zeros((h, w), np.int32)
+    m[h // 8 : h // 2, w // 10 : w // 2] = 3
+    m[h // 2 : h - 4, w // 4 : w - 4] = 7
+    m[2 : h // 6, 2 * w // 3 : w - 2] = 9
+    return m

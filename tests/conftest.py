@@ -10,6 +10,7 @@ import sys
 import tempfile
 import traceback
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,17 @@ def tiny_sam(seed=0, dtype=torch.float64):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return SamTower(model.eval().to(dtype), "tiny-sam", "random")
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def import_benchmarks(*names: str) -> tuple:
+    """Modules of the benchmarks/ scripts, imported with benchmarks/ on sys.path for the import only."""
+    import importlib
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return tuple(importlib.import_module(name) for name in names)
+    finally:
+        sys.path.remove(str(BENCHMARKS))

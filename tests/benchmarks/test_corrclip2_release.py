@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import import_benchmarks
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
@@ -19,13 +20,7 @@ faiss = pytest.importorskip("faiss")
 
 @pytest.fixture(scope="module")
 def harness():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import corrclip2_release
-        import corrclip2_shims
-    finally:
-        sys.path.remove(str(BENCH))
-    return corrclip2_release, corrclip2_shims
+    return import_benchmarks("corrclip2_release", "corrclip2_shims")
 
 
 def test_bank_in_the_release_layout(harness, tmp_path):

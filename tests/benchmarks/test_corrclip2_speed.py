@@ -1,11 +1,11 @@
 """benchmarks/corrclip2_speed.py: its bank writer, its memory readings and its table (no release, no RADIO)."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import import_benchmarks
 
 faiss = pytest.importorskip("faiss")
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -13,12 +13,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def speed():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import corrclip2_speed
-    finally:
-        sys.path.remove(str(BENCH))
-    return corrclip2_speed
+    return import_benchmarks("corrclip2_speed")[0]
 
 
 def test_bank_in_the_release_layout(speed, tmp_path):

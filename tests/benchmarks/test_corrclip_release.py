@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import import_benchmarks
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
@@ -16,12 +17,7 @@ BENCH = ROOT / "benchmarks"
 
 @pytest.fixture(scope="module")
 def harness():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import corrclip_release
-    finally:
-        sys.path.remove(str(BENCH))
-    return corrclip_release
+    return import_benchmarks("corrclip_release")[0]
 
 
 def test_rescale_size_is_mmcv_imrescale(harness):

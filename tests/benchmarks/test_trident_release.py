@@ -9,20 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import import_benchmarks
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import release_common
-        import trident_release
-        import trident_shims
-    finally:
-        sys.path.remove(str(BENCH))
-    return release_common, trident_shims, trident_release
+    return import_benchmarks("release_common", "trident_shims", "trident_release")
 
 
 def test_precision_is_patched_only_inside(bench):

@@ -1,5 +1,5 @@
-"""Memory banks in CorrCLIPv2's layout (io/bank.py): files, checks before any image, memory-mapped
-stores, retrieval with the id map against a naive restatement."""
+"""Memory banks in CorrCLIPv2's layout (io/bank.py): files, checks before any image, stores read row
+by row, retrieval with the id map against a naive restatement."""
 
 import sys
 
@@ -41,9 +41,9 @@ def test_ivfpq_bank_opens_and_searches_as_faiss(tmp_path):
     rows = bank.rows("main", got[0])
     assert rows.dtype == torch.float16
     assert torch.equal(rows, torch.from_numpy(arrays["metaclip_b"][got[0]]).half())
-    # stores are memory-mapped, not read whole
+    # stores are read row by row, never whole, and nothing of them stays mapped
     maps = open("/proc/self/maps").read()
-    assert str(bank.files.stores["main"]) in maps and str(bank.files.stores["aux"]) in maps
+    assert str(bank.files.stores["main"]) not in maps and str(bank.files.stores["aux"]) not in maps
 
 
 def test_flat_bank_id_map_and_missing_neighbours(tmp_path):
@@ -105,3 +105,27 @@ def test_fingerprint_by_content(tmp_path):
     write_bank(tmp_path / "c", "coco", arrays["vfm"][::-1].copy(), {"metaclip_b": arrays["metaclip_b"],
                                                                   "dfnclip_b": arrays["dfnclip_b"]}, "flat")
     assert fa != open_bank(tmp_path / "c", "coco", ENC, "radiov3", DIMS, 32).fingerprint()
+
+
+@pytest.mark.parametrize("saved", ["plain", "view", "mapped"])
+def test_store_rows_read_only_what_is_asked(tmp_path, saved, monkeypatch):
+    from glaclip.io import bank as bank_mod
+
+    rows = torch.randn(3000, 48).to(torch.float16)
+    path = tmp_path / "s.pt"
+    # a view of a larger storage is saved with all of it (its first element at an offset)
+    torch.save(torch.cat([torch.zeros(7, 48, dtype=torch.float16), rows])[7:] if saved == "view" else rows, path)
+    if saved == "mapped":  # no os.pread: read through the memory map
+        monkeypatch.delattr(bank_mod.os, "pread")
+    store = bank_mod.read_store(path)
+    assert store.shape == (3000, 48) and store.dtype == torch.float16
+    assert (store._offset is None) == (saved == "mapped")
+    ids = np.array([2999, 0, 17, 17, 1500])
+    assert torch.equal(store.rows(ids), rows[torch.from_numpy(ids)])
+    assert store.rows(np.array([], dtype=np.int64)).shape == (0, 48)
+    if saved != "mapped":  # nothing of the file stays mapped in this process
+        assert str(path) not in open("/proc/self/maps").read()
+        with open(path, "r+b") as f:
+            f.truncate(store._offset + 10 * 96)
+        with pytest.raises(GlaclipError, match="ends before row 2999"):
+            store.rows(ids)

@@ -22,7 +22,7 @@ from glaclip.steps.decision import decide
 from glaclip.steps.windows import crop_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bank_fixture import random_bank  # noqa: E402
+from bank_fixture import random_bank, regions  # noqa: E402
 
 STANDIN = Path(__file__).resolve().parents[1] / "models" / "radio_standin"
 CLASSES = [["sky"], ["cat", "kitten"], ["grass"]]
@@ -69,14 +69,6 @@ def cc2(cc2_files):
 @pytest.fixture(scope="module")
 def cc2_bank(cc2_files):
     return build(cc2_files, bank=True)
-
-
-def regions(h, w):
-    m = np.zeros((h, w), np.int32)
-    m[h // 8 : h // 2, w // 10 : w // 2] = 3
-    m[h // 2 : h - 4, w // 4 : w - 4] = 7
-    m[2 : h // 6, 2 * w // 3 : w - 2] = 9
-    return m
 
 
 def naive_radio_map(model, rgb, size):

@@ -19,7 +19,7 @@ from glaclip.config.registry import DEFAULT_METHOD
 from glaclip.steps.decision import decide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bank_fixture import random_bank  # noqa: E402
+from bank_fixture import random_bank, regions  # noqa: E402
 
 STANDIN = Path(__file__).resolve().parents[1] / "models" / "radio_standin"
 CLASSES = [["sky"], ["cat", "kitten"], ["grass"]]
@@ -73,14 +73,6 @@ def gla(files):
 @pytest.fixture(scope="module")
 def gla_plain(files):
     return build(files, bank=False)
-
-
-def regions(h, w):
-    m = np.zeros((h, w), np.int32)
-    m[h // 8 : h // 2, w // 10 : w // 2] = 3
-    m[h // 2 : h - 4, w // 4 : w - 4] = 7
-    m[2 : h // 6, 2 * w // 3 : w - 2] = 9
-    return m
 
 
 def naive_text(files, weights, queries):

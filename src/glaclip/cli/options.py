@@ -195,7 +195,8 @@ def radio_options(presets, bank: Path | None = None, bank_name: str | None = Non
         return {}
     own = [k for k in ("radio", "radio_weights", "bank_clip", "bank_clip_weights") if k in given]
     if own and not others:
-        raise GlaclipError(f"{flags(own)}: not for --method corrclip2, whose RADIO is --vfm/--vfm-weights and whose "
+        names = "/".join(sorted({p.method for p in presets}))
+        raise GlaclipError(f"{flags(own)}: not for --method {names}, whose RADIO is --vfm/--vfm-weights and whose "
                            "bank answers its own CLIP's text")
     if bank is None and not cc2:
         raise GlaclipError(f"{flags(given)}: options of bank support; they need --bank DIR")

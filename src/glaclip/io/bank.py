@@ -5,10 +5,10 @@
                                                      regions' mean VFM features, ids = store rows
 
 encoder: `metaclip_b` / `metaclip_l` for the main CLIP, `dfnclip_b` for the auxiliary one (DMCE);
-vfm: `radiov3` (C-RADIOv3-L). The stores are memory-mapped (`torch.load(mmap=True)`): only the rows a
-search returns are read, never the whole file. FAISS comes from the `faiss-cpu` package (the `bank`
-extra); it lives here, with the files it reads (it is no network library). An IVF index probes
-min(256, nlist) lists, as the release sets it.
+vfm: `radiov3` (C-RADIOv3-L). A store's rows are read one by one where they lie in its file (os.pread):
+only the rows a search returns are read, never the whole file, and nothing else stays in memory. FAISS
+comes from the `faiss-cpu` package (the `bank` extra); it lives here, with the files it reads (it is no
+network library). An IVF index probes min(256, nlist) lists, as the release sets it.
 
 `MemoryBank.open` checks everything before any image: each store is 2-D float16 with the CLIP's output
 width, its rows cover every id of the index, the index's width is the VFM's. A missing or mismatching
@@ -18,6 +18,10 @@ file is one GlaclipError line naming the file.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -60,8 +64,59 @@ def _faiss():
     return require("faiss", "bank", "a memory bank")
 
 
-def read_store(path: Path) -> torch.Tensor:
-    """A store memory-mapped: N x D float16, nothing read until rows are indexed."""
+class Store:
+    """A store on disk: N x D float16 rows. `rows` reads just the rows asked for, each with one os.pread at
+    its byte offset in the file: nothing is mapped or held, so the process's memory grows by those rows
+    only (a memory map would grow by the kernel's readahead and fault-around, 64 KiB or more per row)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], offset: int | None, mapped: torch.Tensor | None):
+        self.path, self.shape, self.dtype = path, shape, torch.float16
+        self._offset, self._mapped = offset, mapped  # offset None: read through the memory map instead
+
+    def rows(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The rows `ids` (any order, repeats allowed) as a k x D float16 tensor."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._offset is None:
+            return self._mapped.index_select(0, torch.from_numpy(ids))
+        size = self.shape[1] * 2
+        buf = bytearray(ids.size * size)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for j, i in enumerate(ids.tolist()):
+                chunk = os.pread(fd, size, self._offset + i * size)
+                if len(chunk) != size:
+                    raise GlaclipError(f"memory bank store {self.path} ends before row {i}: was it changed?")
+                buf[j * size : (j + 1) * size] = chunk
+        finally:
+            os.close(fd)
+        return torch.frombuffer(buf, dtype=torch.float16).view(ids.size, self.shape[1]) if ids.size else \
+            torch.empty(0, self.shape[1], dtype=torch.float16)
+
+
+def _data_offset(path: Path, t: torch.Tensor) -> int | None:
+    """The byte offset in `path` (torch's zip format) of the first element of t, loaded from it; None when
+    the layout is not the plain one (one stored, uncompressed data record holding t contiguously)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            records = [i for i in z.infolist() if re.fullmatch(r"[^/]+/data/\d+", i.filename)]
+        if len(records) != 1 or records[0].compress_type != zipfile.ZIP_STORED or not t.is_contiguous():
+            return None
+        info = records[0]
+        if info.file_size != t.untyped_storage().nbytes():
+            return None
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            head = f.read(30)
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        return info.header_offset + 30 + name_len + extra_len + t.storage_offset() * t.element_size()
+    except (OSError, zipfile.BadZipFile, struct.error):
+        return None
+
+
+def read_store(path: Path) -> Store:
+    """A store opened: shape and dtype checked from the file, no row read."""
     try:
         t = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:
@@ -69,7 +124,8 @@ def read_store(path: Path) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.dtype != torch.float16:
         what = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise GlaclipError(f"memory bank store {path} must hold a 2-D float16 tensor (N x D), not {what}")
-    return t
+    offset = _data_offset(path, t) if hasattr(os, "pread") else None
+    return Store(path, (int(t.shape[0]), int(t.shape[1])), offset, t if offset is None else None)
 
 
 def read_index(path: Path):
@@ -95,10 +151,10 @@ def read_index(path: Path):
 
 @dataclass
 class MemoryBank:
-    """An opened bank: memory-mapped stores by role, the FAISS index and its id map."""
+    """An opened bank: its stores by role (`Store`), the FAISS index and its id map."""
 
     files: BankFiles
-    stores: dict[str, torch.Tensor]
+    stores: dict[str, Store]
     index: object
     id_map: np.ndarray
     owner: object = field(default=None, repr=False)  # the FAISS object that owns `index`
@@ -135,9 +191,8 @@ class MemoryBank:
         return np.where(pos >= 0, self.id_map[np.clip(pos, 0, None)], -1)
 
     def rows(self, role: str, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The rows `ids` of a store (k x D float16), read from the mapped file."""
-        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        return self.stores[role].index_select(0, ids)
+        """The rows `ids` of a store (k x D float16), read from its file."""
+        return self.stores[role].rows(ids)
 
     def fingerprint(self) -> str:
         """The bank by content, cheaply: the index file's bytes, and per store its shape, dtype, file
@@ -152,8 +207,8 @@ class MemoryBank:
                 n = t.shape[0]
                 h.update(f"{role}:{tuple(t.shape)}:{t.dtype}:{self.files.stores[role].stat().st_size};".encode())
                 if n:
-                    picks = torch.as_tensor(np.unique(np.linspace(0, n - 1, min(n, _SAMPLED_ROWS)).astype(np.int64)))
-                    h.update(t.index_select(0, picks).contiguous().view(torch.uint8).numpy().tobytes())
+                    picks = np.unique(np.linspace(0, n - 1, min(n, _SAMPLED_ROWS)).astype(np.int64))
+                    h.update(t.rows(picks).contiguous().view(torch.uint8).numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
