@@ -149,3 +149,20 @@ def test_manifest_store_index_and_an_increment(tmp_path, radio):
     assert write_vfm_store(radio, m.images, None, None, store) == (333, 333)  # up to date: nothing to do
     with pytest.raises(GlaclipError, match="end inside image"):
         write_vfm_store(radio, [r.__class__("x", 0, 400)], None, None, store)
+
+
+def test_channels_last_features_are_made_contiguous(tmp_path, radio, monkeypatch):
+    """Real RADIO gives its NCHW features as a channels-last view; the release's extractor makes them
+    contiguous before the bilinear resize (whose result then differs in the last bits): so do we."""
+    forward = radio.model.forward
+
+    def channels_last(x, feature_fmt="NLC"):
+        out = forward(x, feature_fmt)
+        return type(out)(out[0], out[1].contiguous(memory_format=torch.channels_last))
+
+    path = picture(tmp_path / "a.png", 75, 101, 4)
+    ids = grid_ids(75, 101, 5, 6)
+    want = vfm_region_vectors(radio, path, ids)
+    monkeypatch.setattr(radio.model, "forward", channels_last)
+    assert not radio.features(torch.rand(1, 3, 32, 48)).is_contiguous()
+    assert torch.equal(vfm_region_vectors(radio, path, ids), want)
