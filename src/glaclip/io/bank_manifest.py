@@ -67,10 +67,7 @@ class Manifest:
 
     def row(self, stem: str) -> ImageRow | None:
         """The image `stem`'s row, or None."""
-        for r in self.images:
-            if r.stem == stem:
-                return r
-        return None
+        return next((r for r in self.images if r.stem == stem), None)
 
 
 def manifest_paths(root: str | Path, name: str) -> tuple[Path, Path]:

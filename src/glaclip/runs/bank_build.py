@@ -18,6 +18,7 @@ means accumulate in float32 (as CUDA's fp16 mean does) and are rounded to float1
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -71,7 +72,7 @@ def vfm_region_vectors(radio, image, masks, expected: int | None = None) -> torc
     or array (EXIF orientation applied to files); masks: a mask file (`io.bank_manifest.read_region_masks`)
     or array. expected: the image's region count in the manifest; another count is a GlaclipError."""
     rgb = load_image(image)
-    arr = read_region_masks(masks) if isinstance(masks, (str, Path)) else np.asarray(masks)
+    arr = read_region_masks(masks) if isinstance(masks, (str, os.PathLike)) else np.asarray(masks)
     if expected is not None and count_regions(arr) != expected:
         raise GlaclipError(f"the masks of {image} have {count_regions(arr)} regions, the manifest {expected} "
                            "(were the masks changed after the manifest was written?)")
