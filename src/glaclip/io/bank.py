@@ -92,6 +92,22 @@ class Store:
         return torch.frombuffer(buf, dtype=torch.float16).view(ids.size, self.shape[1]) if ids.size else \
             torch.empty(0, self.shape[1], dtype=torch.float16)
 
+    def span(self, start: int, stop: int) -> torch.Tensor:
+        """The consecutive rows start..stop-1 as a k x D float16 tensor, read with one os.pread
+        (the bank writers stream stores through this)."""
+        start, stop = max(0, int(start)), min(int(stop), self.shape[0])
+        if self._offset is None or stop <= start:
+            return self.rows(np.arange(start, max(start, stop)))
+        size = self.shape[1] * 2
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            buf = bytearray(os.pread(fd, (stop - start) * size, self._offset + start * size))
+        finally:
+            os.close(fd)
+        if len(buf) != (stop - start) * size:
+            raise GlaclipError(f"memory bank store {self.path} ends before row {stop - 1}: was it changed?")
+        return torch.frombuffer(buf, dtype=torch.float16).view(stop - start, self.shape[1])
+
 
 def _data_offset(path: Path, t: torch.Tensor) -> int | None:
     """The byte offset in `path` (torch's zip format) of the first element of t, loaded from it; None when

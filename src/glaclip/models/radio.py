@@ -79,7 +79,7 @@ def radio_map(radio, rgb: np.ndarray, size: tuple[int, int], dtype: torch.dtype)
     x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(radio.device, dtype) / 255
     snapped = radio.nearest_resolution(rgb.shape[0], rgb.shape[1])
     x = F.interpolate(x, size=snapped, mode="bilinear", align_corners=False)
-    feats = radio.features(x).to(dtype)
+    feats = radio.features(x).to(dtype).contiguous()  # as the release: RADIO gives a channels-last view
     feats = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
     return F.normalize(feats, dim=1)[0]
 
