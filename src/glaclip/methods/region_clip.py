@@ -20,12 +20,13 @@ generate_clip_embeddings.py, CORRCLIP2.md section 7). No files: the caller write
   6. per region id except 0, ascending (= the manifest's order): the mean over its pixels at the original
      size, cast to the towers' dtype, L2-normalised, cast to `dtype` (the stores' fp16).
 
-Where this differs from deployment (CorrCLIPv2's segmentor, `methods/corrclip2.py`): correlations from
-DINO ViT-B/8 (deployment: RADIO), resize to short side 448 whatever the data set's protocol (deployment:
-the protocol's, 336 for VOC), no text product (the window features are averaged, not their logits), the
-average resized to the original size before pooling (deployment pools RADIO features at the resized
-size), no per-pixel L2 before the region mean (only the region mean is normalised), id 0 skipped
-(deployment queries every id, 0 included).
+Where this differs from deployment (CorrCLIPv2's segmentor, `methods/corrclip2.py`, which shares steps
+2-3's code): correlations from DINO ViT-B/8 q + k on DINO's grid (deployment: RADIO's features resized
+to 2x CLIP's grid); short side 448 whatever the data set (deployment: the protocol's, 336 for VOC);
+no per-token L2 and no text product (deployment normalises each token and stitches the logits; here
+the raw embeddings are stitched); the average resized to the ORIGINAL size and pooled there (deployment
+stitches on the resized image; its bank queries pool RADIO at the resized size); only the region mean
+is L2-normalised, never the pixels; id 0 skipped (deployment's queries take every id, 0 included).
 
 Where this differs from the release's builder in numbers only: the region mean sums in float64 over
 bands of rows (the release: torch's `mean(0)` of the whole original-size map in the towers' dtype; fp16
