@@ -8,6 +8,9 @@ CorrCLIPv2/memory_bank_builder/generate_clip_embeddings.py): region vectors on C
 random), dino.pt (timm vit_base_patch8_224.dino, random: the keys of DINO's own ViT-B/8), images/
 street.png (examples/street.png resized to 212 x 256: 448 x 541, 2 x 3 windows) and images/street_odd.png
 (301 x 424: 448 x 631, 2 x 4 windows), masks/<stem>.npz (key instance_mask: random ids with 0).
+--short-side S passes the builder's own --slide_short S (and short_side=S to glaclip): 336 gives 1 x 2
+and 1 x 3 windows, for a CPU run in minutes rather than an hour (real-size DINO ViT-B/8 at 336 x 336 is
+about 0.4 TFLOP a window).
 
 The builder is IMPORTED from --release (never copied) and its `FeatureExtractor.extract_from_paths` (the
 per-image function) runs in this process, then glaclip's `methods.region_clip.region_features` on the same
@@ -124,10 +127,11 @@ class _Proxy(types.ModuleType):
 
 
 @contextlib.contextmanager
-def builder(release_dir, dino_repo, images_dir: Path):
+def builder(release_dir, dino_repo, images_dir: Path, short_side: int = 448):
     """The builder module imported (see the module docstring); sys.argv, cwd and torch.cuda restored after."""
     argv, cwd, count = list(sys.argv), os.getcwd(), torch.cuda.device_count
-    sys.argv = ["generate_clip_embeddings.py", "--img", str(images_dir), "--clip", "meta_b"]
+    sys.argv = ["generate_clip_embeddings.py", "--img", str(images_dir), "--clip", "meta_b",
+                "--slide_short", str(short_side)]
     torch.cuda.device_count = lambda: 1
     try:
         with imported_release(Path(release_dir) / "memory_bank_builder", dino_repo, "generate_clip_embeddings",
@@ -140,11 +144,12 @@ def builder(release_dir, dino_repo, images_dir: Path):
         os.chdir(cwd)
 
 
-def run_release(release_dir, dino_repo, inputs: Path, dtype: str) -> dict[str, list[torch.Tensor]]:
+def run_release(release_dir, dino_repo, inputs: Path, dtype: str, short_side: int = 448
+                ) -> dict[str, list[torch.Tensor]]:
     """{stem: the builder's region vectors (its list, in the run's dtype, before the fp16 cast)}."""
     tdtype = DTYPES[dtype]
     inputs = Path(inputs)
-    with builder(release_dir, dino_repo, inputs / "images") as (mod, vit):
+    with builder(release_dir, dino_repo, inputs / "images", short_side) as (mod, vit):
         vendored = mod.create_model.__module__
 
         def create_model(model_type, pretrained=None, precision="fp32", **kwargs):
@@ -184,7 +189,7 @@ def run_release(release_dir, dino_repo, inputs: Path, dtype: str) -> dict[str, l
     return out
 
 
-def run_glaclip(inputs: Path, dtype: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def run_glaclip(inputs: Path, dtype: str, short_side: int = 448) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{stem: (ids, region vectors in the run's dtype)} from glaclip's region_features."""
     from glaclip.io.images import load_image
     from glaclip.methods.region_clip import region_features
@@ -197,7 +202,7 @@ def run_glaclip(inputs: Path, dtype: str) -> dict[str, tuple[torch.Tensor, torch
     for stem in IMAGES:
         ids = np.load(inputs / "masks" / f"{stem}.npz")["instance_mask"]
         rgb = load_image(inputs / "images" / f"{stem}.png")
-        out[stem] = region_features(clip, dino, rgb, ids, DTYPES[dtype])
+        out[stem] = region_features(clip, dino, rgb, ids, DTYPES[dtype], short_side=short_side)
     return out
 
 
@@ -221,6 +226,7 @@ def main() -> None:
     ap.add_argument("--dino-repo", help="a checkout of facebookresearch/dino (vision_transformer.py)")
     ap.add_argument("--inputs", help="the folder --make-inputs wrote")
     ap.add_argument("--dtype", dest="dtypes", action="append", choices=sorted(DTYPES), help="repeatable (default both)")
+    ap.add_argument("--short-side", type=int, default=448, help="the builder's --slide_short (default 448, its own)")
     ap.add_argument("--out", help="also write the table to this Markdown file")
     a = ap.parse_args()
     if a.make_inputs:
@@ -232,16 +238,17 @@ def main() -> None:
 
     from common import machine_line, write_text
 
-    lines = [f"Machine: {machine_line('cpu')}; random ViT-B-16-quickgelu + DINO ViT-B/8; short side 448, crop 336, "
-             "stride 112.", "", "| dtype | image | regions | ids equal | max abs diff | max abs(1 - norm) | "
-             "fp16 rows bit-identical | fp16 elements differing (max ulp) | release s | glaclip s |",
+    lines = [f"Machine: {machine_line('cpu')}; random ViT-B-16-quickgelu + DINO ViT-B/8; short side "
+             f"{a.short_side}, crop 336, stride 112.", "",
+             "| dtype | image | regions | ids equal | max abs diff | max abs(1 - norm) | fp16 rows bit-identical | "
+             "fp16 elements differing (max ulp) | release s | glaclip s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for dtype in a.dtypes or ["fp64", "fp32"]:
         t = time.perf_counter()
-        rel = run_release(a.release, a.dino_repo, Path(a.inputs), dtype)
+        rel = run_release(a.release, a.dino_repo, Path(a.inputs), dtype, a.short_side)
         t_rel = time.perf_counter() - t
         t = time.perf_counter()
-        ours = run_glaclip(Path(a.inputs), dtype)
+        ours = run_glaclip(Path(a.inputs), dtype, a.short_side)
         t_ours = time.perf_counter() - t
         for stem in IMAGES:
             c = compare(rel[stem], ours[stem], np.load(Path(a.inputs) / "masks" / f"{stem}.npz")["instance_mask"])

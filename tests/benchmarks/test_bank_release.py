@@ -30,7 +30,8 @@ def test_builder_import_restores_argv_cwd_and_cuda(tmp_path):
     (dino / "vision_transformer.py").write_text("VIT = 'dino'\n")
     argv, cwd, count = list(sys.argv), os.getcwd(), torch.cuda.device_count()
     with harness.builder(release, dino, tmp_path / "images") as (mod, vit):
-        assert mod.ARGS[1:] == ["--img", str(tmp_path / "images"), "--clip", "meta_b"] and mod.N == 1
+        assert mod.ARGS[1:] == ["--img", str(tmp_path / "images"), "--clip", "meta_b", "--slide_short", "448"]
+        assert mod.N == 1
         assert vit.VIT == "dino" and os.getcwd() == cwd
     assert sys.argv == argv and os.getcwd() == cwd and torch.cuda.device_count() == count
     assert "generate_clip_embeddings" not in sys.modules and "mmcv" not in sys.modules
