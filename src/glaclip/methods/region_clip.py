@@ -106,20 +106,21 @@ def region_features(clip: ClipTower, dino: VfmTower, rgb: np.ndarray, ids, dtype
 
 def _pool(average: torch.Tensor, id_map: torch.Tensor, values: torch.Tensor, tower: torch.dtype) -> torch.Tensor:
     """E x h x w features -> R x E: bilinear to the id map's (original) size, each pixel in the towers'
-    dtype, per region (values: ascending nonzero ids) the mean over its pixels (float64 sums), in the
-    towers' dtype, L2-normalised."""
+    dtype, per region (values: ascending nonzero ids) the mean over its pixels (float64 sums; float32 on
+    MPS), in the towers' dtype, L2-normalised."""
     e = average.shape[0]
     H, W = id_map.shape
     index = torch.searchsorted(values, id_map.flatten().to(values.dtype))  # region row of every pixel
     inside = index.clamp_max(values.numel() - 1)
     member = values[inside] == id_map.flatten()  # id 0 (and nothing else) falls outside the regions
     index = torch.where(member, inside, torch.full_like(inside, values.numel()))  # row R: discarded
-    sums = torch.zeros(values.numel() + 1, e, dtype=torch.float64, device=average.device)
+    wide = torch.float32 if average.device.type == "mps" else torch.float64  # MPS has no float64
+    sums = torch.zeros(values.numel() + 1, e, dtype=wide, device=average.device)
     rows = max(1, BAND_BYTES // (8 * e * W))
     for y in range(0, H, rows):
         band = resize_rows(average, H, W, y, min(y + rows, H)).to(tower)  # E x rows x W
-        sums.index_add_(0, index[y * W : min(y + rows, H) * W], band.flatten(1).T.to(torch.float64))
-    counts = torch.bincount(index, minlength=values.numel() + 1).to(torch.float64)
+        sums.index_add_(0, index[y * W : min(y + rows, H) * W], band.flatten(1).T.to(wide))
+    counts = torch.bincount(index, minlength=values.numel() + 1).to(wide)
     means = (sums[:-1] / counts[:-1, None]).to(tower)
     return F.normalize(means, dim=-1)
 
