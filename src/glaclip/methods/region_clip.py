@@ -31,7 +31,7 @@ is L2-normalised, never the pixels; id 0 skipped (deployment's queries take ever
 Where this differs from the release's builder in numbers only: the region mean sums in float64 over
 bands of rows (the release: torch's `mean(0)` of the whole original-size map in the towers' dtype; fp16
 on its GPU, where CUDA accumulates in fp32), so memory stays bounded for large photographs (the release
-holds E x H x W at the original size). Equal to float64 rounding; see benchmarks/bank_release.py.
+holds E x H x W at the original size). Equal to float64 rounding; see benchmarks/bank_clip_release.py.
 """
 
 from __future__ import annotations

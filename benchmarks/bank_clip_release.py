@@ -1,8 +1,8 @@
 """The CLIP region stores of a memory bank against CorrCLIPv2's builder (zdk258/CorrCLIP@103bc18,
 CorrCLIPv2/memory_bank_builder/generate_clip_embeddings.py): region vectors on CPU, fp64 and fp32.
 
-    python benchmarks/bank_release.py --make-inputs REF       # random weights, 2 images, their region maps
-    python benchmarks/bank_release.py --release CorrCLIPv2 --dino-repo DINO --inputs REF --out REF/bank.md
+    python benchmarks/bank_clip_release.py --make-inputs REF       # random weights, 2 images, their region maps
+    python benchmarks/bank_clip_release.py --release CorrCLIPv2 --dino-repo DINO --inputs REF --out REF/bank.md
 
 --make-inputs writes, seeded: clip.pt (open_clip ViT-B-16-quickgelu, the `meta_b` store's architecture,
 random), dino.pt (timm vit_base_patch8_224.dino, random: the keys of DINO's own ViT-B/8), images/

@@ -1,4 +1,4 @@
-"""benchmarks/bank_release.py: the harness around CorrCLIPv2's bank builder (the release is not in the
+"""benchmarks/bank_clip_release.py: the harness around CorrCLIPv2's bank builder (the release is not in the
 repository: the stand-ins, a fake builder folder for the import and its restored process state, the
 comparison; the real run is a maintainer run, see the script's docstring)."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from conftest import import_benchmarks
 
-(harness,) = import_benchmarks("bank_release")
+(harness,) = import_benchmarks("bank_clip_release")
 
 
 def test_imrescale_stand_in_is_mmcv_rescale():
