@@ -181,6 +181,20 @@ class _MaskGuided(Family):
         x = ln(clip.out_proj(main)) + ln(clip.out_proj(spatial)) * ALPHA + ln(semantic) * BETA
         return x @ clip.visual.proj
 
+    def _scoped(self, crops: torch.Tensor, f: torch.Tensor, ids: torch.Tensor, vfm_grid: tuple[int, int]
+                ) -> torch.Tensor:
+        """CorrCLIP's window forward without merging (CorrCLIPv2's, and the bank builder's) given the windows'
+        unit correlation features (B x M x C) and region ids (B x M) on `vfm_grid`: B x M x E final embeddings,
+        `window_batch` windows per CLIP forward."""
+        out = []
+        step = self.window_batch
+        for s in range(0, crops.shape[0], step):
+            v_main, v_spatial, semantic = self._clip(crops[s : s + step], ids[s : s + step], vfm_grid)
+            for b in range(v_main.shape[0]):
+                w = scope_weights(f[s + b], ids[s + b])
+                out.append(self._project(w @ v_main[b], w @ v_spatial[b], semantic[b]))
+        return torch.stack(out)
+
     def final_tokens(self, feats, grid, grid_hw):
         return feats["finals"].flatten(0, 1)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import GlaclipError
 from ..models.radio import radio_map  # moved to models/ (bank support of any method); re-exported
-from .corrclip import PAD_ID, _MaskGuided, _rows, global_scope_attention, nearest, scope_weights
+from .corrclip import PAD_ID, _MaskGuided, _rows, global_scope_attention, nearest
 
 
 def window_features(full: torch.Tensor, grid, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -76,14 +76,7 @@ class CorrClip2(_MaskGuided):
 
     def features(self, crops, masks=None, context=None, grid=None):
         f, vfm_grid, ids = self._inputs(crops, masks, context, grid)
-        out = []
-        step = self.window_batch
-        for s in range(0, crops.shape[0], step):
-            v_main, v_spatial, semantic = self._clip(crops[s : s + step], ids[s : s + step], vfm_grid)
-            for b in range(v_main.shape[0]):
-                w = scope_weights(f[s + b], ids[s + b])
-                out.append(self._project(w @ v_main[b], w @ v_spatial[b], semantic[b]))
-        return {"finals": torch.stack(out)}, vfm_grid
+        return {"finals": self._scoped(crops, f, ids, vfm_grid)}, vfm_grid
 
     def final_tokens(self, feats, grid, grid_hw, context=None):
         return feats["finals"].flatten(0, 1)

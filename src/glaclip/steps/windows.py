@@ -75,18 +75,19 @@ def crop_masks(masks: torch.Tensor, grid: WindowGrid, pad_id: int) -> torch.Tens
     return crops
 
 
-def stitch(window_logits: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+def stitch(window_logits: torch.Tensor, grid: WindowGrid, count_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Bx QxhxW window logits on any grid -> QxHxW image logits.
 
     Each window's logits are resized bilinearly to the padded window size, the padding is cut off,
-    and the windows are summed into the canvas and divided by the overlap count.
+    and the windows are summed into the canvas and divided by the overlap count. count_dtype: the
+    count's dtype (default the logits'; the division promotes, as the bank builder's fp32 count does).
     """
     ph, pw = grid.padded_size
     wh, ww = grid.window_size
     left, _, top, _ = grid.pad
     q = window_logits.shape[1]
     canvas = window_logits.new_zeros(q, grid.height, grid.width)
-    count = window_logits.new_zeros(1, grid.height, grid.width)
+    count = window_logits.new_zeros(1, grid.height, grid.width, dtype=count_dtype)
     for k, (y1, y2, x1, x2) in enumerate(grid.boxes):
         up = F.interpolate(window_logits[k : k + 1], size=(ph, pw), mode="bilinear", align_corners=False)[0]
         canvas[:, y1:y2, x1:x2] += up[:, top : top + wh, left : left + ww]
