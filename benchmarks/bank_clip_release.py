@@ -50,7 +50,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from release_common import DTYPES, cast_to, half_as, imported_release, load_dino, rescale_size, write_random_weights
+from release_common import (
+    DTYPES,
+    ModuleProxy,
+    cast_to,
+    half_as,
+    imported_release,
+    load_dino,
+    rescale_size,
+    write_random_weights,
+)
 
 SHADOWED = ("open_clip", "myutils", "manifest", "pt_store", "generate_clip_embeddings", "mmcv", "mmengine", "mmseg",
             "openpyxl", "prettytable", "detectron2", "vision_transformer", "utils", "prompts")
@@ -116,16 +125,6 @@ def _stubs() -> dict[str, types.ModuleType]:
     return mods
 
 
-class _Proxy(types.ModuleType):
-    def __init__(self, original, **overrides):
-        super().__init__(original.__name__)
-        self.__dict__.update(overrides)
-        self._original = original
-
-    def __getattr__(self, name):
-        return getattr(self._original, name)
-
-
 @contextlib.contextmanager
 def builder(release_dir, dino_repo, images_dir: Path, short_side: int = 448):
     """The builder module imported (see the module docstring); sys.argv, cwd and torch.cuda restored after."""
@@ -167,7 +166,7 @@ def run_release(release_dir, dino_repo, inputs: Path, dtype: str, short_side: in
         no_cuda = types.SimpleNamespace(empty_cache=lambda: None, is_available=lambda: False)
         saved = mod.create_model, mod.torch
         mod.create_model = create_model
-        mod.torch = _Proxy(torch, hub=types.SimpleNamespace(load=hub_load), cuda=no_cuda, float16=tdtype)
+        mod.torch = ModuleProxy(torch, hub=types.SimpleNamespace(load=hub_load), cuda=no_cuda, float16=tdtype)
         t_float, default = torch.Tensor.float, torch.get_default_dtype()
         out = {}
         try:

@@ -33,7 +33,7 @@ import types
 from pathlib import Path
 
 import torch
-from release_common import framework_stubs, imported_release
+from release_common import ModuleProxy, framework_stubs, imported_release
 
 SHADOWED = ("open_clip", "prompts", "mask_generators", "vfms", "corrclip_segmentor", "myutils", "custom_datasets",
             "mmseg", "mmengine", "openpyxl", "radio", "hubconf", "factory", "dinov3", "pe", "sam2", "eomt",
@@ -100,18 +100,6 @@ def release_imports(release_dir: str | Path):
         yield seg
 
 
-class _Proxy(types.ModuleType):
-    """A module standing in for another: its own attributes first, the rest from the original."""
-
-    def __init__(self, original, **overrides):
-        super().__init__(original.__name__)
-        self.__dict__.update(overrides)
-        self._original = original
-
-    def __getattr__(self, name):
-        return getattr(self._original, name)
-
-
 class _RowsOnCpu:
     """Store rows as the release gets them (fp16), moved 'to the GPU' = kept on the CPU, in dtype."""
 
@@ -159,16 +147,16 @@ def cpu_release(seg_mod, *, dtype: torch.dtype, clip_files: dict[str, Path], ban
 
     no_cuda = types.SimpleNamespace(current_device=lambda: 0, empty_cache=lambda: None,
                                     is_available=lambda: False)
-    fake_gpu = _Proxy(faiss, StandardGpuResources=lambda: None,
+    fake_gpu = ModuleProxy(faiss, StandardGpuResources=lambda: None,
                       index_cpu_to_gpu=lambda res, dev, index: faiss.clone_index(index))
     saved = {name: getattr(seg_mod, name) for name in ("create_model", "MB_ROOT", "faiss", "torch",
                                                        "PTTensorDataset")}
     tokenizer_fn, saved_factory_torch = vendored_open_clip.get_tokenizer, factory.torch
     seg_mod.create_model, seg_mod.faiss, seg_mod.PTTensorDataset = create_model, fake_gpu, CpuStore
     seg_mod.MB_ROOT = str(bank_dir) if bank_dir is not None else "memory_bank"
-    seg_mod.torch = _Proxy(torch, cuda=no_cuda)
+    seg_mod.torch = ModuleProxy(torch, cuda=no_cuda)
     vendored_open_clip.get_tokenizer = get_tokenizer
-    factory.torch = _Proxy(torch, cuda=no_cuda, float32=dtype, autocast=lambda *a, **k: contextlib.nullcontext(),
+    factory.torch = ModuleProxy(torch, cuda=no_cuda, float32=dtype, autocast=lambda *a, **k: contextlib.nullcontext(),
                            hub=types.SimpleNamespace(load=hub_load))
     try:
         yield

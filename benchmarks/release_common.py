@@ -161,6 +161,18 @@ def cast_to(dtype: torch.dtype) -> Callable:
     return lambda self, memory_format=torch.preserve_format: self.to(dtype, memory_format=memory_format)
 
 
+class ModuleProxy(types.ModuleType):
+    """A module standing in for another: its own attributes first, the rest from the original."""
+
+    def __init__(self, original, **overrides):
+        super().__init__(original.__name__)
+        self.__dict__.update(overrides)
+        self._original = original
+
+    def __getattr__(self, name):
+        return getattr(self._original, name)
+
+
 @contextlib.contextmanager
 def half_as(dtype: torch.dtype):
     """Tensor.half / Module.half cast to dtype instead (the release's hard-coded fp16, patched away)."""
