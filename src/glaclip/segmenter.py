@@ -334,10 +334,12 @@ class Segmenter:
             x = preprocess(rgb, w.short_side, w.max_long_side, acc, self.method.pixel_norm)
             x, context = self.family.prepare(rgb, x, w)
             support = None
-            if self.bank is not None and self.family.support_features(context) is None:
-                # any other method: the bank's queries from RADIO's map of the image at the resized size
-                support = support_extras(self.bank, radio_map(self.radio, rgb, tuple(x.shape[-2:]), self.clip.dtype),
-                                         resize_masks(m, (x.shape[2], x.shape[3]))[0],
+            if self.bank is not None:
+                # the bank's queries: CorrCLIPv2's own RADIO map, else RADIO's map of the image at the resized size
+                feats = self.family.support_features(context)
+                if feats is None:
+                    feats = radio_map(self.radio, rgb, tuple(x.shape[-2:]), self.clip.dtype)
+                support = support_extras(self.bank, feats, resize_masks(m, (x.shape[2], x.shape[3]))[0],
                                          self.preset.attention.num_support)
             prepared.append((rgb.shape[:2], x, self.grid_for(x.shape[2], x.shape[3]), m, context, support))
         limit = max_windows or 4 * self.window_batch
@@ -370,10 +372,6 @@ class Segmenter:
                 extras = self.family.extras(context)
                 if support is not None:
                     extras = {**(extras or {}), **support}
-                elif self.bank is not None:
-                    ids = resize_masks(m, (x.shape[2], x.shape[3]))[0]
-                    extras = {**(extras or {}), **support_extras(self.bank, self.family.support_features(context),
-                                                                 ids, self.preset.attention.num_support)}
                 out.append(ImageEncoding(emb, enc_grid, tuple(size), x, ident, masks=m, extras=extras))
             i = j
         return out
@@ -412,10 +410,9 @@ class Segmenter:
         else:
             canvas = stitch(logits, enc.grid)
         if support:
-            if self.bank_clip is None or self.bank_clip is self.clip:  # CorrCLIPv2, or the method's own CLIP reused
-                texts = {"main": text}
-            else:
-                texts = {"main": self._text_of("bank", self.bank_text, queries, text)}
+            # the main store answers the bank CLIP's text (CorrCLIPv2, or the method's own CLIP reused: `text`)
+            texts = {"main": text if self.bank_text is self.text else self._text_of("bank", self.bank_text, queries,
+                                                                                      text)}
             if self.aux_text is not None and self.preset.decision.use_aux:
                 texts["aux"] = self._text_of("aux", self.aux_text, queries, text)
             ids = resize_masks(enc.masks, (enc.grid.height, enc.grid.width))[0]  # the map the queries came from
