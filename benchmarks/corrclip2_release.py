@@ -152,11 +152,29 @@ def _bank_mb(model) -> float:
     return (size + faiss.serialize_index(model.gpu_index).size) / 2**20
 
 
+def release_segmentor(seg_mod, inputs: Path, class_file, dtype: torch.dtype, *, bank: bool, bank_name: str = BANK,
+                      clip_arch: str = "ViT-B-16-quickgelu"):
+    """The release's CorrCLIPSegmentation (its own __init__) with VOC21's settings on --inputs' masks, DMCE on,
+    RADIO and its conditioner in dtype; build it inside corrclip2_shims.cpu_release."""
+    from corrclip2_shims import radio_to
+
+    model = seg_mod.CorrCLIPSegmentation(
+        clip_type="metaclip_fullcc", model_type=clip_arch, name_path=str(class_file),
+        aux_clip_type=None, aux_model_type="hf-hub:apple/DFN2B-CLIP-ViT-B-16", vfm_type="radiov3",
+        device=torch.device("cpu"), dtype=dtype, prob_thd=VOC21["prob_thd"],
+        logit_scale=VOC21["logit_scale"], slide_stride=VOC21["stride"], slide_crop=VOC21["crop"],
+        instance_mask_path=str(inputs / "masks"), mask_generator=None, background_id=0,
+        use_support_embedding=bank, use_aux_model=True, num_support=VOC21["num_support"],
+        mb_region_set=bank_name, mb_main_encoder=CLIP_ARCHS[clip_arch][1], mb_aux_encoder="dfnclip_b")
+    radio_to(model.vfm.model, dtype)
+    return model
+
+
 def run_release(release_dir, *, radio_repo, inputs, out, dtype: str = "fp32", class_file=None,
                 clip_arch: str = "ViT-B-16-quickgelu") -> list[dict]:
     """The release on every image of inputs/images, with and without the bank, in dtype; saves each case
     to out/ and returns short summaries (no arrays)."""
-    from corrclip2_shims import cpu_release, radio_to, release_imports
+    from corrclip2_shims import cpu_release, release_imports
     from release_common import record_outputs
 
     inputs, out, tdtype = Path(inputs), Path(out), DTYPES[dtype]
@@ -165,20 +183,12 @@ def run_release(release_dir, *, radio_repo, inputs, out, dtype: str = "fp32", cl
     (out / "classes.txt").write_bytes(class_file.read_bytes())  # what --compare reads
     rows = []
     with release_imports(release_dir) as seg_mod, torch.no_grad():
-        clip_file, main_store, _ = CLIP_ARCHS[clip_arch]
+        clip_file = CLIP_ARCHS[clip_arch][0]
         with cpu_release(seg_mod, dtype=tdtype, clip_files={"main": inputs / clip_file, "aux": inputs / "dfn.pt"},
                          bank_dir=inputs / "bank", radio_repo=radio_repo, radio_ckpt=inputs / "radio.pth",
                          main_arch=clip_arch):
             with measure() as build:
-                model = seg_mod.CorrCLIPSegmentation(
-                    clip_type="metaclip_fullcc", model_type=clip_arch, name_path=str(class_file),
-                    aux_clip_type=None, aux_model_type="hf-hub:apple/DFN2B-CLIP-ViT-B-16", vfm_type="radiov3",
-                    device=torch.device("cpu"), dtype=tdtype, prob_thd=VOC21["prob_thd"],
-                    logit_scale=VOC21["logit_scale"], slide_stride=VOC21["stride"], slide_crop=VOC21["crop"],
-                    instance_mask_path=str(inputs / "masks"), mask_generator=None, background_id=0,
-                    use_support_embedding=True, use_aux_model=True, num_support=VOC21["num_support"],
-                    mb_region_set=BANK, mb_main_encoder=main_store, mb_aux_encoder="dfnclip_b")
-                radio_to(model.vfm.model, tdtype)
+                model = release_segmentor(seg_mod, inputs, class_file, tdtype, bank=True, clip_arch=clip_arch)
             _save(out / f"text_{dtype}.npz", main=model.query_features.numpy(),
                   aux=model.aux_query_features.numpy(), query_idx=model.query_idx.numpy())
             bank_mb = _bank_mb(model)
@@ -242,20 +252,28 @@ def _release_process(release: str, radio_repo: str, inputs: str, out: str, dtype
 
 # ---- glaclip -----------------------------------------------------------------------------------------
 
-def run_glaclip(*, radio_repo, inputs, image: str, dtype: str, bank: bool, class_file,
-                clip_arch: str = "ViT-B-16-quickgelu") -> dict:
-    """glaclip's method='corrclip2' per issue 27's API contract on the same inputs."""
-    from glaclip import Segmenter, read_class_file
+def glaclip_segmenter(radio_repo, inputs: Path, dtype: str, bank: str | None, bank_name: str = BANK,
+                      clip_arch: str = "ViT-B-16-quickgelu"):
+    """glaclip's method='corrclip2' per issue 27's API contract, on --inputs' weights with VOC21's settings."""
+    from glaclip import Segmenter
 
-    inputs = Path(inputs)
-    seg = Segmenter.from_pretrained(
+    return Segmenter.from_pretrained(
         method="corrclip2", clip=clip_arch, clip_weights=str(inputs / CLIP_ARCHS[clip_arch][0]),
         vfm="c-radio_v3-l", vfm_weights=str(inputs / "radio.pth"), radio_repo=str(radio_repo),
         aux_clip="ViT-B-16-quickgelu", aux_clip_weights=str(inputs / "dfn.pt"),
-        bank=str(inputs / "bank") if bank else None, bank_name=BANK, device="cpu", dtype=dtype,
+        bank=bank, bank_name=bank_name, device="cpu", dtype=dtype,
         short_side=VOC21["short_side"], crop=VOC21["crop"], stride=VOC21["stride"],
         logit_scale=VOC21["logit_scale"], prob_thd=VOC21["prob_thd"], num_support=VOC21["num_support"],
         text_cache=False, progress=False)
+
+
+def run_glaclip(*, radio_repo, inputs, image: str, dtype: str, bank: bool, class_file,
+                clip_arch: str = "ViT-B-16-quickgelu") -> dict:
+    """glaclip's method='corrclip2' per issue 27's API contract on the same inputs."""
+    from glaclip import read_class_file
+
+    inputs = Path(inputs)
+    seg = glaclip_segmenter(radio_repo, inputs, dtype, str(inputs / "bank") if bank else None, clip_arch=clip_arch)
     classes = read_class_file(class_file)
     seg.query_embeddings(classes)  # the release makes its text embeddings at construction, outside predict
     masks = np.load(inputs / "masks" / f"{Path(image).stem}.npz")["instance_mask"]

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from corrclip2_release import CLIP_DIM, VFM_DIM, VOC21, bank_nlist, input_images
+from corrclip2_release import CLIP_DIM, VFM_DIM, VOC21, bank_nlist, glaclip_segmenter, input_images, release_segmentor
 
 BIG = "big"
 CLASSES = "sky; wall; tree\ncar\npeople\nroad\n"  # 4 classes, 6 queries (the per-class max over names runs)
@@ -125,7 +125,7 @@ def _timed_predicts(predict, images: list[Path], repeat: int) -> dict[str, float
 def release_side(release: str, radio_repo: str, inputs: str, bank: str | None, class_file: str,
                  repeat: int) -> dict:
     """The release in this process (CPU patches of corrclip2_shims), fp32."""
-    from corrclip2_shims import cpu_release, radio_to, release_imports
+    from corrclip2_shims import cpu_release, release_imports
     from release_common import DataSample, half_as, mmseg_inputs
 
     inputs_p = Path(inputs)
@@ -134,15 +134,8 @@ def release_side(release: str, radio_repo: str, inputs: str, bank: str | None, c
                                                                    "aux": inputs_p / "dfn.pt"},
                          bank_dir=bank, radio_repo=radio_repo, radio_ckpt=inputs_p / "radio.pth"):
             start = time.perf_counter()
-            model = seg_mod.CorrCLIPSegmentation(
-                clip_type="metaclip_fullcc", model_type="ViT-B-16-quickgelu", name_path=class_file,
-                aux_clip_type=None, aux_model_type="hf-hub:apple/DFN2B-CLIP-ViT-B-16", vfm_type="radiov3",
-                device=torch.device("cpu"), dtype=torch.float32, prob_thd=VOC21["prob_thd"],
-                logit_scale=VOC21["logit_scale"], slide_stride=VOC21["stride"], slide_crop=VOC21["crop"],
-                instance_mask_path=str(inputs_p / "masks"), mask_generator=None, background_id=0,
-                use_support_embedding=bank is not None, use_aux_model=True, num_support=VOC21["num_support"],
-                mb_region_set=BIG, mb_main_encoder="metaclip_b", mb_aux_encoder="dfnclip_b")
-            radio_to(model.vfm.model, torch.float32)
+            model = release_segmentor(seg_mod, inputs_p, class_file, torch.float32, bank=bank is not None,
+                                      bank_name=BIG)
             build_s = time.perf_counter() - start
 
             def predict(image: Path) -> None:
@@ -163,17 +156,11 @@ def glaclip_side(radio_repo: str, inputs: str, bank: str | None, class_file: str
     """glaclip's corrclip2 (issue 27's API contract) in this process, fp32."""
     from PIL import Image
 
-    from glaclip import Segmenter, read_class_file
+    from glaclip import read_class_file
 
     inputs_p = Path(inputs)
     start = time.perf_counter()
-    seg = Segmenter.from_pretrained(
-        method="corrclip2", clip="ViT-B-16-quickgelu", clip_weights=str(inputs_p / "clip.pt"),
-        vfm="c-radio_v3-l", vfm_weights=str(inputs_p / "radio.pth"), radio_repo=radio_repo,
-        aux_clip="ViT-B-16-quickgelu", aux_clip_weights=str(inputs_p / "dfn.pt"), bank=bank, bank_name=BIG,
-        device="cpu", dtype="fp32", short_side=VOC21["short_side"], crop=VOC21["crop"], stride=VOC21["stride"],
-        logit_scale=VOC21["logit_scale"], prob_thd=VOC21["prob_thd"], num_support=VOC21["num_support"],
-        text_cache=False, progress=False)
+    seg = glaclip_segmenter(radio_repo, inputs_p, "fp32", bank, bank_name=BIG)
     classes = read_class_file(class_file)
     seg.query_embeddings(classes)
     build_s = time.perf_counter() - start
