@@ -15,6 +15,7 @@ from corrclip_reference import naive_window
 
 from glaclip import GlaclipError
 from glaclip.methods import region_clip
+from glaclip.steps import windows
 from glaclip.methods.region_clip import region_features
 
 MEAN = torch.tensor((122.771, 116.746, 104.094), dtype=torch.float64).view(3, 1, 1)
@@ -115,7 +116,7 @@ def test_fp16_rows_bands_and_empty(towers, monkeypatch):
     half_ids, half = region_features(clip, dino, rgb, torch.from_numpy(ids).long(), window_batch=12)
     assert half.dtype == torch.float16 and torch.equal(half_ids, ref_ids)
     assert torch.equal(half, ref.to(torch.float16))  # the default: the stores' fp16, cast last
-    monkeypatch.setattr(region_clip, "BAND_BYTES", 8 * 32 * 131 * 3)  # three rows a band
+    monkeypatch.setattr(windows, "BAND_BYTES", 8 * 32 * 131 * 3)  # three rows a band
     torch.testing.assert_close(region_features(clip, dino, rgb, ids, torch.float64)[1], ref, rtol=0, atol=1e-14)
     none_ids, none = region_features(clip, dino, rgb, np.zeros((90, 131), np.int64))
     assert none_ids.numel() == 0 and none.shape == (0, clip.visual.output_dim)

@@ -14,6 +14,7 @@ import typer
 
 from ..config.registry import DEFAULT_METHOD
 from ..errors import GlaclipError
+from .bank import bank_app
 from .cache import cache_app
 from .compare import compare_cmd
 from .evaluate import evaluate_cmd
@@ -316,6 +317,7 @@ def presets(
 
 
 app.add_typer(cache_app, name="cache")
+app.add_typer(bank_app, name="bank")
 app.command("compare")(compare_cmd)
 app.command("eval")(evaluate_cmd)
 app.command("labelstudio")(labelstudio_cmd)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..errors import GlaclipError
+
 DEFAULT_CLIP = "ViT-B-16-quickgelu"
 DEFAULT_CLIP_TAG = "openai"
 DEFAULT_VFM = "vit_base_patch8_224.dino"
@@ -79,3 +81,25 @@ DEFAULT_BANK_NAME = "coco"
 # Bank support for a method other than CorrCLIPv2: the text-only CLIP whose text answers the main store (the
 # published stores hold MetaCLIP 2.5B ViT-B/16 image embeddings); its architecture picks the store's key.
 DEFAULT_BANK_CLIP = ("ViT-B-16-quickgelu", "metaclip_fullcc")
+# `glaclip bank build`'s models when none are named: the release builder's default `--clip meta_b dfn_b` and
+# `--vfm radiov3`; DINO ViT-B/8 gives the CLIP stores' correlations (its generate_clip_embeddings.py).
+DEFAULT_BUILD_CLIP = ("ViT-B-16-quickgelu", "metaclip_fullcc")
+DEFAULT_BUILD_DINO = ("vit_base_patch8_224.dino", None)
+
+
+def bank_keys(clip: str, aux_clip: str | None, radio: str, given: dict | None = None) -> dict:
+    """The keys in a bank's file names ({'main', 'aux', 'vfm'}; no 'aux' without an auxiliary CLIP): those
+    `given`, else the release's names for these architectures (`BANK_MAIN_KEYS`, `BANK_AUX_KEYS`, RADIO's
+    `bank_key`). A model with no release name and no given key is a GlaclipError naming the option."""
+    given = {k: v for k, v in (given or {}).items() if v}
+    known = {"main": BANK_MAIN_KEYS.get(clip), "vfm": RADIO_MODELS[radio].bank_key if radio in RADIO_MODELS else None}
+    if aux_clip is not None:
+        known["aux"] = BANK_AUX_KEYS.get(aux_clip)
+    keys = {role: given.get(role) or key for role, key in known.items()}
+    for role, option, model in (("main", "--clip-key", clip), ("aux", "--aux-clip-key", aux_clip),
+                                ("vfm", "--vfm-key", radio)):
+        if role in keys and not keys[role]:
+            raise GlaclipError(f"the release names no store for {model!r}; name it with {option} KEY")
+        if role in keys and not all(c.isalnum() or c in "._-" for c in keys[role]):
+            raise GlaclipError(f"{option} {keys[role]!r}: a key goes into file names (letters, digits, '.', '_', '-')")
+    return keys

@@ -16,9 +16,10 @@ generate_clip_embeddings.py, CORRCLIP2.md section 7). No files: the caller write
      (`steps.windows.stitch`; the sum in the towers' dtype, the count in fp32 (fp64 for fp64 towers),
      as the release's fp16 sum and fp32 count);
   5. the average resized bilinearly to the ORIGINAL image size, a band of rows at a time
-     (`steps.windows.resize_rows`), each pixel cast to the towers' dtype (the release's `.half()`);
-  6. per region id except 0, ascending (= the manifest's order): the mean over its pixels at the original
-     size, cast to the towers' dtype, L2-normalised, cast to `dtype` (the stores' fp16).
+     (`steps.windows.region_sums`), each pixel cast to the towers' dtype (the release's `.half()`);
+  6. per region id except 0, ascending (= the manifest's order; a boolean stack: per slice): the mean
+     over its pixels at the original size, cast to the towers' dtype, L2-normalised, cast to `dtype`
+     (the stores' fp16).
 
 Where this differs from deployment (CorrCLIPv2's segmentor, `methods/corrclip2.py`, which shares steps
 2-3's code): correlations from DINO ViT-B/8 q + k on DINO's grid (deployment: RADIO's features resized
@@ -45,14 +46,13 @@ from ..errors import GlaclipError
 from ..io.images import preprocess
 from ..io.masks import check_masks
 from ..models.towers import ClipTower, VfmTower
-from ..steps.windows import crop_masks, crop_windows, resize_rows, stitch, window_grid
+from ..steps.windows import crop_masks, crop_windows, region_sums, stitch, window_grid
 from .attention import accumulation_dtype
 from .corrclip import PAD_ID, _MaskGuided, nearest
 from .families import Backbones
 
 SHORT_SIDE, MAX_LONG_SIDE = 448, 2048  # the builder's mmcv.imrescale scale (2048, slide_short)
 CROP, STRIDE, PAD_MULTIPLE = 336, 112, 56  # slide_crop, slide_stride, compute_padsize(H, W, 56)
-BAND_BYTES = 64 * 2**20  # original-size features held at once (a band of rows) while pooling
 
 
 class _Windows(_MaskGuided):
@@ -75,17 +75,32 @@ def region_features(clip: ClipTower, dino: VfmTower, rgb: np.ndarray, ids, dtype
     """One image's CLIP region vectors as the bank builder computes them (module docstring).
 
     clip: the store's CLIP (MetaCLIP / DFN ViT-B/16 or L/14); dino: DINO ViT-B/8 (`vit_base_patch8_224.dino`),
-    same device and dtype family; rgb: H x W x 3 uint8 RGB; ids: H x W integer region ids (0: no region).
-    Returns (R region ids ascending, 0 excluded, int64 CPU; R x E unit vectors in `dtype` on the towers'
-    device). An image without regions gives (0,), (0 x E)."""
+    same device and dtype family; rgb: H x W x 3 uint8 RGB; ids: H x W integer region ids (0: no region), or
+    an N x H x W boolean stack (the release paints slice i with id i + 1 for the windows, later slices over
+    earlier ones, and pools each slice whole). Returns (R region ids ascending, 0 excluded, or the slice
+    numbers 0..N-1, int64 CPU; R x E unit vectors in `dtype` on the towers' device). An image without
+    regions gives (0,), (0 x E)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise GlaclipError(f"region_features needs an H x W x 3 uint8 RGB image, got {rgb.dtype} {rgb.shape}")
     size = rgb.shape[:2]
-    id_map = torch.from_numpy(check_masks(ids, size, what="region id map"))
+    stack = None
+    if np.ndim(ids) == 3:  # a boolean N x H x W stack: painted 1..N in slice order for the windows
+        stack = torch.from_numpy(np.ascontiguousarray(ids))
+        if stack.dtype != torch.bool or tuple(stack.shape[1:]) != tuple(size):
+            raise GlaclipError(f"a region stack must be N x {size[0]} x {size[1]} boolean, got {stack.dtype} "
+                               f"{tuple(stack.shape)}")
+        id_map = torch.zeros(size, dtype=torch.int32)
+        for i, m in enumerate(stack):
+            id_map[m] = i + 1
+    else:
+        id_map = torch.from_numpy(check_masks(ids, size, what="region id map"))
     device, tower = clip.visual.conv1.weight.device, clip.dtype
     acc = accumulation_dtype(tower)
-    values = torch.unique(id_map)
-    values = values[values != 0]
+    if stack is not None:
+        values = torch.arange(stack.shape[0], dtype=torch.int64)
+    else:
+        values = torch.unique(id_map)
+        values = values[values != 0]
     width = clip.visual.output_dim
     if values.numel() == 0:
         return values.long(), torch.zeros(0, width, dtype=dtype, device=device)
@@ -101,28 +116,11 @@ def region_features(clip: ClipTower, dino: VfmTower, rgb: np.ndarray, ids, dtype
     finals, (gh, gw) = torch.cat([p[0] for p in parts]), parts[0][1]
     window_maps = finals.transpose(1, 2).reshape(grid.count, -1, gh, gw)
     average = stitch(window_maps, grid, count_dtype=acc)  # E x h x w, in acc
-    return values.long(), _pool(average, id_map.to(device), values.to(device), tower).to(dtype)
-
-
-def _pool(average: torch.Tensor, id_map: torch.Tensor, values: torch.Tensor, tower: torch.dtype) -> torch.Tensor:
-    """E x h x w features -> R x E: bilinear to the id map's (original) size, each pixel in the towers'
-    dtype, per region (values: ascending nonzero ids) the mean over its pixels (float64 sums; float32 on
-    MPS), in the towers' dtype, L2-normalised."""
-    e = average.shape[0]
-    H, W = id_map.shape
-    index = torch.searchsorted(values, id_map.flatten().to(values.dtype))  # region row of every pixel
-    inside = index.clamp_max(values.numel() - 1)
-    member = values[inside] == id_map.flatten()  # id 0 (and nothing else) falls outside the regions
-    index = torch.where(member, inside, torch.full_like(inside, values.numel()))  # row R: discarded
-    wide = torch.float32 if average.device.type == "mps" else torch.float64  # MPS has no float64
-    sums = torch.zeros(values.numel() + 1, e, dtype=wide, device=average.device)
-    rows = max(1, BAND_BYTES // (8 * e * W))
-    for y in range(0, H, rows):
-        band = resize_rows(average, H, W, y, min(y + rows, H)).to(tower)  # E x rows x W
-        sums.index_add_(0, index[y * W : min(y + rows, H) * W], band.flatten(1).T.to(wide))
-    counts = torch.bincount(index, minlength=values.numel() + 1).to(wide)
-    means = (sums[:-1] / counts[:-1, None]).to(tower)
-    return F.normalize(means, dim=-1)
+    sums, counts = region_sums(average, (stack if stack is not None else id_map).to(device),
+                               pixel=lambda band: band.to(tower))  # each pixel in the towers' dtype
+    if bool((counts == 0).any()):
+        raise GlaclipError(f"slice {int(torch.nonzero(counts == 0)[0])} of the region stack covers no pixel")
+    return values.long(), F.normalize((sums / counts[:, None]).to(tower), dim=-1).to(dtype)
 
 
 __all__ = ["region_features", "SHORT_SIDE", "CROP", "STRIDE", "PAD_MULTIPLE"]

@@ -72,17 +72,23 @@ def tower_identity(tower, tensors: Callable[[], list] | None = None, part: str =
     return {"model": tower.name, "structure": prints["structure"], "weights": prints.get(part, "random")}
 
 
+def clip_image_identity(clip) -> dict:
+    """A CLIP tower by its image tower's weights (every tensor but the text tower's)."""
+
+    def image_tensors() -> list:
+        text = {k for k, _ in clip.text_tensors()}
+        return [(k, v) for k, v in clip.model.state_dict().items() if k not in text]
+
+    return tower_identity(clip, image_tensors, "image weights")
+
+
 def towers_identity(clip, vfm=None, sam=None, radio=None, aux_clip=None, bank_clip=None) -> dict:
     """The identity of every tower a segmenter runs: CLIP by its image tower's weights (the text tower is
     the text cache's and a run's own part), the VFM (None when the method loads none) and, when loaded,
     Trident's SAM, CorrCLIPv2's RADIO (whole model) and its auxiliary CLIP (by its text tower, the only
     part it runs), and a bank-support CLIP (`bank_clip`, by its text tower too)."""
 
-    def image_tensors() -> list:
-        text = {k for k, _ in clip.text_tensors()}
-        return [(k, v) for k, v in clip.model.state_dict().items() if k not in text]
-
-    out = {"clip": tower_identity(clip, image_tensors, "image weights"),
+    out = {"clip": clip_image_identity(clip),
            "vfm": tower_identity(vfm, part="image weights") if vfm is not None else None}
     if sam is not None:
         out["sam"] = tower_identity(sam)

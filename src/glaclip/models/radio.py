@@ -73,14 +73,18 @@ class RadioTower:
         return out[1]
 
 
-def radio_map(radio, rgb: np.ndarray, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """H x W x 3 uint8 -> C x h x w: RADIO's features of the whole image (input in [0, 1] at RADIO's nearest
-    supported resolution, bilinear) resized bilinearly to `size` and L2-normalised per pixel, in `dtype`."""
+def radio_grid(radio, rgb: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """H x W x 3 uint8 -> 1 x C x h x w: RADIO's features of the whole image (input in [0, 1] at RADIO's
+    nearest supported resolution, bilinear) on its patch grid, contiguous, in `dtype`."""
     x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(radio.device, dtype) / 255
     snapped = radio.nearest_resolution(rgb.shape[0], rgb.shape[1])
     x = F.interpolate(x, size=snapped, mode="bilinear", align_corners=False)
-    feats = radio.features(x).to(dtype).contiguous()  # as the release: RADIO gives a channels-last view
-    feats = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
+    return radio.features(x).to(dtype).contiguous()  # as the release: RADIO gives a channels-last view
+
+
+def radio_map(radio, rgb: np.ndarray, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """H x W x 3 uint8 -> C x h x w: `radio_grid` resized bilinearly to `size` and L2-normalised per pixel."""
+    feats = F.interpolate(radio_grid(radio, rgb, dtype), size=size, mode="bilinear", align_corners=False)
     return F.normalize(feats, dim=1)[0]
 
 

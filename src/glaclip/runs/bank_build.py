@@ -6,14 +6,18 @@ Per image, the builder's recipe:
   1. the image file decoded with its EXIF orientation applied, RGB (`io.images.load_image`; the
      release: PIL convert('RGB') then detectron2's EXIF transpose, the same pixels);
   2. RADIO's features as the deployment extractor gives them (x / 255, bilinear to RADIO's nearest
-     supported size, forward, spatial features), bilinear back to the original size (H, W) and
-     L2-normalised per pixel: `models.radio.radio_map` at the original size, which is the same
-     computation (the release's `F.interpolate(..., mode='bilinear')` has align_corners False);
+     supported size, forward, spatial features: `models.radio.radio_grid`), bilinear back to the
+     original size (H, W) and L2-normalised per pixel (the release's `F.interpolate(..., mode='bilinear')`
+     has align_corners False), a band of rows at a time (the release holds C x H x W: 1.2 GiB at
+     640 x 480 for C = 1024);
   3. the mask resized (nearest, as float ids) to the feature map only if the sizes differ;
   4. per region (an id map's nonzero ids ascending, or a boolean stack's slices) the mean of its
      pixels' unit features, not renormalised, stored as float16; id 0 has no row.
 The features are computed in the RADIO tower's dtype (the release: fp16 autocast on CUDA); the
-means accumulate in float32 (as CUDA's fp16 mean does) and are rounded to float16 once.
+means accumulate in float64 over the bands (the release: torch's float32 `mean(0)`; CUDA's fp16 mean
+accumulates in float32 too), are rounded to float32 and then to float16: equal to the release's rows
+up to the rounding of its float32 sums, which moves a float16 row element only when it lies within a
+float32 ulp of a float16 rounding boundary.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from ..io.bank import read_store
 from ..io.bank_manifest import ImageRow, count_regions, read_region_masks
 from ..io.bank_store import append_store
 from ..io.images import load_image
-from ..models.radio import radio_map
+from ..models.radio import radio_grid
+from ..steps.windows import region_sums
 
 
 def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -47,23 +52,16 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def region_means(feats: torch.Tensor, masks: np.ndarray) -> torch.Tensor:
-    """C x H x W per-pixel features and an H x W id map (or N x H x W boolean stack) of the same size
-    -> K x C float16: per region in manifest order the mean of its pixels' features (float32
-    accumulation), not renormalised."""
-    hwc = feats.permute(1, 2, 0)
+    """C x h x w RADIO features and an H x W id map (or N x H x W boolean stack) -> K x C float16: the
+    features resized bilinearly to H x W and L2-normalised per pixel, a band of rows at a time
+    (`steps.windows.region_sums`: memory bounded whatever the image size), then per region in manifest
+    order the mean of its pixels (float64 sums, rounded to float32 as the release's mean, then to
+    float16), not renormalised."""
     m = torch.from_numpy(np.ascontiguousarray(masks)).to(feats.device)
-    if m.ndim == 3:
-        regions = [s for s in m]
-    else:
-        values = torch.unique(m)
-        regions = [m == v for v in values[values != 0]]
-    out = torch.empty(len(regions), feats.shape[0], dtype=torch.float16)
-    for i, r in enumerate(regions):
-        picked = hwc[r]
-        if picked.shape[0] == 0:
-            raise GlaclipError("a region lost every pixel when its mask was resized to the feature map")
-        out[i] = picked.to(torch.float32).mean(0).to("cpu", torch.float16)
-    return out
+    sums, counts = region_sums(feats, m, pixel=lambda band: F.normalize(band, dim=0))
+    if bool((counts == 0).any()):
+        raise GlaclipError("a region lost every pixel when its mask was resized to the feature map")
+    return (sums / counts[:, None]).to(torch.float32).to("cpu", torch.float16)
 
 
 @torch.no_grad()
@@ -77,9 +75,7 @@ def vfm_region_vectors(radio, image, masks, expected: int | None = None) -> torc
         raise GlaclipError(f"the masks of {image} have {count_regions(arr)} regions, the manifest {expected} "
                            "(were the masks changed after the manifest was written?)")
     size = (int(rgb.shape[0]), int(rgb.shape[1]))
-    feats = radio_map(radio, rgb, size, radio.dtype)
-    resized = resize_masks(arr, size)
-    vectors = region_means(feats, resized)
+    vectors = region_means(radio_grid(radio, rgb, radio.dtype)[0], resize_masks(arr, size))
     if expected is not None and vectors.shape[0] != expected:
         raise GlaclipError(f"the masks of {image} resized to the image's {size[1]}x{size[0]} keep "
                            f"{vectors.shape[0]} regions, the manifest has {expected}")

@@ -138,3 +138,46 @@ def resize_rows(canvas: torch.Tensor, out_h: int, out_w: int, start: int, stop: 
         return rows[:, :, x0] * lx0 + rows[:, :, x1] * lx1
 
     return cols(top) * ly0[:, None] + cols(bottom) * ly1[:, None]
+
+
+BAND_BYTES = 64 * 2**20  # resized features held at once (a band of rows) while pooling regions
+
+
+def region_sums(canvas: torch.Tensor, regions: torch.Tensor, pixel=None,
+                band_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per region the sum and pixel count of `canvas` (C x h x w) resized bilinearly (align_corners
+    False) to the regions' size, a band of rows at a time, so the resized C x H x W never exists.
+
+    regions: H x W integer ids (regions: the nonzero ids ascending; 0 belongs to none) or an N x H x W
+    boolean stack (slice i, slices may overlap). pixel: applied to each band (C x rows x W) before
+    summing (the builders' per-pixel cast or L2). Returns (R x C sums, R counts), float64 (float32 on
+    MPS, which has no float64): a region's mean is the same whatever the band height, to float64 rounding."""
+    c = canvas.shape[0]
+    stack = regions.dtype == torch.bool and regions.ndim == 3
+    H, W = regions.shape[-2:]
+    wide = torch.float32 if canvas.device.type == "mps" else torch.float64
+    if stack:
+        n = regions.shape[0]
+        flat = regions.reshape(n, -1)
+    else:
+        values = torch.unique(regions)
+        values = values[values != 0]
+        n = values.numel()
+        ids = regions.reshape(-1).to(values.dtype)
+        pos = torch.searchsorted(values, ids).clamp_max(max(n - 1, 0))
+        member = (values[pos] == ids) if n else torch.zeros_like(ids, dtype=torch.bool)
+        index = torch.where(member, pos, torch.full_like(pos, n))  # row n: id 0, discarded
+    sums = torch.zeros(n + 1, c, dtype=wide, device=canvas.device)
+    rows = max(1, (band_bytes or BAND_BYTES) // (8 * (c + (n if stack else 0)) * W))
+    for y in range(0, H, rows):
+        y2 = min(y + rows, H)
+        band = resize_rows(canvas, H, W, y, y2)
+        if pixel is not None:
+            band = pixel(band)
+        band = band.reshape(c, -1).T.to(wide)  # pixels x C
+        if stack:
+            sums[:n] += flat[:, y * W : y2 * W].to(wide) @ band
+        else:
+            sums.index_add_(0, index[y * W : y2 * W], band)
+    counts = flat.sum(1).to(wide) if stack else torch.bincount(index, minlength=n + 1)[:n].to(wide)
+    return sums[:n], counts

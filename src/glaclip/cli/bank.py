@@ -1,0 +1,118 @@
+"""`glaclip bank build`: a memory bank from your own images (a sub-command group of `cli.app`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import GlaclipError
+from .options import DeviceOpt, DtypeOpt, QuietOpt, RadioRepoOpt, check_writable, say
+
+bank_app = typer.Typer(help="Memory banks of region features (CorrCLIPv2's files) from your own unlabeled images.",
+                       no_args_is_help=True)
+
+
+@bank_app.command("build")
+def bank_build_cmd(
+    images: List[Path] = typer.Argument(..., help="Folders of images (recursive; .png .jpg .jpeg .bmp .tiff, as "
+                                        "the release's builder).", show_default=False),
+    name: str = typer.Option(..., "--name", help="The bank's name in its file names ({name}_metaclip_b.pt ...); "
+                             "segment with --bank-name NAME.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="The bank folder (manifests/, clip_embeddings/, "
+                             "vfm_embeddings/); segment with --bank OUT.", show_default=False),
+    masks: Path = typer.Option(..., "--masks", help="Folder of region masks, {stem}.npz (key instance_mask: an "
+                               "H x W id map, 0 = no region, or an N x H x W boolean stack) or 16-bit {stem}.png id "
+                               "maps, of the images' size. Images without one are not in the bank.",
+                               show_default=False),
+    clip: str = typer.Option("ViT-B-16-quickgelu", "--clip", help="The main CLIP (open_clip name, hf-hub:ID or a "
+                             "JSON config): the store {name}_metaclip_b.pt (ViT-L-14-quickgelu: _metaclip_l)."),
+    clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Its weights: a pretrained tag or a file "
+                                               "(default: metaclip_fullcc, the release's MetaCLIP).",
+                                               show_default=False),
+    aux_clip: str = typer.Option("hf-hub:apple/DFN2B-CLIP-ViT-B-16", "--aux-clip", help="The auxiliary CLIP (DMCE's "
+                                 "DFN): the store {name}_dfnclip_b.pt; 'none': no auxiliary store."),
+    aux_clip_weights: Optional[str] = typer.Option(None, "--aux-clip-weights", help="Its weights file (default: "
+                                                   "the hub's).", show_default=False),
+    vfm: str = typer.Option("c-radio_v3-l", "--vfm", help="The RADIO model of the VFM store and index "
+                            "({name}_radiov3.pt / .faiss)."),
+    vfm_weights: Optional[str] = typer.Option(None, "--vfm-weights", help="RADIO's checkpoint file (default: RADIO's "
+                                              "resource table through torch.hub's checkpoint cache).",
+                                              show_default=False),
+    radio_repo: RadioRepoOpt = None,
+    dino: str = typer.Option("vit_base_patch8_224.dino", "--dino", help="The DINO whose q + k correlations the CLIP "
+                             "stores use (the release: DINO ViT-B/8)."),
+    dino_weights: Optional[str] = typer.Option(None, "--dino-weights", help="Its weights file (default: the timm "
+                                               "hub).", show_default=False),
+    clip_key: Optional[str] = typer.Option(None, "--clip-key", help="The main store's key in its file name, for a "
+                                           "CLIP the release has no name for.", show_default=False),
+    aux_clip_key: Optional[str] = typer.Option(None, "--aux-clip-key", help="The auxiliary store's key.",
+                                               show_default=False),
+    vfm_key: Optional[str] = typer.Option(None, "--vfm-key", help="The VFM store's and index's key.",
+                                          show_default=False),
+    slide_short: int = typer.Option(448, "--slide-short", min=56, help="The CLIP stores' image short side (the "
+                                    "release's --slide_short)."),
+    slide_crop: int = typer.Option(336, "--slide-crop", min=56, help="The CLIP stores' window size (the release's "
+                                   "--slide_crop; stride 112)."),
+    train_size: int = typer.Option(1 << 18, "--train-size", min=256, help="Above this many regions the index trains "
+                                   "on a seeded sample of this many (at least 39 per list)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove the bank's files and build it again (default: a "
+                                   "rerun resumes and adds new images)."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Split each step's images across N processes on "
+                                  "this machine (one GPU each where there are GPUs), as torchrun --nproc-per-node N; "
+                                  "the files equal a one-process build."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads decoding images ahead."),
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a memory bank from a folder of images and their region masks, in CorrCLIPv2's files.
+
+    Writes OUT/manifests/NAME.manifest.txt and NAME.images.tsv, OUT/clip_embeddings/NAME_metaclip_b.pt
+    and NAME_dfnclip_b.pt, OUT/vfm_embeddings/NAME_radiov3.pt and NAME_radiov3.faiss, and
+    OUT/NAME.glaclip-bank.json (what built it). A rerun resumes an interrupted build and adds the
+    images that are new; other models or settings are refused (--overwrite starts over). Then:
+    glaclip segment IMAGES --method corrclip2 --bank OUT --bank-name NAME.
+    """
+    from ..config.backbones import BANK_MAIN_KEYS, DEFAULT_BUILD_CLIP, bank_keys
+    from ..runs.bank import BankModels, build, check_name, scan, summary_lines
+    from ..runs.collection import launch_ranks, leave, shard_from_env
+    from ..runs.runlock import hold
+
+    check_name(name)
+    aux = None if aux_clip.lower() == "none" else (aux_clip, aux_clip_weights)
+    if aux is None and aux_clip_weights:
+        raise GlaclipError("--aux-clip-weights given with --aux-clip none")
+    keys = bank_keys(clip, aux[0] if aux else None, vfm, {"main": clip_key, "aux": aux_clip_key, "vfm": vfm_key})
+    for option, path in (("--clip-weights", clip_weights), ("--aux-clip-weights", aux_clip_weights),
+                         ("--vfm-weights", vfm_weights), ("--dino-weights", dino_weights)):
+        if path and (os.sep in path or path.endswith((".pt", ".pth", ".bin", ".safetensors", ".tar"))) \
+                and not Path(path).expanduser().is_file():
+            raise GlaclipError(f"{option} {path}: file not found")
+    scan(images, masks)  # folders and duplicate stems checked before any model loads
+    check_writable(out)
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        with hold(out):  # refused here rather than in process 0, after the others started
+            pass
+        launch_ranks(processes)
+        return
+    models = BankModels(clip=(clip, clip_weights or (DEFAULT_BUILD_CLIP[1] if clip in BANK_MAIN_KEYS else None)),
+                        aux_clip=aux, dino=(dino, dino_weights), radio=(vfm, vfm_weights), keys=keys,
+                        radio_repo=str(radio_repo) if radio_repo else None)
+    shard = shard_from_env()
+    from contextlib import nullcontext
+
+    from ..models.devices import rank_device
+
+    with hold(out) if shard.rank == 0 else nullcontext():
+        report = build(images, name, out, masks, models, device=rank_device(shard, device), dtype=dtype,
+                       overwrite=overwrite, shard=shard, train_size=train_size, short_side=slide_short,
+                       crop=slide_crop, workers=workers,
+                       progress=not quiet, echo=say)
+    if shard.rank == 0 and not quiet:
+        for line in summary_lines(report):
+            say(line)
+        say(f"glaclip: segment with --bank {out} --bank-name {name}")
+    leave(shard)

@@ -1,0 +1,429 @@
+"""`glaclip bank build`: a memory bank from a folder of images and their region masks, in CorrCLIPv2's
+files (its builder's mb/build.py steps, CORRCLIP2.md section 7), resumable, incremental and sharded.
+
+Steps, each over the images that still lack it:
+  1. manifest: images under the folders (recursive; the builder's suffixes) that have a mask file
+     `MASKS/{stem}.npz` (or glaclip's `{stem}.png`) and are not in the manifest yet, sorted by stem;
+     each image is decoded and its masks read first: an unreadable image or mask, or a mask of another
+     size than the image, is listed and skipped (never a hole in the ids); `io.bank_manifest.append_images`;
+  2. one CLIP store per CLIP (`clip_embeddings/{name}_{key}.pt`; `methods.region_clip.region_features`);
+  3. the VFM store (`vfm_embeddings/{name}_{key}.pt`; `runs.bank_build.vfm_region_vectors`);
+  4. the index (`vfm_embeddings/{name}_{key}.faiss`; `io.bank_index.update_index`: built over the whole
+     store, or the new ids added to the trained index as the release's re-run does).
+A store step fills the store's slots (`io.bank_slots`): rows persist as each image finishes, so a
+kill -9 loses at most the images in flight, and a rerun continues; the store file is then rewritten
+once, streamed. With several processes (torchrun ranks, `--processes`), each takes every world-th
+unfinished image of a step; rank 0 writes the manifest, the stores and the index between barriers.
+An image's rows do not depend on which process computes them, so the files equal a one-process build.
+
+What built a bank (every model by content, every setting that changes a row) is kept in
+`{name}.glaclip-bank.json` beside the release's folders; a build with other models or settings is
+refused with one line (`overwrite` removes the bank's files and starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import GlaclipError, one_line
+from ..io.bank_manifest import ImageRow, append_images, count_regions, manifest_paths, read_manifest, \
+    read_region_masks
+from ..io.files import remove_stale_temporaries, write_atomic
+from .collection import Shard, barrier, check_random_weights, is_hidden, same_on_all_ranks
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tiff")  # what the release's builder scans (any case)
+MASK_SUFFIXES = (".npz", ".png")  # {stem}.npz as the release; glaclip's 16-bit id maps too
+IDENTITY = "{name}.glaclip-bank.json"
+FORMAT = "glaclip-bank/1"
+
+
+@dataclass(frozen=True)
+class BankModels:
+    """The models of a build: (name, weights) of the main CLIP, the auxiliary CLIP (None: no auxiliary
+    store), DINO ViT-B/8 (the CLIP stores' correlations) and RADIO; the store and index keys in file
+    names ({'main', 'aux', 'vfm'} -> key); RADIO's checkout."""
+
+    clip: tuple[str, str | None]
+    aux_clip: tuple[str, str | None] | None
+    dino: tuple[str, str | None]
+    radio: tuple[str, str | None]
+    keys: dict
+    radio_repo: str | None = None
+
+
+@dataclass
+class StepReport:
+    """One step of a build: its name, the items it handled now and its time (unit: what the items are)."""
+
+    name: str
+    images: int = 0
+    seconds: float = 0.0
+    unit: str = "images"
+
+
+@dataclass
+class BankReport:
+    """What a build did: the bank's images and regions, the ones added now, the images skipped (path,
+    reason), the files with their sizes, the index report and each step's images and time."""
+
+    root: Path
+    name: str
+    images: int = 0
+    regions: int = 0
+    new_images: int = 0
+    new_regions: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    without_masks: int = 0
+    files: dict[str, int] = field(default_factory=dict)
+    index: object = None
+    steps: list[StepReport] = field(default_factory=list)
+
+
+def store_paths(root: Path, name: str, keys: dict) -> dict[str, Path]:
+    """{role: path} of a bank's stores and index ('main', 'aux', 'vfm', 'index')."""
+    out = {role: root / "clip_embeddings" / f"{name}_{keys[role]}.pt" for role in ("main", "aux") if role in keys}
+    out["vfm"] = root / "vfm_embeddings" / f"{name}_{keys['vfm']}.pt"
+    out["index"] = root / "vfm_embeddings" / f"{name}_{keys['vfm']}.faiss"
+    return out
+
+
+def check_name(name: str) -> str:
+    """A bank name goes into file names: no path separator, no leading dot, not empty."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or any(c in name for c in "\t\n\r\0"):
+        raise GlaclipError(f"--name {name!r}: a bank name goes into file names (no '/', no leading '.', not empty)")
+    return name
+
+
+# ---------------------------------------------------------------------------------------- the images
+
+
+def scan(folders: list[str | Path], masks: str | Path) -> tuple[dict[str, Path], dict[str, Path], int]:
+    """(stem -> image, stem -> mask file, images without a mask) for the images under `folders`
+    (recursive, hidden files skipped, the builder's suffixes) that have a mask file in `masks`. Two
+    images with one stem are refused: a bank names an image by its stem, and so do the mask files."""
+    from .collection import walk_files
+
+    mask_dir = Path(masks).expanduser()
+    if not mask_dir.is_dir():
+        raise GlaclipError(f"--masks {masks}: not a folder (it holds {{stem}}.npz region masks, as the release's "
+                           "mask step writes them)")
+    images: dict[str, Path] = {}
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise GlaclipError(f"{folder}: not a folder of images")
+        for path in walk_files(folder, IMAGE_SUFFIXES):
+            stem = path.stem
+            if stem in images and os.path.realpath(images[stem]) != os.path.realpath(path):
+                raise GlaclipError(f"images {images[stem]} and {path} share the stem {stem!r}; a bank names images "
+                                   "(and their mask files) by stem: rename one or build from other folders")
+            images.setdefault(stem, path)
+    found = {}
+    names = {p.name for p in mask_dir.iterdir() if not is_hidden(p.name)} if images else set()
+    for stem in images:
+        hit = next((f"{stem}{s}" for s in MASK_SUFFIXES if f"{stem}{s}" in names), None)
+        if hit is not None:
+            found[stem] = mask_dir / hit
+    return {s: images[s] for s in found}, found, len(images) - len(found)
+
+
+def _check_image(stem: str, image: Path, mask: Path) -> tuple[str, int | str]:
+    """(stem, number of regions) of an image fit for the bank, or (stem, why not)."""
+    from ..io.images import load_image
+
+    try:
+        arr = read_region_masks(mask)
+        rgb = load_image(image)
+    except GlaclipError as exc:
+        return stem, str(exc)
+    except Exception as exc:  # a decoder's own error
+        return stem, f"{image}: {one_line(exc, 160)}"
+    if tuple(arr.shape[-2:]) != tuple(rgb.shape[:2]):
+        return stem, (f"mask {mask} is {arr.shape[-1]}x{arr.shape[-2]}, the image {rgb.shape[1]}x{rgb.shape[0]} "
+                      "(after its EXIF orientation); the CLIP stores pool at the image's size")
+    return stem, count_regions(arr)
+
+
+def add_images(root: Path, name: str, images: dict[str, Path], masks: dict[str, Path], workers: int = 2,
+               progress: bool = True) -> tuple[list[ImageRow], list[tuple[str, str]]]:
+    """Step 1: the new images checked (decoded, masks read, sizes compared) in `workers` threads and
+    appended to the manifest. Returns (rows appended, [(image, reason) skipped])."""
+    from tqdm import tqdm
+
+    known = read_manifest(root, name).stems
+    new = sorted(s for s in images if s not in known)
+    counts, skipped = [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        jobs = pool.map(lambda s: _check_image(s, images[s], masks[s]), new)
+        for stem, result in tqdm(jobs, total=len(new), desc="manifest: checking new images", unit="img",
+                                 disable=not progress or not new):
+            if isinstance(result, str):
+                skipped.append((str(images[stem]), result))
+            else:
+                counts.append((stem, result))
+    return append_images(root, name, counts), skipped
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+def identity_path(root: Path, name: str) -> Path:
+    return root / IDENTITY.format(name=name)
+
+
+def settings_identity(models: BankModels, dtype: str, train_size: int, seed: int, short_side: int, crop: int) -> dict:
+    """The settings that change a bank's rows or index (torch-free: checked before any model loads)."""
+    from ..io.bank_index import NLIST_FACTOR, PQ_M, PQ_NBITS
+    from ..methods.region_clip import MAX_LONG_SIDE, PAD_MULTIPLE, STRIDE
+
+    return {"format": FORMAT, "keys": dict(models.keys), "dtype": dtype,
+            "architectures": {"main": models.clip[0], "aux": models.aux_clip[0] if models.aux_clip else None,
+                              "dino": models.dino[0], "radio": models.radio[0]},
+            "clip_windows": {"short_side": int(short_side), "max_long_side": MAX_LONG_SIDE, "crop": int(crop),
+                             "stride": STRIDE, "pad_multiple": PAD_MULTIPLE},
+            "index": {"type": "IDMap2(IVFPQ(FlatIP))", "nlist": f"max(1, int({NLIST_FACTOR} sqrt(N)))", "m": PQ_M,
+                      "nbits": PQ_NBITS, "train_size": int(train_size), "seed": int(seed)}}
+
+
+def read_identity(root: Path, name: str) -> dict | None:
+    path = identity_path(root, name)
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GlaclipError(f"{path} cannot be read ({one_line(exc, 100)}); remove it, or start over with "
+                           "--overwrite") from None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise GlaclipError(f"{path} is not a glaclip bank record; remove it, or start over with --overwrite")
+    return old
+
+
+def refuse_other(old: dict, new: dict, what: str, keys: tuple[str, ...]) -> None:
+    """One line naming what differs between a bank's record and this build, over `keys`."""
+    changed = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{k}.{s}" for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+        elif a != b:
+            changed.append(k)
+    if changed:
+        raise GlaclipError(f"{what} was built with other {'models' if keys == ('models',) else 'settings'} "
+                           f"({', '.join(changed)} differ{'s' if len(changed) == 1 else ''}); use another --name or "
+                           "--out, or start over with --overwrite")
+
+
+def bank_files_of(root: Path, name: str) -> list[Path]:
+    """Every file a build of bank `name` writes under root (stores, work files, index, manifests, record)."""
+    out = [p for p in root.glob(f"clip_embeddings/{name}_*") if p.is_file()]
+    out += [p for p in root.glob(f"vfm_embeddings/{name}_*") if p.is_file()]
+    out += [p for p in manifest_paths(root, name) if p.exists()]
+    out += [identity_path(root, name)] if identity_path(root, name).exists() else []
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the build
+
+
+def build(images: list[str | Path] | str | Path, name: str, out: str | Path, masks: str | Path, models: BankModels,
+          *, device: str = "auto", dtype: str = "auto", overwrite: bool = False, shard: Shard | None = None,
+          train_size: int | None = None, seed: int = 0, short_side: int | None = None, crop: int | None = None,
+          workers: int = 2, window_batch: int = 8, progress: bool = True,
+          echo: Callable[[str], None] | None = None) -> BankReport:
+    """Build or extend bank `name` in `out` from the images under `images` (folders) and their region
+    masks in `masks` (module docstring). short_side / crop: the CLIP stores' windows (the release's
+    --slide_short 448 / --slide_crop 336); train_size, seed: the index's training sample. Returns the
+    report (complete on rank 0)."""
+    import torch
+
+    from ..io.bank_index import TRAIN_SIZE
+    from ..models.devices import dtype_name, resolve_device, resolve_dtype
+
+    shard = shard or Shard()
+    say = echo if (echo is not None and shard.rank == 0) else (lambda _m: None)
+    root = Path(out).expanduser()
+    check_name(name)
+    folders = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    found, mask_files, without = scan(folders, masks)
+    train_size = TRAIN_SIZE if train_size is None else int(train_size)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    from ..methods.region_clip import CROP, SHORT_SIDE
+
+    short_side, crop = int(short_side or SHORT_SIDE), int(crop or CROP)
+    settings = settings_identity(models, dtype_name(dt), train_size, seed, short_side, crop)
+    report = BankReport(root, name, without_masks=without)
+    record = identity_path(root, name)
+    if not same_on_all_ranks(json.dumps([settings, sorted(found)]), shard):
+        raise GlaclipError("the processes found different images or settings (did files change as the build "
+                           "started?); run it again")
+    old = None if overwrite else read_identity(root, name)
+    if old is not None:
+        refuse_other(old, settings, f"bank {name} in {root}", tuple(k for k in settings if k != "models"))
+    elif not overwrite and bank_files_of(root, name):
+        raise GlaclipError(f"{bank_files_of(root, name)[0]} exists without glaclip's record {record.name} (a bank "
+                           "built elsewhere?): glaclip does not know what built it; use another --name or --out, or "
+                           "start over with --overwrite")
+
+    towers = _load(models, dev, dt)
+    ids = _model_identity(towers)
+    resuming = old is not None and bool(read_manifest(root, name).images)
+    check_random_weights(ids, shard, resuming, root, "--overwrite")
+    if old is not None and old.get("models") is not None:
+        refuse_other(old, {"models": ids}, f"bank {name} in {root}", ("models",))
+    barrier(shard)
+    if shard.rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for p in bank_files_of(root, name):
+                p.unlink()
+        for sub in ("manifests", "clip_embeddings", "vfm_embeddings"):
+            (root / sub).mkdir(exist_ok=True)
+            remove_stale_temporaries(root / sub)
+        write_atomic(record, json.dumps({**settings, "models": ids}, indent=2) + "\n")
+    barrier(shard)
+
+    paths = store_paths(root, name, models.keys)
+    t0 = time.perf_counter()
+    if shard.rank == 0:
+        rows, report.skipped = add_images(root, name, found, mask_files, workers, progress)
+        report.new_images, report.new_regions = len(rows), sum(r.count for r in rows)
+        for image, reason in report.skipped:
+            say(f"glaclip: skipped {image}: {reason}")
+    barrier(shard)
+    report.steps.append(StepReport("manifest", report.new_images, time.perf_counter() - t0))
+    manifest = read_manifest(root, name)
+    report.images, report.regions = len(manifest.images), manifest.next_id
+    if not manifest.images:
+        raise GlaclipError(f"no image with regions to put in bank {name}: {len(found)} images have mask files in "
+                           f"{masks}" + (f", {len(report.skipped)} were skipped" if report.skipped else ""))
+
+    from ..methods.region_clip import region_features
+    from .bank_build import vfm_region_vectors
+
+    def clip_rows(clip):
+        return lambda rgb, arr: region_features(clip, towers["vfm"], rgb, arr, torch.float16, short_side=short_side,
+                                                crop=crop, window_batch=window_batch)[1]
+
+    steps = [("main", f"main CLIP ({models.keys['main']})", clip_rows(towers["clip"]), towers["clip"].visual.output_dim)]
+    if "aux_clip" in towers:
+        steps.append(("aux", f"auxiliary CLIP ({models.keys['aux']})", clip_rows(towers["aux_clip"]),
+                      towers["aux_clip"].visual.output_dim))
+    steps.append(("vfm", f"VFM ({models.keys['vfm']})", lambda rgb, arr: vfm_region_vectors(towers["radio"], rgb, arr),
+                  int(towers["radio"].dim)))
+    for role, label, compute, dim in steps:
+        report.steps.append(_store_step(paths[role], manifest.images, found, mask_files, compute, dim, label, shard,
+                                        workers, progress))
+
+    t0 = time.perf_counter()
+    if shard.rank == 0:
+        from ..io.bank_index import update_index
+
+        report.index = update_index(paths["vfm"], paths["index"], train_size, seed, on_message=say)
+        report.files = {str(p.relative_to(root)): p.stat().st_size for p in paths.values()}
+    report.steps.append(StepReport("index", report.index.added if report.index else 0, time.perf_counter() - t0,
+                                   "vectors added"))
+    barrier(shard)
+    return report
+
+
+def _load(models: BankModels, device, dtype) -> dict:
+    """Every tower of the build, loaded at once (each missing weights file named together)."""
+    from ..models.loading import load_towers
+
+    wanted = {"clip": models.clip, "vfm": models.dino, "radio": models.radio}
+    if models.aux_clip is not None:
+        wanted["aux_clip"] = models.aux_clip
+    return load_towers(wanted, device, dtype, {"radio": {"radio_repo": models.radio_repo}})
+
+
+def _model_identity(towers: dict) -> dict:
+    """The build's towers by content: the CLIPs by their image towers (the only part a store runs)."""
+    from ..models.identity import clip_image_identity, tower_identity
+
+    out = {"clip": clip_image_identity(towers["clip"]), "vfm": tower_identity(towers["vfm"]),
+           "radio": tower_identity(towers["radio"])}
+    if "aux_clip" in towers:
+        out["aux_clip"] = clip_image_identity(towers["aux_clip"])
+    return out
+
+
+def _store_step(store: Path, rows: list[ImageRow], images: dict[str, Path], masks: dict[str, Path], compute,
+                dim: int, label: str, shard: Shard, workers: int, progress: bool) -> StepReport:
+    """One store brought up to the manifest (module docstring): slots prepared by rank 0, this rank's
+    share of the unfinished images computed and written, the store rewritten by rank 0."""
+    from tqdm import tqdm
+
+    from ..io.bank_slots import Slots, slot_paths, store_rows
+    from ..io.images import load_image
+    from .runner import decoded
+
+    t0 = time.perf_counter()
+    n = rows[-1].start + rows[-1].count
+    if shard.rank == 0:
+        Slots.prepare(store, n, dim)
+    barrier(shard)
+    if not slot_paths(store)[1].exists():  # the store has every row
+        barrier(shard)
+        return StepReport(label, 0, time.perf_counter() - t0)
+    slots = Slots(store, store_rows(store), n, dim).open()
+    done, first = slots.done(), slots.first
+    todo = [r for r in rows if r.start + r.count > first and not done[r.start - first : r.start - first + r.count].all()]
+    mine = todo[shard.rank :: shard.world]
+    lost = [r.stem for r in mine if r.stem not in images]
+    if lost:
+        raise GlaclipError(f"image {lost[0]} is in bank's manifest but not under the image folders (or has no "
+                           f"mask file there){f' ({len(lost)} such images)' if len(lost) > 1 else ''}; the store "
+                           f"{store.name} needs it")
+
+    def load(r: ImageRow):
+        return load_image(images[r.stem]), read_region_masks(masks[r.stem])
+
+    bar = tqdm(total=len(mine), desc=label, unit="img", disable=not progress or shard.rank != 0 or not mine)
+    for r, loaded in decoded(mine, load, workers):
+        if isinstance(loaded, Exception):
+            raise GlaclipError(f"{label}: {loaded}")
+        vectors = compute(*loaded)
+        if vectors.shape[0] != r.count:
+            raise GlaclipError(f"{label}: image {r.stem} gives {vectors.shape[0]} regions, the manifest {r.count} "
+                               "(were its masks changed after the manifest was written?)")
+        slots.write(r.start, vectors)
+        bar.update(1)
+    bar.close()
+    barrier(shard)
+    if shard.rank == 0 and not slots.finish():
+        raise GlaclipError(f"{store.name}: some regions have no vector after every process finished; run the "
+                           "build again")
+    barrier(shard)
+    return StepReport(label, len(todo), time.perf_counter() - t0)
+
+
+def summary_lines(report: BankReport) -> list[str]:
+    """The build's summary, a line each."""
+    lines = [f"bank {report.name} in {report.root}: {report.images} images, {report.regions} regions "
+             f"({report.new_images} images, {report.new_regions} regions added now)"]
+    if report.skipped:
+        lines.append(f"skipped {_count(len(report.skipped), 'image')} (listed above), not in the bank")
+    if report.without_masks:
+        lines.append(f"{_count(report.without_masks, 'image')} without a mask file, not in the bank")
+    for rel, size in report.files.items():
+        lines.append(f"  {rel}  {size / 2**20:.1f} MiB")
+    if report.index is not None:
+        idx = report.index
+        lines.append(f"index: {idx.total} vectors, nlist {idx.nlist}, {idx.added} added now"
+                     + (f", trained on {idx.trained_on}" if idx.trained_on else ""))
+    for step in report.steps:
+        rate = f", {step.images / step.seconds:.2f}/s" if step.images and step.seconds > 0 else ""
+        lines.append(f"  {step.name}: {step.images} {step.unit} in {step.seconds:.1f} s{rate}")
+    return lines
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
