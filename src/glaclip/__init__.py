@@ -22,11 +22,12 @@ _HOMES = {  # public name -> the module that defines it
     "resolve": "config.protocols", "effective": "config.protocols", "parse_classes": "config.classes",
     "read_class_file": "config.classes", "GlaclipError": "errors", "pipeline": "integrations.pipeline",
     "Method": "config.registry", "Variant": "config.registry", "register": "config.registry",
+    "build_bank": "runs.bank",
 }
 
 __all__ = ["Segmenter", "Segmentation", "ImageEncoding", "Preset", "WindowConfig", "AttentionConfig", "DecisionConfig",
            "PRESETS", "get_preset", "resolve", "effective", "parse_classes", "read_class_file", "GlaclipError",
-           "pipeline", "Method", "Variant", "register", "__version__"]
+           "pipeline", "Method", "Variant", "register", "build_bank", "__version__"]
 
 if TYPE_CHECKING:
     from .config.classes import parse_classes, read_class_file
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .config.registry import Method, Variant, register
     from .errors import GlaclipError
     from .integrations.pipeline import pipeline
+    from .runs.bank import build_bank
     from .segmenter import Segmenter
     from .steps.decision import Segmentation
     from .steps.encoding import ImageEncoding

@@ -14,9 +14,8 @@ from conftest import TINY_CLIP, TINY_VFM, structured_image
 from corrclip_reference import naive_window
 
 from glaclip import GlaclipError
-from glaclip.methods import region_clip
-from glaclip.steps import windows
 from glaclip.methods.region_clip import region_features
+from glaclip.steps import windows
 
 MEAN = torch.tensor((122.771, 116.746, 104.094), dtype=torch.float64).view(3, 1, 1)
 STD = torch.tensor((68.501, 66.632, 70.323), dtype=torch.float64).view(3, 1, 1)
@@ -42,7 +41,13 @@ def towers(tmp_path_factory):
 
 
 def naive_regions(clip, dino, rgb, ids, short=448, crop=336, stride=112, long=2048):
-    """The builder's recipe restated plainly, float64 throughout."""
+    """The builder's recipe restated plainly, float64 throughout. A boolean N x H x W stack: painted
+    1..N in slice order for the windows, each slice pooled whole."""
+    slices = None
+    if ids.ndim == 3:
+        slices, ids = ids, np.zeros(ids.shape[1:], np.int32)
+        for i, m in enumerate(slices):
+            ids[m] = i + 1
     h0, w0 = rgb.shape[:2]
     f = min(long / max(h0, w0), short / min(h0, w0))
     h, w = int(h0 * f + 0.5), int(w0 * f + 0.5)
@@ -66,6 +71,9 @@ def naive_regions(clip, dino, rgb, ids, short=448, crop=336, stride=112, long=20
             canvas[:, :, y1:y2, x1:x2] += out[:, :, pad[2] : pad[2] + ch, pad[0] : pad[0] + cw]
             count[:, :, y1:y2, x1:x2] += 1
     feats = F.interpolate(canvas / count, size=(h0, w0), mode="bilinear")[0].permute(1, 2, 0)
+    if slices is not None:
+        return list(range(len(slices))), torch.stack([F.normalize(feats[torch.from_numpy(m)].mean(0), dim=-1)
+                                                      for m in slices])
     values = [v for v in sorted(np.unique(ids).tolist()) if v != 0]
     rows = [F.normalize(feats[torch.from_numpy(ids == v)].mean(0), dim=-1) for v in values]
     return values, torch.stack(rows)
@@ -92,6 +100,24 @@ def test_against_the_naive_recipe(towers, shape):
     assert got_ids.tolist() == want_ids == [5, 17, 402, 9999]  # ascending, 0 skipped
     assert got.dtype == torch.float64 and got.shape == (4, clip.visual.output_dim)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_boolean_stacks(towers, monkeypatch):
+    """N x H x W boolean slices (the release's other mask layout): overlapping, one covering id 0's pixels;
+    painted in slice order (later over earlier) for the windows, pooled per slice, in bands too."""
+    clip, dino = towers
+    rgb = structured_image(77, 120, seed=4)
+    ids = id_map(77, 120)
+    stack = np.stack([ids == 17, ids == 402, ids != 17, ids == 9999])
+    got_ids, got = region_features(clip, dino, rgb, stack, torch.float64)
+    want_ids, want = naive_regions(clip, dino, rgb, stack)
+    assert got_ids.tolist() == want_ids == [0, 1, 2, 3]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    monkeypatch.setattr(windows, "BAND_BYTES", 8 * 40 * 120 * 2)
+    torch.testing.assert_close(region_features(clip, dino, rgb, stack, torch.float64)[1], got, rtol=0, atol=1e-14)
+    stack[3] = False
+    with pytest.raises(GlaclipError, match="slice 3 of the region stack covers no pixel"):
+        region_features(clip, dino, rgb, stack, torch.float64)
 
 
 def test_padded_windows_and_settings(towers):

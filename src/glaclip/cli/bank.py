@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
@@ -76,16 +77,16 @@ def bank_build_cmd(
     images that are new; other models or settings are refused (--overwrite starts over). Then:
     glaclip segment IMAGES --method corrclip2 --bank OUT --bank-name NAME.
     """
-    from ..config.backbones import BANK_MAIN_KEYS, DEFAULT_BUILD_CLIP, bank_keys
-    from ..runs.bank import BankModels, build, check_name, scan, summary_lines
+    from ..config.backbones import bank_keys
+    from ..runs.bank import build_bank, check_name, scan, summary_lines
     from ..runs.collection import launch_ranks, leave, shard_from_env
     from ..runs.runlock import hold
 
     check_name(name)
-    aux = None if aux_clip.lower() == "none" else (aux_clip, aux_clip_weights)
+    aux = None if aux_clip.lower() == "none" else aux_clip
     if aux is None and aux_clip_weights:
         raise GlaclipError("--aux-clip-weights given with --aux-clip none")
-    keys = bank_keys(clip, aux[0] if aux else None, vfm, {"main": clip_key, "aux": aux_clip_key, "vfm": vfm_key})
+    bank_keys(clip, aux, vfm, {"main": clip_key, "aux": aux_clip_key, "vfm": vfm_key})  # checked before models load
     for option, path in (("--clip-weights", clip_weights), ("--aux-clip-weights", aux_clip_weights),
                          ("--vfm-weights", vfm_weights), ("--dino-weights", dino_weights)):
         if path and (os.sep in path or path.endswith((".pt", ".pth", ".bin", ".safetensors", ".tar"))) \
@@ -98,19 +99,16 @@ def bank_build_cmd(
             pass
         launch_ranks(processes)
         return
-    models = BankModels(clip=(clip, clip_weights or (DEFAULT_BUILD_CLIP[1] if clip in BANK_MAIN_KEYS else None)),
-                        aux_clip=aux, dino=(dino, dino_weights), radio=(vfm, vfm_weights), keys=keys,
-                        radio_repo=str(radio_repo) if radio_repo else None)
     shard = shard_from_env()
-    from contextlib import nullcontext
-
     from ..models.devices import rank_device
 
     with hold(out) if shard.rank == 0 else nullcontext():
-        report = build(images, name, out, masks, models, device=rank_device(shard, device), dtype=dtype,
-                       overwrite=overwrite, shard=shard, train_size=train_size, short_side=slide_short,
-                       crop=slide_crop, workers=workers,
-                       progress=not quiet, echo=say)
+        report = build_bank(images, name, out, masks, clip=clip, clip_weights=clip_weights, aux_clip=aux,
+                            aux_clip_weights=aux_clip_weights, vfm=vfm, vfm_weights=vfm_weights, radio_repo=radio_repo,
+                            dino=dino, dino_weights=dino_weights, clip_key=clip_key, aux_clip_key=aux_clip_key,
+                            vfm_key=vfm_key, device=rank_device(shard, device), dtype=dtype, overwrite=overwrite,
+                            shard=shard, train_size=train_size, short_side=slide_short, crop=slide_crop,
+                            workers=workers, progress=not quiet, echo=say)
     if shard.rank == 0 and not quiet:
         for line in summary_lines(report):
             say(line)

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import GlaclipError, one_line
-from ..io.bank_manifest import ImageRow, append_images, count_regions, manifest_paths, read_manifest, \
-    read_region_masks
+from ..io.bank_manifest import ImageRow, append_images, count_regions, manifest_paths, read_manifest, read_region_masks
 from ..io.files import remove_stale_temporaries, write_atomic
 from .collection import Shard, barrier, check_random_weights, is_hidden, same_on_all_ranks
 
@@ -59,12 +58,14 @@ class BankModels:
 
 @dataclass
 class StepReport:
-    """One step of a build: its name, the items it handled now and its time (unit: what the items are)."""
+    """One step of a build: its name, the items it handled now, its time (from `started`, a perf_counter
+    reading) and what the items are."""
 
     name: str
     images: int = 0
     seconds: float = 0.0
     unit: str = "images"
+    started: float = 0.0
 
 
 @dataclass
@@ -298,7 +299,7 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
         for image, reason in report.skipped:
             say(f"glaclip: skipped {image}: {reason}")
     barrier(shard)
-    report.steps.append(StepReport("manifest", report.new_images, time.perf_counter() - t0))
+    report.steps.append(StepReport("manifest", report.new_images, time.perf_counter() - t0, started=t0))
     manifest = read_manifest(root, name)
     report.images, report.regions = len(manifest.images), manifest.next_id
     if not manifest.images:
@@ -312,7 +313,8 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
         return lambda rgb, arr: region_features(clip, towers["vfm"], rgb, arr, torch.float16, short_side=short_side,
                                                 crop=crop, window_batch=window_batch)[1]
 
-    steps = [("main", f"main CLIP ({models.keys['main']})", clip_rows(towers["clip"]), towers["clip"].visual.output_dim)]
+    steps = [("main", f"main CLIP ({models.keys['main']})", clip_rows(towers["clip"]),
+              towers["clip"].visual.output_dim)]
     if "aux_clip" in towers:
         steps.append(("aux", f"auxiliary CLIP ({models.keys['aux']})", clip_rows(towers["aux_clip"]),
                       towers["aux_clip"].visual.output_dim))
@@ -329,9 +331,33 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
         report.index = update_index(paths["vfm"], paths["index"], train_size, seed, on_message=say)
         report.files = {str(p.relative_to(root)): p.stat().st_size for p in paths.values()}
     report.steps.append(StepReport("index", report.index.added if report.index else 0, time.perf_counter() - t0,
-                                   "vectors added"))
+                                   "vectors added", t0))
     barrier(shard)
     return report
+
+
+def build_bank(images, name: str, out, masks, *, clip: str = "ViT-B-16-quickgelu", clip_weights: str | None = None,
+               aux_clip: str | None = "hf-hub:apple/DFN2B-CLIP-ViT-B-16", aux_clip_weights: str | None = None,
+               vfm: str = "c-radio_v3-l", vfm_weights: str | None = None, radio_repo=None,
+               dino: str = "vit_base_patch8_224.dino", dino_weights: str | None = None, clip_key: str | None = None,
+               aux_clip_key: str | None = None, vfm_key: str | None = None, **options) -> BankReport:
+    """`glaclip bank build` from Python: a bank of the images under `images` (a folder or a list of them)
+    and their region masks in `masks` ({stem}.npz), named `name`, written to the folder `out`.
+
+    Models as the release's builder by default: MetaCLIP ViT-B/16 (`metaclip_fullcc`) for the main store,
+    DFN2B-CLIP ViT-B/16 for the auxiliary one (`aux_clip=None`: none), DINO ViT-B/8 for the CLIP stores'
+    correlations, C-RADIOv3-L for the VFM store and index (its code from `radio_repo`). Weights: a tag, a
+    file, or None for the default. *_key: the keys in the file names for models the release has no name
+    for. options: `build`'s (device, dtype, overwrite, short_side, crop, train_size, seed, shard, workers,
+    progress, echo). Then `Segmenter.from_pretrained(method="corrclip2", bank=out, bank_name=name, ...)`."""
+    from ..config.backbones import BANK_MAIN_KEYS, DEFAULT_BUILD_CLIP, bank_keys
+
+    keys = bank_keys(clip, aux_clip, vfm, {"main": clip_key, "aux": aux_clip_key, "vfm": vfm_key})
+    models = BankModels(clip=(clip, clip_weights or (DEFAULT_BUILD_CLIP[1] if clip in BANK_MAIN_KEYS else None)),
+                        aux_clip=(aux_clip, aux_clip_weights) if aux_clip is not None else None,
+                        dino=(dino, dino_weights), radio=(vfm, vfm_weights), keys=keys,
+                        radio_repo=str(radio_repo) if radio_repo else None)
+    return build(images, name, out, masks, models, **options)
 
 
 def _load(models: BankModels, device, dtype) -> dict:
@@ -372,10 +398,11 @@ def _store_step(store: Path, rows: list[ImageRow], images: dict[str, Path], mask
     barrier(shard)
     if not slot_paths(store)[1].exists():  # the store has every row
         barrier(shard)
-        return StepReport(label, 0, time.perf_counter() - t0)
+        return StepReport(label, 0, time.perf_counter() - t0, started=t0)
     slots = Slots(store, store_rows(store), n, dim).open()
     done, first = slots.done(), slots.first
-    todo = [r for r in rows if r.start + r.count > first and not done[r.start - first : r.start - first + r.count].all()]
+    todo = [r for r in rows
+            if r.start + r.count > first and not done[r.start - first : r.start - first + r.count].all()]
     mine = todo[shard.rank :: shard.world]
     lost = [r.stem for r in mine if r.stem not in images]
     if lost:
@@ -402,7 +429,7 @@ def _store_step(store: Path, rows: list[ImageRow], images: dict[str, Path], mask
         raise GlaclipError(f"{store.name}: some regions have no vector after every process finished; run the "
                            "build again")
     barrier(shard)
-    return StepReport(label, len(todo), time.perf_counter() - t0)
+    return StepReport(label, len(todo), time.perf_counter() - t0, started=t0)
 
 
 def summary_lines(report: BankReport) -> list[str]:
