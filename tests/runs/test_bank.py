@@ -5,6 +5,7 @@ a rerun changes nothing; new images appended; other models or settings refused; 
 rerun, gives the same bytes; two processes give the same bytes; the bank reads back for segmentation."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -225,6 +226,12 @@ def test_early_errors_are_one_line(kit, tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dup / "x" / "c.jpg")
     r = run_cli(*args(kit, tmp_path / "out", images=dup))
     assert r.returncode == 2 and "share the stem 'c'" in r.stderr
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "b.png").write_bytes((kit / "images" / "b.png").read_bytes())
+    r = run_cli(*args(kit, tmp_path / "small", images=few))
+    assert r.returncode == 2 and "has 12 regions in 1 images; its index needs at least 256" in r.stderr
+    assert not list((tmp_path / "small" / "clip_embeddings").iterdir())  # known before any store is computed
     (tmp_path / "alien" / "clip_embeddings").mkdir(parents=True)
     (tmp_path / "alien" / "clip_embeddings" / "mine_metaclip_b.pt").write_bytes(b"x")
     r = run_cli(*args(kit, tmp_path / "alien"))
@@ -293,3 +300,92 @@ def test_the_bank_segments(kit, built, tmp_path):
     res = seg.predict(enc, classes, masks=masks)
     alone = seg.with_preset(seg.preset.with_overrides(bank_alpha=1.0)).predict(enc, classes, masks=masks)
     assert res.labels.shape == (64, 80) and not torch.equal(torch.as_tensor(res.probs), torch.as_tensor(alone.probs))
+
+
+def test_a_bank_owns_only_its_files(tmp_path):
+    """--overwrite removes exactly bank `mine`'s files, never those of a bank whose name starts so."""
+    from glaclip.runs.bank import bank_files_of
+
+    keys = {"main": "metaclip_b", "aux": "dfnclip_b", "vfm": "radiov3"}
+    names = ["clip_embeddings/mine_metaclip_b.pt", "clip_embeddings/mine_dfnclip_b.slots.npy",
+             "clip_embeddings/mine_x_metaclip_b.pt", "vfm_embeddings/mine_radiov3.faiss",
+             "vfm_embeddings/mine_x_radiov3.pt", "manifests/mine.images.tsv", "manifests/mine_x.images.tsv",
+             "mine.glaclip-bank.json", "mine_x.glaclip-bank.json", "clip_embeddings/mine_metaclip_l.pt"]
+    for n in names:
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_bytes(b"")
+    got = {str(p.relative_to(tmp_path)) for p in bank_files_of(tmp_path, "mine", [keys])}
+    assert got == {"clip_embeddings/mine_metaclip_b.pt", "clip_embeddings/mine_dfnclip_b.slots.npy",
+                   "vfm_embeddings/mine_radiov3.faiss", "manifests/mine.images.tsv", "mine.glaclip-bank.json"}
+    other = dict(keys, main="metaclip_l")  # an earlier build's keys count too
+    assert "clip_embeddings/mine_metaclip_l.pt" in {str(p.relative_to(tmp_path))
+                                                   for p in bank_files_of(tmp_path, "mine", [keys, other])}
+
+
+class _FakeSam:
+    """Stands for SAM 2 in the mask step: a fixed grid of regions per image, and an identity."""
+
+    calls = 0
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def configure(self, settings):
+        self.settings = settings
+        return self
+
+    @property
+    def identity(self):
+        return {"generator": "sam2-amg", "model": "sam2-hiera-tiny", "weights": self.weights,
+                "settings": dict(self.settings)}
+
+    def generate(self, rgb):
+        _FakeSam.calls += 1
+        return grid_ids(rgb.shape[0], rgb.shape[1], 12, 12)
+
+
+def test_masks_generated_by_sam2(kit, tmp_path, monkeypatch):
+    """--sam: the release builder's mask step (its SAM 2 settings) writes out/masks/NAME/{stem}.npz for each
+    image without one, once; the masks are read back as given ones; SAM 2 is part of the bank's identity."""
+    from glaclip.models import sam2
+    from glaclip.models.sam2 import BUILDER_AMG_SETTINGS
+
+    monkeypatch.setattr(sam2, "load_sam2", lambda name, weights, device, dtype: _FakeSam(weights))
+    images = tmp_path / "images"
+    images.mkdir()
+    for stem in ("c", "b"):
+        (images / f"{stem}.png").write_bytes((kit / "images" / f"{stem}.png").read_bytes())
+    weights = tmp_path / "sam.pt"
+    weights.write_bytes(b"x")
+    a = [x for x in args(kit, tmp_path / "bank", images=images) if x]
+    i = a.index("--masks")
+    a[i : i + 2] = ["--sam", "sam2-hiera-tiny", "--sam-weights", str(weights)]
+    r = run_cli(*a)
+    assert r.returncode == 0, r.stderr
+    masks = tmp_path / "bank" / "masks" / "mine"
+    assert sorted(p.name for p in masks.iterdir()) == ["b.npz", "c.npz"] and _FakeSam.calls == 2
+    assert np.array_equal(read_region_masks(masks / "c.npz"), grid_ids(64, 80, 12, 12))
+    assert (tmp_path / "bank" / "manifests/mine.images.tsv").read_text() == "b\t0\t143\nc\t143\t143\n"
+    record = json.loads((tmp_path / "bank" / "mine.glaclip-bank.json").read_text())
+    assert record["masks"] == {"source": "sam2", "model": "sam2-hiera-tiny", "settings": BUILDER_AMG_SETTINGS}
+    assert record["models"]["sam"]["weights"] == str(weights)
+    assert run_cli(*a).returncode == 0 and _FakeSam.calls == 2  # masks made once
+    monkeypatch.setattr(sam2, "load_sam2", lambda name, weights, device, dtype: _FakeSam("other"))
+    r = run_cli(*a)
+    assert r.returncode == 2 and "models.sam differs" in r.stderr
+    r = run_cli(*[x for x in a if x not in ("--sam", "sam2-hiera-tiny")], "--masks", str(masks))
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sam2") is None,
+                    reason="the sam2 package is not installed")
+def test_sam2_takes_the_builders_settings():
+    from glaclip.models.sam2 import AMG_SETTINGS, BUILDER_AMG_SETTINGS, load_sam2
+
+    masks = load_sam2("sam2-hiera-tiny", "random", device="cpu", dtype="fp32")
+    assert masks.generator.pred_iou_thresh == AMG_SETTINGS["pred_iou_thresh"] and masks.settings == AMG_SETTINGS
+    masks.configure(BUILDER_AMG_SETTINGS)
+    g = masks.generator
+    assert (g.pred_iou_thresh, g.stability_score_thresh, g.multimask_output) == (0.7, 0.7, True)
+    assert g.point_grids[0].shape == (32 * 32, 2)  # sam2's default points_per_side, as the builder leaves it
+    assert masks.identity["settings"] == BUILDER_AMG_SETTINGS

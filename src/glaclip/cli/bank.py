@@ -24,10 +24,16 @@ def bank_build_cmd(
                              "segment with --bank-name NAME.", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="The bank folder (manifests/, clip_embeddings/, "
                              "vfm_embeddings/); segment with --bank OUT.", show_default=False),
-    masks: Path = typer.Option(..., "--masks", help="Folder of region masks, {stem}.npz (key instance_mask: an "
-                               "H x W id map, 0 = no region, or an N x H x W boolean stack) or 16-bit {stem}.png id "
-                               "maps, of the images' size. Images without one are not in the bank.",
-                               show_default=False),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of region masks, {stem}.npz (key "
+                                         "instance_mask: an H x W id map, 0 = no region, or an N x H x W boolean "
+                                         "stack) or 16-bit {stem}.png id maps, of the images' size. Images without "
+                                         "one are not in the bank.", show_default=False),
+    sam: Optional[str] = typer.Option(None, "--sam", help="Instead of --masks: generate them with SAM 2 "
+                                      "(sam2-hiera-large, -base-plus, -small, -tiny; the release builder's settings) "
+                                      "into OUT/masks/NAME/ (pip install 'glaclip\\[masks]').", show_default=False),
+    sam_weights: Optional[str] = typer.Option(None, "--sam-weights", help="SAM 2's checkpoint file (default: the "
+                                              "hub's, from the local cache); alone it implies the model it fits.",
+                                              show_default=False),
     clip: str = typer.Option("ViT-B-16-quickgelu", "--clip", help="The main CLIP (open_clip name, hf-hub:ID or a "
                              "JSON config): the store {name}_metaclip_b.pt (ViT-L-14-quickgelu: _metaclip_l)."),
     clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Its weights: a pretrained tag or a file "
@@ -69,7 +75,8 @@ def bank_build_cmd(
     dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Build a memory bank from a folder of images and their region masks, in CorrCLIPv2's files.
+    """Build a memory bank from a folder of images and their region masks (--masks, or --sam to generate
+    them), in CorrCLIPv2's files.
 
     Writes OUT/manifests/NAME.manifest.txt and NAME.images.tsv, OUT/clip_embeddings/NAME_metaclip_b.pt
     and NAME_dfnclip_b.pt, OUT/vfm_embeddings/NAME_radiov3.pt and NAME_radiov3.faiss, and
@@ -78,7 +85,7 @@ def bank_build_cmd(
     glaclip segment IMAGES --method corrclip2 --bank OUT --bank-name NAME.
     """
     from ..config.backbones import bank_keys
-    from ..runs.bank import build_bank, check_name, scan, summary_lines
+    from ..runs.bank import build_bank, check_masks_or_sam, check_name, mask_files, scan, summary_lines
     from ..runs.collection import launch_ranks, leave, shard_from_env
     from ..runs.runlock import hold
 
@@ -92,7 +99,13 @@ def bank_build_cmd(
         if path and (os.sep in path or path.endswith((".pt", ".pth", ".bin", ".safetensors", ".tar"))) \
                 and not Path(path).expanduser().is_file():
             raise GlaclipError(f"{option} {path}: file not found")
-    scan(images, masks)  # folders and duplicate stems checked before any model loads
+    if masks is None and sam is None and sam_weights is None:
+        raise GlaclipError("region masks: give --masks DIR (mask files) or --sam NAME --sam-weights FILE (SAM 2 "
+                           "generates them)")
+    check_masks_or_sam(masks, sam, sam_weights)
+    every = scan(images)  # folders and duplicate stems checked before any model loads
+    if masks is not None:
+        mask_files(every, masks)
     check_writable(out)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
         with hold(out):  # refused here rather than in process 0, after the others started
@@ -106,9 +119,9 @@ def bank_build_cmd(
         report = build_bank(images, name, out, masks, clip=clip, clip_weights=clip_weights, aux_clip=aux,
                             aux_clip_weights=aux_clip_weights, vfm=vfm, vfm_weights=vfm_weights, radio_repo=radio_repo,
                             dino=dino, dino_weights=dino_weights, clip_key=clip_key, aux_clip_key=aux_clip_key,
-                            vfm_key=vfm_key, device=rank_device(shard, device), dtype=dtype, overwrite=overwrite,
-                            shard=shard, train_size=train_size, short_side=slide_short, crop=slide_crop,
-                            workers=workers, progress=not quiet, echo=say)
+                            vfm_key=vfm_key, sam=sam, sam_weights=sam_weights, device=rank_device(shard, device),
+                            dtype=dtype, overwrite=overwrite, shard=shard, train_size=train_size,
+                            short_side=slide_short, crop=slide_crop, workers=workers, progress=not quiet, echo=say)
     if shard.rank == 0 and not quiet:
         for line in summary_lines(report):
             say(line)

@@ -26,6 +26,8 @@ from .devices import dtype_name
 
 # the release's automatic-mask-generator settings (CorrCLIPv1 set_mask_generator); all others sam2's defaults
 AMG_SETTINGS = {"points_per_side": 8, "pred_iou_thresh": 0.4, "stability_score_thresh": 0.4, "multimask_output": False}
+# CorrCLIPv2's bank builder (mb/generate_mask.py BUILD_KWARGS['sam2']; points_per_side left at sam2's 32)
+BUILDER_AMG_SETTINGS = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.7, "multimask_output": True}
 
 
 def _sam2():
@@ -45,11 +47,18 @@ class Sam2Masks:
     def __init__(self, model: torch.nn.Module, generator_cls, name: str, weights: str, device: torch.device,
                  dtype: torch.dtype):
         self.model, self.name, self.weights, self.device, self.dtype = model, name, weights, device, dtype
-        with quiet():  # its image transforms are TorchScript: a deprecation warning per module
-            self.generator = generator_cls(model, **AMG_SETTINGS)
+        self._generator_cls = generator_cls
+        self.configure(AMG_SETTINGS)
         self._instance = uuid.uuid4().hex  # random weights: this generator's own, never another process's
         self._lock = threading.Lock()
         _release_attention(model.sam_mask_decoder)
+
+    def configure(self, settings: dict) -> "Sam2Masks":
+        """Use these automatic-mask-generator settings (the others sam2's defaults) from now on."""
+        with quiet():  # its image transforms are TorchScript: a deprecation warning per module
+            self.generator = self._generator_cls(self.model, **settings)
+        self.settings = dict(settings)
+        return self
 
     @property
     def identity(self) -> dict:
@@ -58,7 +67,7 @@ class Sam2Masks:
         from .identity import model_fingerprints, weights_fingerprint
 
         ident = {"generator": "sam2-amg", "model": self.name, "dtype": dtype_name(self.dtype),
-                 "settings": dict(AMG_SETTINGS)}
+                 "settings": dict(self.settings)}
         if self.weights == "random":
             ident.update(weights="random", random_weights_of=self._instance)
         else:

@@ -46,7 +46,7 @@ FORMAT = "glaclip-bank/1"
 class BankModels:
     """The models of a build: (name, weights) of the main CLIP, the auxiliary CLIP (None: no auxiliary
     store), DINO ViT-B/8 (the CLIP stores' correlations) and RADIO; the store and index keys in file
-    names ({'main', 'aux', 'vfm'} -> key); RADIO's checkout."""
+    names ({'main', 'aux', 'vfm'} -> key); RADIO's checkout; SAM 2 when it generates the masks."""
 
     clip: tuple[str, str | None]
     aux_clip: tuple[str, str | None] | None
@@ -54,6 +54,7 @@ class BankModels:
     radio: tuple[str, str | None]
     keys: dict
     radio_repo: str | None = None
+    sam: tuple[str, str | None] | None = None  # SAM 2 generating the masks (None: mask files are given)
 
 
 @dataclass
@@ -104,16 +105,12 @@ def check_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------- the images
 
 
-def scan(folders: list[str | Path], masks: str | Path) -> tuple[dict[str, Path], dict[str, Path], int]:
-    """(stem -> image, stem -> mask file, images without a mask) for the images under `folders`
-    (recursive, hidden files skipped, the builder's suffixes) that have a mask file in `masks`. Two
-    images with one stem are refused: a bank names an image by its stem, and so do the mask files."""
+def scan(folders: list[str | Path]) -> dict[str, Path]:
+    """stem -> image for the images under `folders` (recursive, hidden files skipped, the builder's
+    suffixes). Two images with one stem are refused: a bank names an image by its stem, and so do the
+    mask files."""
     from .collection import walk_files
 
-    mask_dir = Path(masks).expanduser()
-    if not mask_dir.is_dir():
-        raise GlaclipError(f"--masks {masks}: not a folder (it holds {{stem}}.npz region masks, as the release's "
-                           "mask step writes them)")
     images: dict[str, Path] = {}
     for folder in folders:
         folder = Path(folder).expanduser()
@@ -125,13 +122,50 @@ def scan(folders: list[str | Path], masks: str | Path) -> tuple[dict[str, Path],
                 raise GlaclipError(f"images {images[stem]} and {path} share the stem {stem!r}; a bank names images "
                                    "(and their mask files) by stem: rename one or build from other folders")
             images.setdefault(stem, path)
+    return images
+
+
+def mask_files(images: dict[str, Path], masks: str | Path) -> dict[str, Path]:
+    """stem -> mask file in the folder `masks` ({stem}.npz, else {stem}.png), for the images that have one."""
+    mask_dir = Path(masks).expanduser()
+    if not mask_dir.is_dir():
+        raise GlaclipError(f"--masks {masks}: not a folder (it holds {{stem}}.npz region masks, as the release's "
+                           "mask step writes them)")
     found = {}
     names = {p.name for p in mask_dir.iterdir() if not is_hidden(p.name)} if images else set()
-    for stem in images:
-        hit = next((f"{stem}{s}" for s in MASK_SUFFIXES if f"{stem}{s}" in names), None)
-        if hit is not None:
-            found[stem] = mask_dir / hit
-    return {s: images[s] for s in found}, found, len(images) - len(found)
+    for stem, image in images.items():
+        hit = next((mask_dir / f"{stem}{s}" for s in MASK_SUFFIXES if f"{stem}{s}" in names), None)
+        if hit is not None and os.path.realpath(hit) != os.path.realpath(image):  # never an image as its own mask
+            found[stem] = hit
+    return found
+
+
+def generate_masks(sam, images: dict[str, Path], have: dict[str, Path], mask_dir: Path, shard: Shard,
+                   progress: bool) -> tuple[int, list[tuple[str, str]]]:
+    """The release builder's mask step with SAM 2 (its settings: `models.sam2.BUILDER_AMG_SETTINGS`): every
+    image without a mask file gets `mask_dir/{stem}.npz` (key instance_mask, an H x W id map by ascending
+    area, at the image's EXIF-corrected size), written atomically; each process takes every world-th.
+    Returns (masks written by this process, [(image, reason)] it could not read)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..io.files import atomic_paths
+    from ..io.images import load_image
+
+    todo = sorted(s for s in images if s not in have)[shard.rank :: shard.world]
+    failed, done = [], 0
+    for stem in tqdm(todo, desc="masks (SAM 2)", unit="img", disable=not progress or shard.rank != 0 or not todo):
+        try:
+            rgb = load_image(images[stem])
+        except GlaclipError as exc:
+            failed.append((str(images[stem]), str(exc)))
+            continue
+        ids = sam.generate(rgb)
+        with atomic_paths([mask_dir / f"{stem}.npz"]) as (tmp,):
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, instance_mask=ids)
+        done += 1
+    return done, failed
 
 
 def _check_image(stem: str, image: Path, mask: Path) -> tuple[str, int | str]:
@@ -182,10 +216,13 @@ def settings_identity(models: BankModels, dtype: str, train_size: int, seed: int
     """The settings that change a bank's rows or index (torch-free: checked before any model loads)."""
     from ..io.bank_index import NLIST_FACTOR, PQ_M, PQ_NBITS
     from ..methods.region_clip import MAX_LONG_SIDE, PAD_MULTIPLE, STRIDE
+    from ..models.sam2 import BUILDER_AMG_SETTINGS
 
     return {"format": FORMAT, "keys": dict(models.keys), "dtype": dtype,
             "architectures": {"main": models.clip[0], "aux": models.aux_clip[0] if models.aux_clip else None,
                               "dino": models.dino[0], "radio": models.radio[0]},
+            "masks": ({"source": "sam2", "model": models.sam[0], "settings": dict(BUILDER_AMG_SETTINGS)}
+                      if models.sam is not None else {"source": "files"}),
             "clip_windows": {"short_side": int(short_side), "max_long_side": MAX_LONG_SIDE, "crop": int(crop),
                              "stride": STRIDE, "pad_multiple": PAD_MULTIPLE},
             "index": {"type": "IDMap2(IVFPQ(FlatIP))", "nlist": f"max(1, int({NLIST_FACTOR} sqrt(N)))", "m": PQ_M,
@@ -221,25 +258,29 @@ def refuse_other(old: dict, new: dict, what: str, keys: tuple[str, ...]) -> None
                            "--out, or start over with --overwrite")
 
 
-def bank_files_of(root: Path, name: str) -> list[Path]:
-    """Every file a build of bank `name` writes under root (stores, work files, index, manifests, record)."""
-    out = [p for p in root.glob(f"clip_embeddings/{name}_*") if p.is_file()]
-    out += [p for p in root.glob(f"vfm_embeddings/{name}_*") if p.is_file()]
-    out += [p for p in manifest_paths(root, name) if p.exists()]
-    out += [identity_path(root, name)] if identity_path(root, name).exists() else []
-    return out
+def bank_files_of(root: Path, name: str, keys: list[dict]) -> list[Path]:
+    """The files of bank `name` under root that a build with any of these keys writes: stores, their work
+    files, the index, the manifests and glaclip's record (never another bank's, whose name may start so)."""
+    out = []
+    for k in keys:
+        for path in store_paths(root, name, k).values():
+            out += [path, path.with_name(path.stem + ".slots.npy"), path.with_name(path.stem + ".done.npy")]
+    out += [*manifest_paths(root, name), identity_path(root, name)]
+    return sorted({p for p in out if p.is_file()})
 
 
 # ------------------------------------------------------------------------------------------ the build
 
 
-def build(images: list[str | Path] | str | Path, name: str, out: str | Path, masks: str | Path, models: BankModels,
+def build(images: list[str | Path] | str | Path, name: str, out: str | Path, masks: str | Path | None,
+          models: BankModels,
           *, device: str = "auto", dtype: str = "auto", overwrite: bool = False, shard: Shard | None = None,
           train_size: int | None = None, seed: int = 0, short_side: int | None = None, crop: int | None = None,
           workers: int = 2, window_batch: int = 8, progress: bool = True,
           echo: Callable[[str], None] | None = None) -> BankReport:
     """Build or extend bank `name` in `out` from the images under `images` (folders) and their region
-    masks in `masks` (module docstring). short_side / crop: the CLIP stores' windows (the release's
+    masks in the folder `masks` (None: generated by `models.sam` into out/masks/{name}/; module
+    docstring). short_side / crop: the CLIP stores' windows (the release's
     --slide_short 448 / --slide_crop 336); train_size, seed: the index's training sample. Returns the
     report (complete on rank 0)."""
     import torch
@@ -252,7 +293,12 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     root = Path(out).expanduser()
     check_name(name)
     folders = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    found, mask_files, without = scan(folders, masks)
+    every = scan(folders)
+    mask_dir = Path(masks).expanduser() if masks is not None else root / "masks" / name
+    if masks is None and models.sam is None:
+        raise GlaclipError("region masks: give a folder of mask files (--masks) or a SAM 2 to generate them (--sam)")
+    if masks is not None:
+        mask_files(every, mask_dir)  # the folder checked before any model loads
     train_size = TRAIN_SIZE if train_size is None else int(train_size)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -260,18 +306,21 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
 
     short_side, crop = int(short_side or SHORT_SIDE), int(crop or CROP)
     settings = settings_identity(models, dtype_name(dt), train_size, seed, short_side, crop)
-    report = BankReport(root, name, without_masks=without)
+    report = BankReport(root, name)
     record = identity_path(root, name)
-    if not same_on_all_ranks(json.dumps([settings, sorted(found)]), shard):
+    if not same_on_all_ranks(json.dumps([settings, sorted(every)]), shard):
         raise GlaclipError("the processes found different images or settings (did files change as the build "
                            "started?); run it again")
-    old = None if overwrite else read_identity(root, name)
+    recorded = read_identity(root, name) if record.exists() and not overwrite else None
+    ours = [models.keys] + ([recorded["keys"]] if recorded and isinstance(recorded.get("keys"), dict) else [])
+    existing = [p for p in bank_files_of(root, name, ours) if p != record]
+    old = recorded if existing else None  # a record alone holds nothing
     if old is not None:
         refuse_other(old, settings, f"bank {name} in {root}", tuple(k for k in settings if k != "models"))
-    elif not overwrite and bank_files_of(root, name):
-        raise GlaclipError(f"{bank_files_of(root, name)[0]} exists without glaclip's record {record.name} (a bank "
-                           "built elsewhere?): glaclip does not know what built it; use another --name or --out, or "
-                           "start over with --overwrite")
+    elif existing and not overwrite:
+        raise GlaclipError(f"{existing[0]} exists without glaclip's record {record.name} (a bank built elsewhere?): "
+                           "glaclip does not know what built it; use another --name or --out, or start over with "
+                           "--overwrite")
 
     towers = _load(models, dev, dt)
     ids = _model_identity(towers)
@@ -283,20 +332,41 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     if shard.rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            for p in bank_files_of(root, name):
+            try:
+                earlier = read_identity(root, name)
+            except GlaclipError:
+                earlier = None
+            more = [earlier["keys"]] if earlier and isinstance(earlier.get("keys"), dict) else []
+            for p in bank_files_of(root, name, [models.keys, *more]):
                 p.unlink()
         for sub in ("manifests", "clip_embeddings", "vfm_embeddings"):
             (root / sub).mkdir(exist_ok=True)
             remove_stale_temporaries(root / sub)
+        if masks is None:
+            mask_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(mask_dir)
         write_atomic(record, json.dumps({**settings, "models": ids}, indent=2) + "\n")
     barrier(shard)
+    if masks is None:
+        t0 = time.perf_counter()
+        made, unread = generate_masks(towers["sam"], every, mask_files(every, mask_dir), mask_dir, shard, progress)
+        for image, reason in unread:
+            if echo is not None:
+                echo(f"glaclip: skipped {image}: {reason}")
+        report.skipped += unread
+        barrier(shard)
+        report.steps.append(StepReport("masks (SAM 2)", made, time.perf_counter() - t0, started=t0))
+    masks_of = mask_files(every, mask_dir)
+    found = {s: every[s] for s in masks_of}
+    report.without_masks = len(every) - len(found) - len(report.skipped)
 
     paths = store_paths(root, name, models.keys)
     t0 = time.perf_counter()
     if shard.rank == 0:
-        rows, report.skipped = add_images(root, name, found, mask_files, workers, progress)
+        rows, skipped = add_images(root, name, found, masks_of, workers, progress)
+        report.skipped += skipped
         report.new_images, report.new_regions = len(rows), sum(r.count for r in rows)
-        for image, reason in report.skipped:
+        for image, reason in skipped:
             say(f"glaclip: skipped {image}: {reason}")
     barrier(shard)
     report.steps.append(StepReport("manifest", report.new_images, time.perf_counter() - t0, started=t0))
@@ -304,7 +374,13 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     report.images, report.regions = len(manifest.images), manifest.next_id
     if not manifest.images:
         raise GlaclipError(f"no image with regions to put in bank {name}: {len(found)} images have mask files in "
-                           f"{masks}" + (f", {len(report.skipped)} were skipped" if report.skipped else ""))
+                           f"{mask_dir}" + (f", {len(report.skipped)} were skipped" if report.skipped else ""))
+    from ..io.bank_index import MIN_VECTORS
+
+    if manifest.next_id < MIN_VECTORS:  # known now, not after every store is computed
+        raise GlaclipError(f"bank {name} has {manifest.next_id} regions in {len(manifest.images)} images; its index "
+                           f"needs at least {MIN_VECTORS} (the release's 8-bit product quantizer trains {MIN_VECTORS} "
+                           "centroids): add images and run the build again")
 
     from ..methods.region_clip import region_features
     from .bank_build import vfm_region_vectors
@@ -321,7 +397,7 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     steps.append(("vfm", f"VFM ({models.keys['vfm']})", lambda rgb, arr: vfm_region_vectors(towers["radio"], rgb, arr),
                   int(towers["radio"].dim)))
     for role, label, compute, dim in steps:
-        report.steps.append(_store_step(paths[role], manifest.images, found, mask_files, compute, dim, label, shard,
+        report.steps.append(_store_step(paths[role], manifest.images, found, masks_of, compute, dim, label, shard,
                                         workers, progress))
 
     t0 = time.perf_counter()
@@ -340,7 +416,8 @@ def build_bank(images, name: str, out, masks, *, clip: str = "ViT-B-16-quickgelu
                aux_clip: str | None = "hf-hub:apple/DFN2B-CLIP-ViT-B-16", aux_clip_weights: str | None = None,
                vfm: str = "c-radio_v3-l", vfm_weights: str | None = None, radio_repo=None,
                dino: str = "vit_base_patch8_224.dino", dino_weights: str | None = None, clip_key: str | None = None,
-               aux_clip_key: str | None = None, vfm_key: str | None = None, **options) -> BankReport:
+               aux_clip_key: str | None = None, vfm_key: str | None = None, sam: str | None = None,
+               sam_weights: str | None = None, **options) -> BankReport:
     """`glaclip bank build` from Python: a bank of the images under `images` (a folder or a list of them)
     and their region masks in `masks` ({stem}.npz), named `name`, written to the folder `out`.
 
@@ -348,16 +425,36 @@ def build_bank(images, name: str, out, masks, *, clip: str = "ViT-B-16-quickgelu
     DFN2B-CLIP ViT-B/16 for the auxiliary one (`aux_clip=None`: none), DINO ViT-B/8 for the CLIP stores'
     correlations, C-RADIOv3-L for the VFM store and index (its code from `radio_repo`). Weights: a tag, a
     file, or None for the default. *_key: the keys in the file names for models the release has no name
-    for. options: `build`'s (device, dtype, overwrite, short_side, crop, train_size, seed, shard, workers,
-    progress, echo). Then `Segmenter.from_pretrained(method="corrclip2", bank=out, bank_name=name, ...)`."""
+    for. masks None: SAM 2 `sam` (a `SAM2_MODELS` name; None with a weights file: the model it fits) with
+    `sam_weights` (a checkpoint file, None for the hub's) generates them into out/masks/{name}/ with the
+    release builder's settings. options: `build`'s (device, dtype, overwrite, short_side, crop, train_size,
+    seed, shard, workers, progress, echo). Then segment with
+    `Segmenter.from_pretrained(method="corrclip2", bank=out, bank_name=name, ...)`."""
     from ..config.backbones import BANK_MAIN_KEYS, DEFAULT_BUILD_CLIP, bank_keys
 
     keys = bank_keys(clip, aux_clip, vfm, {"main": clip_key, "aux": aux_clip_key, "vfm": vfm_key})
     models = BankModels(clip=(clip, clip_weights or (DEFAULT_BUILD_CLIP[1] if clip in BANK_MAIN_KEYS else None)),
                         aux_clip=(aux_clip, aux_clip_weights) if aux_clip is not None else None,
                         dino=(dino, dino_weights), radio=(vfm, vfm_weights), keys=keys,
-                        radio_repo=str(radio_repo) if radio_repo else None)
+                        radio_repo=str(radio_repo) if radio_repo else None,
+                        sam=check_masks_or_sam(masks, sam, sam_weights))
     return build(images, name, out, masks, models, **options)
+
+
+def check_masks_or_sam(masks, sam: str | None, sam_weights: str | None) -> tuple[str | None, str | None] | None:
+    """(SAM 2 name or None for the one the file fits, weights) when the masks are generated, else None."""
+    if masks is not None:
+        if sam is not None or sam_weights is not None:
+            raise GlaclipError("give either a folder of masks (--masks) or SAM 2 (--sam / --sam-weights), not both")
+        return None
+    from .mask_source import sam_request
+
+    request = sam_request(sam, sam_weights)
+    if request is None:  # neither: the release's SAM 2 from the hub
+        from ..config.backbones import DEFAULT_SAM2
+
+        return DEFAULT_SAM2, None
+    return (None if request.fit else request.sam), request.sam_weights
 
 
 def _load(models: BankModels, device, dtype) -> dict:
@@ -367,7 +464,12 @@ def _load(models: BankModels, device, dtype) -> dict:
     wanted = {"clip": models.clip, "vfm": models.dino, "radio": models.radio}
     if models.aux_clip is not None:
         wanted["aux_clip"] = models.aux_clip
-    return load_towers(wanted, device, dtype, {"radio": {"radio_repo": models.radio_repo}})
+    towers = load_towers(wanted, device, dtype, {"radio": {"radio_repo": models.radio_repo}})
+    if models.sam is not None:  # the release's builder runs SAM 2 in fp32, no autocast
+        from ..models.sam2 import BUILDER_AMG_SETTINGS, load_sam2
+
+        towers["sam"] = load_sam2(*models.sam, device=device, dtype="fp32").configure(BUILDER_AMG_SETTINGS)
+    return towers
 
 
 def _model_identity(towers: dict) -> dict:
@@ -378,6 +480,8 @@ def _model_identity(towers: dict) -> dict:
            "radio": tower_identity(towers["radio"])}
     if "aux_clip" in towers:
         out["aux_clip"] = clip_image_identity(towers["aux_clip"])
+    if "sam" in towers:
+        out["sam"] = towers["sam"].identity
     return out
 
 
