@@ -285,8 +285,10 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     report (complete on rank 0)."""
     import torch
 
-    from ..io.bank_index import TRAIN_SIZE
+    from ..io.bank_index import MIN_VECTORS, TRAIN_SIZE, update_index
+    from ..methods.region_clip import CROP, SHORT_SIDE, region_features
     from ..models.devices import dtype_name, resolve_device, resolve_dtype
+    from .bank_build import vfm_region_vectors
 
     shard = shard or Shard()
     say = echo if (echo is not None and shard.rank == 0) else (lambda _m: None)
@@ -302,8 +304,6 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     train_size = TRAIN_SIZE if train_size is None else int(train_size)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    from ..methods.region_clip import CROP, SHORT_SIDE
-
     short_side, crop = int(short_side or SHORT_SIDE), int(crop or CROP)
     settings = settings_identity(models, dtype_name(dt), train_size, seed, short_side, crop)
     report = BankReport(root, name)
@@ -311,16 +311,7 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     if not same_on_all_ranks(json.dumps([settings, sorted(every)]), shard):
         raise GlaclipError("the processes found different images or settings (did files change as the build "
                            "started?); run it again")
-    recorded = read_identity(root, name) if record.exists() and not overwrite else None
-    ours = [models.keys] + ([recorded["keys"]] if recorded and isinstance(recorded.get("keys"), dict) else [])
-    existing = [p for p in bank_files_of(root, name, ours) if p != record]
-    old = recorded if existing else None  # a record alone holds nothing
-    if old is not None:
-        refuse_other(old, settings, f"bank {name} in {root}", tuple(k for k in settings if k != "models"))
-    elif existing and not overwrite:
-        raise GlaclipError(f"{existing[0]} exists without glaclip's record {record.name} (a bank built elsewhere?): "
-                           "glaclip does not know what built it; use another --name or --out, or start over with "
-                           "--overwrite")
+    old = _admit(root, name, settings, models.keys, overwrite)
 
     towers = _load(models, dev, dt)
     ids = _model_identity(towers)
@@ -330,21 +321,7 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
         refuse_other(old, {"models": ids}, f"bank {name} in {root}", ("models",))
     barrier(shard)
     if shard.rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            try:
-                earlier = read_identity(root, name)
-            except GlaclipError:
-                earlier = None
-            more = [earlier["keys"]] if earlier and isinstance(earlier.get("keys"), dict) else []
-            for p in bank_files_of(root, name, [models.keys, *more]):
-                p.unlink()
-        for sub in ("manifests", "clip_embeddings", "vfm_embeddings"):
-            (root / sub).mkdir(exist_ok=True)
-            remove_stale_temporaries(root / sub)
-        if masks is None:
-            mask_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(mask_dir)
+        _prepare(root, name, models.keys, overwrite, mask_dir if masks is None else None)
         write_atomic(record, json.dumps({**settings, "models": ids}, indent=2) + "\n")
     barrier(shard)
     if masks is None:
@@ -375,15 +352,10 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     if not manifest.images:
         raise GlaclipError(f"no image with regions to put in bank {name}: {len(found)} images have mask files in "
                            f"{mask_dir}" + (f", {len(report.skipped)} were skipped" if report.skipped else ""))
-    from ..io.bank_index import MIN_VECTORS
-
     if manifest.next_id < MIN_VECTORS:  # known now, not after every store is computed
         raise GlaclipError(f"bank {name} has {manifest.next_id} regions in {len(manifest.images)} images; its index "
                            f"needs at least {MIN_VECTORS} (the release's 8-bit product quantizer trains {MIN_VECTORS} "
                            "centroids): add images and run the build again")
-
-    from ..methods.region_clip import region_features
-    from .bank_build import vfm_region_vectors
 
     def clip_rows(clip):
         return lambda rgb, arr: region_features(clip, towers["vfm"], rgb, arr, torch.float16, short_side=short_side,
@@ -402,8 +374,6 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
 
     t0 = time.perf_counter()
     if shard.rank == 0:
-        from ..io.bank_index import update_index
-
         report.index = update_index(paths["vfm"], paths["index"], train_size, seed, on_message=say)
         report.files = {str(p.relative_to(root)): p.stat().st_size for p in paths.values()}
     report.steps.append(StepReport("index", report.index.added if report.index else 0, time.perf_counter() - t0,
@@ -455,6 +425,41 @@ def check_masks_or_sam(masks, sam: str | None, sam_weights: str | None) -> tuple
 
         return DEFAULT_SAM2, None
     return (None if request.fit else request.sam), request.sam_weights
+
+
+def _admit(root: Path, name: str, settings: dict, keys: dict, overwrite: bool) -> dict | None:
+    """The record of the bank this build continues (None: a new bank, or --overwrite), after checking
+    that its settings are this build's; files of the bank without a record are refused."""
+    record = identity_path(root, name)
+    recorded = read_identity(root, name) if record.exists() and not overwrite else None
+    ours = [keys] + ([recorded["keys"]] if recorded and isinstance(recorded.get("keys"), dict) else [])
+    existing = [p for p in bank_files_of(root, name, ours) if p != record]
+    old = recorded if existing else None  # a record alone holds nothing
+    if old is not None:
+        refuse_other(old, settings, f"bank {name} in {root}", tuple(k for k in settings if k != "models"))
+    elif existing and not overwrite:
+        raise GlaclipError(f"{existing[0]} exists without glaclip's record {record.name} (a bank built elsewhere?): "
+                           "glaclip does not know what built it; use another --name or --out, or start over with "
+                           "--overwrite")
+    return old
+
+
+def _prepare(root: Path, name: str, keys: dict, overwrite: bool, mask_dir: Path | None) -> None:
+    """The bank's folders made (rank 0, no writer running): with --overwrite its files removed (those of
+    this build's keys and of the recorded ones), temporaries of killed writers removed."""
+    root.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        try:
+            earlier = read_identity(root, name)
+        except GlaclipError:
+            earlier = None
+        more = [earlier["keys"]] if earlier and isinstance(earlier.get("keys"), dict) else []
+        for p in bank_files_of(root, name, [keys, *more]):
+            p.unlink()
+    for folder in [root / "manifests", root / "clip_embeddings", root / "vfm_embeddings"] + \
+            ([mask_dir] if mask_dir is not None else []):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
 
 
 def _load(models: BankModels, device, dtype) -> dict:
