@@ -31,7 +31,8 @@ What the harness changes around the builder (its files stay untouched):
   gives DINO's own ViT-B/8 (from --dino-repo) with dino.pt (release_common.load_dino), `cuda.empty_cache`
   does nothing and `float16` is the run's dtype (its accumulation buffer is created as torch.float16);
 - its `create_model` builds the vendored `ViT-B-16-quickgelu` with pretrained=None, precision fp32,
-  loads clip.pt, and casts to the run's dtype (it asks for metaclip_fullcc weights in fp16);
+  loads clip.pt, and casts to the run's dtype (it asks for metaclip_fullcc weights in fp16; with
+  `run_release(clip='dfn_b')`, for hf-hub:apple/DFN2B-CLIP-ViT-B-16, a QuickGELU ViT-B/16 too);
 - FeatureExtractor('cpu'): its own __init__ (the hook on DINO's last qkv, the normalisation constants),
   under torch.set_default_dtype(run dtype) so that an fp64 run's mean/std are fp64;
 - during both, Tensor.half / Module.half cast to the run's dtype (release_common.half_as) and, in fp64
@@ -64,6 +65,7 @@ from release_common import (
 SHADOWED = ("open_clip", "myutils", "manifest", "pt_store", "generate_clip_embeddings", "mmcv", "mmengine", "mmseg",
             "openpyxl", "prettytable", "detectron2", "vision_transformer", "utils", "prompts")
 CLIP_ARCH = "ViT-B-16-quickgelu"
+CLIP_MODELS = {"meta_b": CLIP_ARCH, "dfn_b": "hf-hub:apple/DFN2B-CLIP-ViT-B-16"}  # --clip: the model it asks for
 IMAGES = {"street": (212, 256), "street_odd": (301, 424)}  # h, w
 
 
@@ -126,10 +128,11 @@ def _stubs() -> dict[str, types.ModuleType]:
 
 
 @contextlib.contextmanager
-def builder(release_dir, dino_repo, images_dir: Path, short_side: int = 448):
-    """The builder module imported (see the module docstring); sys.argv, cwd and torch.cuda restored after."""
+def builder(release_dir, dino_repo, images_dir: Path, short_side: int = 448, clip: str = "meta_b"):
+    """The builder module imported (see the module docstring) with --clip `clip`; sys.argv, cwd and
+    torch.cuda restored after."""
     argv, cwd, count = list(sys.argv), os.getcwd(), torch.cuda.device_count
-    sys.argv = ["generate_clip_embeddings.py", "--img", str(images_dir), "--clip", "meta_b",
+    sys.argv = ["generate_clip_embeddings.py", "--img", str(images_dir), "--clip", clip,
                 "--slide_short", str(short_side)]
     torch.cuda.device_count = lambda: 1
     try:
@@ -143,19 +146,25 @@ def builder(release_dir, dino_repo, images_dir: Path, short_side: int = 448):
         os.chdir(cwd)
 
 
-def run_release(release_dir, dino_repo, inputs: Path, dtype: str, short_side: int = 448
+def run_release(release_dir, dino_repo, inputs: Path, dtype: str, short_side: int = 448, *, clip: str = "meta_b",
+                weights: Path | None = None, images: dict[str, tuple[Path, Path]] | None = None
                 ) -> dict[str, list[torch.Tensor]]:
-    """{stem: the builder's region vectors (its list, in the run's dtype, before the fp16 cast)}."""
+    """{key: the builder's region vectors (its list, in the run's dtype, before the fp16 cast)}. clip: its
+    --clip (meta_b, or dfn_b: the hub's DFN2B ViT-B/16 built as ViT-B-16-quickgelu), weights: that CLIP's
+    file (default inputs/clip.pt), images: {key: (image, mask file)} (default IMAGES under inputs)."""
     tdtype = DTYPES[dtype]
     inputs = Path(inputs)
-    with builder(release_dir, dino_repo, inputs / "images", short_side) as (mod, vit):
+    weights = inputs / "clip.pt" if weights is None else weights
+    if images is None:
+        images = {s: (inputs / "images" / f"{s}.png", inputs / "masks" / f"{s}.npz") for s in IMAGES}
+    with builder(release_dir, dino_repo, inputs / "images", short_side, clip) as (mod, vit):
         vendored = mod.create_model.__module__
 
         def create_model(model_type, pretrained=None, precision="fp32", **kwargs):
-            if model_type != CLIP_ARCH:
+            if model_type != CLIP_MODELS[clip]:
                 raise ValueError(f"harness: no weights for {model_type}")
             model = sys.modules[vendored].create_model(CLIP_ARCH, pretrained=None, precision="fp32")
-            model.load_state_dict(torch.load(inputs / "clip.pt", map_location="cpu", weights_only=True), strict=True)
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
             return model.to(tdtype)
 
         def hub_load(repo, entry, *a, **k):
@@ -178,10 +187,8 @@ def run_release(release_dir, dino_repo, inputs: Path, dtype: str, short_side: in
                     extractor = mod.FeatureExtractor(device="cpu")
                 finally:
                     torch.set_default_dtype(default)
-                for stem in IMAGES:
-                    feats = extractor.extract_from_paths(str(inputs / "images" / f"{stem}.png"),
-                                                         str(inputs / "masks" / f"{stem}.npz"))
-                    out[stem] = [f.to(tdtype) for f in feats]
+                for key, (image, mask) in images.items():
+                    out[key] = [f.to(tdtype) for f in extractor.extract_from_paths(str(image), str(mask))]
         finally:
             torch.Tensor.float = t_float
             mod.create_model, mod.torch = saved

@@ -131,6 +131,9 @@ def test_mask_files_and_bank_ids(tmp_path):
     assert s.dtype == np.bool_ and s.shape == (3, 6, 7) and bm.count_regions(s) == 3
     assert bm.bank_ids(s, 4)[1].tolist() == [4, 5, 6]
     assert bm.count_regions(np.zeros((3, 3), np.int32)) == 0
+    np.savez_compressed(tmp_path / "b.npz", instance_mask=ids == 9)  # a 2-D boolean map: one region, id 1
+    b = bm.read_region_masks(tmp_path / "b.npz")
+    assert b.dtype == np.int32 and np.array_equal(b, (ids == 9).astype(np.int32)) and bm.count_regions(b) == 1
 
 
 def test_mask_file_errors(tmp_path):

@@ -190,7 +190,7 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
 
 def read_region_masks(path: str | Path) -> np.ndarray:
     """A mask file as the bank builder takes it: an H x W int32 id map (`.npz` `instance_mask` of any
-    integer dtype, or a 8/16-bit `.png`; `io.masks.load_masks`) or an N x H x W boolean stack
+    integer dtype, or boolean: one region, or a 8/16-bit `.png`; `io.masks.load_masks`) or an N x H x W boolean stack
     (`.npz` `instance_mask`, one region per slice; every slice must cover a pixel, the release's mean
     of an empty slice being NaN)."""
     path = Path(path)
@@ -198,6 +198,8 @@ def read_region_masks(path: str | Path) -> np.ndarray:
         try:
             with np.load(path, allow_pickle=False) as data:
                 stack = data[MASK_KEY] if MASK_KEY in data.files else None
+                if stack is not None and stack.ndim == 2 and stack.dtype == np.bool_:
+                    stack = stack.astype(np.int32)  # one region (id 1), as the release's astype(int) reads it
                 if stack is not None and stack.ndim != 3:
                     return check_masks(stack, None, what=f"{path}: mask map")
                 if stack is not None:
