@@ -25,9 +25,9 @@ os.environ["GLACLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="glaclip-test-cache-")
 # The longest files, longest first (seconds on one worker of `pytest -n 2`): with `--dist loadfile` a worker
 # runs a whole file, and xdist hands the files out in collection order (pyproject: --no-loadscope-reorder,
 # else it orders them by their number of tests), so a long file started last would finish alone.
-LONG_FILES = ("test_bank_command.py", "test_bench.py", "test_labelstudio.py", "test_trident.py", "test_segmenter.py", "test_demo.py",
-              "test_batch.py", "test_evaluate.py", "test_bands.py", "test_regions.py", "test_masks_cli.py",
-              "test_integrations.py", "test_attention.py")
+LONG_FILES = ("test_bank_command.py", "test_bench.py", "test_labelstudio.py", "test_trident.py", "test_segmenter.py",
+              "test_demo.py", "test_batch.py", "test_evaluate.py", "test_bands.py", "test_regions.py",
+              "test_masks_cli.py", "test_integrations.py", "test_attention.py")
 
 
 def pytest_collection_modifyitems(config, items):
