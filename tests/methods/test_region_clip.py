@@ -109,15 +109,17 @@ def test_boolean_stacks(towers, monkeypatch):
     rgb = structured_image(77, 120, seed=4)
     ids = id_map(77, 120)
     stack = np.stack([ids == 17, ids == 402, ids != 17, ids == 9999])
-    got_ids, got = region_features(clip, dino, rgb, stack, torch.float64)
-    want_ids, want = naive_regions(clip, dino, rgb, stack)
+    small = dict(short_side=150, crop=112, stride=56)  # 150 x 234, 2 x 3 windows: the stack's path, quickly
+    got_ids, got = region_features(clip, dino, rgb, stack, torch.float64, **small)
+    want_ids, want = naive_regions(clip, dino, rgb, stack, short=150, crop=112, stride=56)
     assert got_ids.tolist() == want_ids == [0, 1, 2, 3]
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     monkeypatch.setattr(windows, "BAND_BYTES", 8 * 40 * 120 * 2)
-    torch.testing.assert_close(region_features(clip, dino, rgb, stack, torch.float64)[1], got, rtol=0, atol=1e-14)
+    torch.testing.assert_close(region_features(clip, dino, rgb, stack, torch.float64, **small)[1], got, rtol=0,
+                               atol=1e-14)
     stack[3] = False
     with pytest.raises(GlaclipError, match="slice 3 of the region stack covers no pixel"):
-        region_features(clip, dino, rgb, stack, torch.float64)
+        region_features(clip, dino, rgb, stack, torch.float64, **small)
 
 
 def test_padded_windows_and_settings(towers):
