@@ -3,11 +3,12 @@ memory per step, and the cost of a bank's search per image at 10^4 .. 10^7 regio
 (rows read where they lie, `io.bank.Store`) against the release's in-RAM store (torch.load, then indexing).
 
     PYTHONPATH=src python benchmarks/bank.py build --images 200 --work DIR            # tiny models
-    PYTHONPATH=src:EINOPS python benchmarks/bank.py build --real --images 2 --radio-repo RADIO --work DIR
+    PYTHONPATH=src:EINOPS python benchmarks/bank.py build --real --images 2 --grid 12x12 --radio-repo RADIO --work DIR
     PYTHONPATH=src python benchmarks/bank.py search --sizes 1e4,1e5,1e6 --work DIR
     (each appends its table to --md, default benchmarks/bank-cpu.md)
 
-build: a folder of seeded images (--size, default 480x640) with region masks (a grid of ~24 regions and 0);
+build: a folder of seeded images (--size, default 480x640) with region masks (--grid, default 4 x 6 cells: 23
+regions and 0);
 the build runs in a fresh process (`runs.bank.build`, fp32) with a thread sampling its resident memory every
 20 ms; per step: images, seconds, images/s and the peak resident memory while the step ran. Tiny models: the
 tests' 6-block CLIP (twice: main and auxiliary), DINO-shaped ViT/8 and the stand-in RADIO. --real: random
@@ -56,15 +57,15 @@ def rss_mib() -> float:
 # ---- build ----------------------------------------------------------------------------------------
 
 
-def make_images(folder: Path, n: int, h: int, w: int) -> None:
+def make_images(folder: Path, n: int, h: int, w: int, rows: int = 4, cols: int = 6) -> None:
     from PIL import Image
 
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(exist_ok=True)
-    r = np.minimum(np.arange(h) * 4 // h, 3)
-    c = np.minimum(np.arange(w) * 6 // w, 5)
-    ids = (r[:, None] * 6 + c[None, :] + 1).astype(np.int32)
-    ids[ids == 24] = 0
+    r = np.minimum(np.arange(h) * rows // h, rows - 1)
+    c = np.minimum(np.arange(w) * cols // w, cols - 1)
+    ids = (r[:, None] * cols + c[None, :] + 1).astype(np.int32)
+    ids[ids == rows * cols] = 0
     for i in range(n):
         stem = f"img{i:05d}"
         if (folder / "masks" / f"{stem}.npz").exists():
@@ -150,7 +151,7 @@ def build_case(work: str, models: dict, threads: int) -> dict:
 def run_build(args) -> list[str]:
     work = Path(args.work) / ("build-real" if args.real else "build-tiny")
     h, w = (int(v) for v in args.size.split("x"))
-    make_images(work, args.images, h, w)
+    make_images(work, args.images, h, w, *(int(v) for v in args.grid.split("x")))
     models = model_files(work, args.real, args.radio_repo)
     res = isolated(build_case, str(work), models, args.threads)
     if "error" in res:
@@ -159,10 +160,11 @@ def run_build(args) -> list[str]:
     lines = [f"### Build: {res['images']} images {w}x{h}, {res['regions']} regions, {kind}, fp32, "
              f"{args.threads} threads ({machine_line('cpu')})", "",
              f"Models loaded in {res['load_seconds']:.1f} s; peak resident memory of the whole build "
-             f"{res['peak']:.0f} MiB.", "", "| step | items | s | items/s | peak MiB while it ran |",
-             "|---|---|---|---|---|"]
+             f"{res['peak']:.0f} MiB.", "", "| step | items | s | items/s | s/item | peak MiB while it ran |",
+             "|---|---|---|---|---|---|"]
     for s in res["steps"]:
-        rate = f"{s['items'] / s['seconds']:.2f}" if s["items"] and s["seconds"] > 0 else "-"
+        ok = s["items"] and s["seconds"] > 0
+        rate = f"{s['items'] / s['seconds']:.2f} | {s['seconds'] / s['items']:.3g}" if ok else "- | -"
         lines.append(f"| {s['step']} | {s['items']} {s['unit']} | {s['seconds']:.1f} | {rate} | {s['peak']:.0f} |")
     lines += ["", "Files: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in res["files"].items()), ""]
     return lines
@@ -269,6 +271,8 @@ def main() -> None:
     p.add_argument("--work", required=True, help="Folder for the images, models and banks.")
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--size", default="480x640", help="Image size, HxW.")
+    p.add_argument("--grid", default="4x6", help="Regions per image: a grid of RxC cells, the last one 0 (an index "
+                   "needs 256 regions: 12x12 for 2 images).")
     p.add_argument("--real", action="store_true", help="Real-size random models (needs --radio-repo).")
     p.add_argument("--radio-repo", default=os.environ.get("GLACLIP_RADIO_REPO"))
     p.add_argument("--threads", type=int, default=2)

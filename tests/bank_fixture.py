@@ -43,6 +43,20 @@ def random_bank(root: Path, n: int = 300, c: int = 32, dims: dict[str, int] | No
     return arrays
 
 
+def write_tiny_radio(path: Path, seed: int = 5) -> Path:
+    """A checkpoint of the stand-in RADIO (tests/models/radio_standin, 32-d features) in the layout RADIO's
+    hub entry reads ({"args", "state_dict"}), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {"base_model.embed.weight": torch.randn(32, 3, 16, 16, generator=g) * 0.05,
+          "base_model.embed.bias": torch.randn(32, generator=g),
+          "base_model.mix.weight": torch.randn(32, 32, generator=g),
+          "base_model.mix.bias": torch.randn(32, generator=g),
+          "input_conditioner.norm_mean": torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1),
+          "input_conditioner.norm_std": torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)}
+    torch.save({"args": {"dim": 32}, "state_dict": sd}, path)
+    return path
+
+
 def regions(h, w):
     """An h x w region-id map: three rectangles (ids 3, 7, 9) on the unsegmented id 0."""
     m = np.zeros((h, w), np.int32)

@@ -22,6 +22,9 @@ from PIL import Image
 
 from glaclip.io.bank_manifest import read_manifest, read_region_masks
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bank_fixture import write_tiny_radio  # noqa: E402
+
 pytest.importorskip("faiss")
 
 STANDIN = Path(__file__).resolve().parents[1] / "models" / "radio_standin"
@@ -69,14 +72,7 @@ def kit(tmp_path_factory):
         torch.save(t.model.state_dict(), d / f"{name}.pt")
     torch.manual_seed(4)
     torch.save(load_vfm(str(d / "dino.json"), "random", device="cpu", dtype="fp32").model.state_dict(), d / "dino.pth")
-    g = torch.Generator().manual_seed(5)
-    sd = {"base_model.embed.weight": torch.randn(32, 3, 16, 16, generator=g) * 0.05,
-          "base_model.embed.bias": torch.randn(32, generator=g),
-          "base_model.mix.weight": torch.randn(32, 32, generator=g),
-          "base_model.mix.bias": torch.randn(32, generator=g),
-          "input_conditioner.norm_mean": torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1),
-          "input_conditioner.norm_std": torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)}
-    torch.save({"args": {"dim": 32}, "state_dict": sd}, d / "radio.pth")
+    write_tiny_radio(d / "radio.pth")
     (d / "images").mkdir()
     (d / "masks").mkdir()
     add_image(d, "c", 64, 80, 10, 12, 0)

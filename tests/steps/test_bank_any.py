@@ -19,7 +19,7 @@ from glaclip.config.registry import DEFAULT_METHOD
 from glaclip.steps.decision import decide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bank_fixture import random_bank, regions  # noqa: E402
+from bank_fixture import random_bank, regions, write_tiny_radio  # noqa: E402
 
 STANDIN = Path(__file__).resolve().parents[1] / "models" / "radio_standin"
 CLASSES = [["sky"], ["cat", "kitten"], ["grass"]]
@@ -38,14 +38,7 @@ def _clip_file(path, arch, seed):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_files):
     d = tmp_path_factory.mktemp("bank_any")
-    g = torch.Generator().manual_seed(5)
-    sd = {"base_model.embed.weight": torch.randn(32, 3, 16, 16, generator=g) * 0.05,
-          "base_model.embed.bias": torch.randn(32, generator=g),
-          "base_model.mix.weight": torch.randn(32, 32, generator=g),
-          "base_model.mix.bias": torch.randn(32, generator=g),
-          "input_conditioner.norm_mean": torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1),
-          "input_conditioner.norm_std": torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)}
-    torch.save({"args": {"dim": 32}, "state_dict": sd}, d / "radio.pth")
+    write_tiny_radio(d / "radio.pth")
     arrays = random_bank(d / "bank", n=300, c=32, dims={"metaclip_b": 32, "dfnclip_b": 32}, seed=4)
     random_bank(d / "other", n=300, c=32, dims={"metaclip_b": 32, "dfnclip_b": 32}, seed=9)
     return dict(tiny_files, radio_weights=str(d / "radio.pth"), bank=str(d / "bank"), other=str(d / "other"),

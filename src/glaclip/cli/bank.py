@@ -86,7 +86,7 @@ def bank_build_cmd(
     """
     from ..config.backbones import bank_keys
     from ..runs.bank import build_bank, check_masks_or_sam, check_name, mask_files, scan, summary_lines
-    from ..runs.collection import launch_ranks, leave, shard_from_env
+    from ..runs.collection import leave, shard_or_launch
     from ..runs.runlock import hold
 
     check_name(name)
@@ -107,12 +107,9 @@ def bank_build_cmd(
     if masks is not None:
         mask_files(every, masks)
     check_writable(out)
-    if processes > 1 and "WORLD_SIZE" not in os.environ:
-        with hold(out):  # refused here rather than in process 0, after the others started
-            pass
-        launch_ranks(processes)
+    shard = shard_or_launch(processes, out)
+    if shard is None:  # the ranks ran
         return
-    shard = shard_from_env()
     from ..models.devices import rank_device
 
     with hold(out) if shard.rank == 0 else nullcontext():

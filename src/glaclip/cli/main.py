@@ -133,7 +133,7 @@ def segment(
     from ..config.protocols import effective
     from ..models.devices import rank_device
     from ..runs.batch import Options, segment_collection
-    from ..runs.collection import barrier, collect, launch_ranks, leave, shard_from_env
+    from ..runs.collection import barrier, collect, leave, shard_or_launch
     from ..runs.mask_source import check_encoding_masks, open_masks, route
     from ..runs.runlock import hold
     from ..steps.encoding import is_encoding_file
@@ -158,12 +158,9 @@ def segment(
     own_sam, request = routed.sam, routed.request
     check_encoding_masks(request, items)
     check_writable(out)
-    if processes > 1 and "WORLD_SIZE" not in os.environ:
-        with hold(out):  # refused here rather than in process 0, after the others started
-            pass
-        launch_ranks(processes)
+    shard = shard_or_launch(processes, out)
+    if shard is None:  # the ranks ran
         return
-    shard = shard_from_env()
     with hold(out) if shard.rank == 0 else nullcontext():  # one run at a time per --out
         device = rank_device(shard, device)
         seg = build_segmenter(clip, clip_weights, vfm, vfm_weights, preset, device, dtype, quiet or shard.rank != 0,

@@ -345,6 +345,20 @@ class ProgressLog:
         self.close()
 
 
+def shard_or_launch(processes: int, out: Path) -> Shard | None:
+    """`--processes N` of a command writing into `out`: outside torchrun, run this very command in N ranks
+    (`launch_ranks`, after checking that no run holds `out`, rather than in process 0 after the others
+    started) and return None; else this process's shard (`shard_from_env`)."""
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        from .runlock import hold
+
+        with hold(out):
+            pass
+        launch_ranks(processes)
+        return None
+    return shard_from_env()
+
+
 def launch_ranks(processes: int) -> None:
     """Run this very command in `processes` ranks through torch.distributed's launcher (what torchrun
     does) and exit as they did: their own lines, no launcher report, the first failed rank's code."""
