@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from ..config.backbones import DEFAULT_AUX_CLIP, DEFAULT_BANK_CLIP, DEFAULT_RADIO, DEFAULT_VFM
 from ..errors import GlaclipError
-from .options import DeviceOpt, DtypeOpt, QuietOpt, RadioRepoOpt, check_writable, say
+from .options import DeviceOpt, DtypeOpt, QuietOpt, RadioRepoOpt, _is_weights_file, check_writable, say
 
 bank_app = typer.Typer(help="Memory banks of region features (CorrCLIPv2's files) from your own unlabeled images.",
                        no_args_is_help=True)
@@ -34,22 +34,22 @@ def bank_build_cmd(
     sam_weights: Optional[str] = typer.Option(None, "--sam-weights", help="SAM 2's checkpoint file (default: the "
                                               "hub's, from the local cache); alone it implies the model it fits.",
                                               show_default=False),
-    clip: str = typer.Option("ViT-B-16-quickgelu", "--clip", help="The main CLIP (open_clip name, hf-hub:ID or a "
+    clip: str = typer.Option(DEFAULT_BANK_CLIP[0], "--clip", help="The main CLIP (open_clip name, hf-hub:ID or a "
                              "JSON config): the store {name}_metaclip_b.pt (ViT-L-14-quickgelu: _metaclip_l)."),
     clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="Its weights: a pretrained tag or a file "
                                                "(default: metaclip_fullcc, the release's MetaCLIP).",
                                                show_default=False),
-    aux_clip: str = typer.Option("hf-hub:apple/DFN2B-CLIP-ViT-B-16", "--aux-clip", help="The auxiliary CLIP (DMCE's "
+    aux_clip: str = typer.Option(DEFAULT_AUX_CLIP[0], "--aux-clip", help="The auxiliary CLIP (DMCE's "
                                  "DFN): the store {name}_dfnclip_b.pt; 'none': no auxiliary store."),
     aux_clip_weights: Optional[str] = typer.Option(None, "--aux-clip-weights", help="Its weights file (default: "
                                                    "the hub's).", show_default=False),
-    vfm: str = typer.Option("c-radio_v3-l", "--vfm", help="The RADIO model of the VFM store and index "
+    vfm: str = typer.Option(DEFAULT_RADIO, "--vfm", help="The RADIO model of the VFM store and index "
                             "({name}_radiov3.pt / .faiss)."),
     vfm_weights: Optional[str] = typer.Option(None, "--vfm-weights", help="RADIO's checkpoint file (default: RADIO's "
                                               "resource table through torch.hub's checkpoint cache).",
                                               show_default=False),
     radio_repo: RadioRepoOpt = None,
-    dino: str = typer.Option("vit_base_patch8_224.dino", "--dino", help="The DINO whose q + k correlations the CLIP "
+    dino: str = typer.Option(DEFAULT_VFM, "--dino", help="The DINO whose q + k correlations the CLIP "
                              "stores use (the release: DINO ViT-B/8)."),
     dino_weights: Optional[str] = typer.Option(None, "--dino-weights", help="Its weights file (default: the timm "
                                                "hub).", show_default=False),
@@ -96,8 +96,7 @@ def bank_build_cmd(
     bank_keys(clip, aux, vfm, {"main": clip_key, "aux": aux_clip_key, "vfm": vfm_key})  # checked before models load
     for option, path in (("--clip-weights", clip_weights), ("--aux-clip-weights", aux_clip_weights),
                          ("--vfm-weights", vfm_weights), ("--dino-weights", dino_weights)):
-        if path and (os.sep in path or path.endswith((".pt", ".pth", ".bin", ".safetensors", ".tar"))) \
-                and not Path(path).expanduser().is_file():
+        if path and _is_weights_file(path) and not Path(path).expanduser().is_file():
             raise GlaclipError(f"{option} {path}: file not found")
     if masks is None and sam is None and sam_weights is None:
         raise GlaclipError("region masks: give --masks DIR (mask files) or --sam NAME --sam-weights FILE (SAM 2 "

@@ -165,7 +165,7 @@ def _is_weights_file(value: str) -> bool:
     """A weights value that names a file rather than a pretrained tag (as `models.builder.looks_like_path`)."""
     import os
 
-    return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+    return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar"))
 
 
 def radio_options(presets, bank: Path | None = None, bank_name: str | None = None, radio_repo: Path | None = None,

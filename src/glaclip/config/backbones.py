@@ -81,10 +81,9 @@ DEFAULT_BANK_NAME = "coco"
 # Bank support for a method other than CorrCLIPv2: the text-only CLIP whose text answers the main store (the
 # published stores hold MetaCLIP 2.5B ViT-B/16 image embeddings); its architecture picks the store's key.
 DEFAULT_BANK_CLIP = ("ViT-B-16-quickgelu", "metaclip_fullcc")
-# `glaclip bank build`'s models when none are named: the release builder's default `--clip meta_b dfn_b` and
-# `--vfm radiov3`; DINO ViT-B/8 gives the CLIP stores' correlations (its generate_clip_embeddings.py).
-DEFAULT_BUILD_CLIP = ("ViT-B-16-quickgelu", "metaclip_fullcc")
-DEFAULT_BUILD_DINO = ("vit_base_patch8_224.dino", None)
+# `glaclip bank build`'s models when none are named are the release builder's (`--clip meta_b dfn_b`, `--vfm
+# radiov3`, DINO ViT-B/8 for the CLIP stores' correlations): DEFAULT_BANK_CLIP, DEFAULT_AUX_CLIP,
+# DEFAULT_RADIO and DEFAULT_VFM.
 
 
 def bank_keys(clip: str, aux_clip: str | None, radio: str, given: dict | None = None) -> dict:

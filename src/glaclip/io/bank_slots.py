@@ -69,10 +69,9 @@ class Slots:
         open them); None when the store has its n rows already (left-over work files removed). A store
         with more rows than n, or work files of another size, is a GlaclipError naming the file."""
         store = Path(store)
-        first = store_rows(store)
-        if store.exists() and read_store(store).shape[1] != dim:
-            raise GlaclipError(f"memory bank store {store} has rows of width {read_store(store).shape[1]}, "
-                               f"this model gives {dim}")
+        first, width = read_store(store).shape if store.exists() else (0, dim)
+        if width != dim:
+            raise GlaclipError(f"memory bank store {store} has rows of width {width}, this model gives {dim}")
         rows_path, done_path = slot_paths(store)
         if first > n:
             raise GlaclipError(f"memory bank store {store} has {first} rows, its manifest {n} (a store only grows "

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..config.backbones import DEFAULT_AUX_CLIP, DEFAULT_BANK_CLIP, DEFAULT_RADIO, DEFAULT_VFM
 from ..errors import GlaclipError, one_line
 from ..io.bank_manifest import ImageRow, append_images, count_regions, manifest_paths, read_manifest, read_region_masks
 from ..io.files import remove_stale_temporaries, write_atomic
@@ -146,11 +147,10 @@ def generate_masks(sam, images: dict[str, Path], have: dict[str, Path], mask_dir
     image without a mask file gets `mask_dir/{stem}.npz` (key instance_mask, an H x W id map by ascending
     area, at the image's EXIF-corrected size), written atomically; each process takes every world-th.
     Returns (masks written by this process, [(image, reason)] it could not read)."""
-    import numpy as np
     from tqdm import tqdm
 
-    from ..io.files import atomic_paths
     from ..io.images import load_image
+    from ..io.masks import save_masks
 
     todo = sorted(s for s in images if s not in have)[shard.rank :: shard.world]
     failed, done = [], 0
@@ -160,10 +160,7 @@ def generate_masks(sam, images: dict[str, Path], have: dict[str, Path], mask_dir
         except GlaclipError as exc:
             failed.append((str(images[stem]), str(exc)))
             continue
-        ids = sam.generate(rgb)
-        with atomic_paths([mask_dir / f"{stem}.npz"]) as (tmp,):
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, instance_mask=ids)
+        save_masks(mask_dir / f"{stem}.npz", sam.generate(rgb))
         done += 1
     return done, failed
 
@@ -213,7 +210,7 @@ def identity_path(root: Path, name: str) -> Path:
 
 
 def settings_identity(models: BankModels, dtype: str, train_size: int, seed: int, short_side: int, crop: int) -> dict:
-    """The settings that change a bank's rows or index (torch-free: checked before any model loads)."""
+    """The settings that change a bank's rows or index (compared with a bank's record before any model loads)."""
     from ..io.bank_index import NLIST_FACTOR, PQ_M, PQ_NBITS
     from ..methods.region_clip import MAX_LONG_SIDE, PAD_MULTIPLE, STRIDE
     from ..models.sam2 import BUILDER_AMG_SETTINGS
@@ -299,8 +296,7 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     mask_dir = Path(masks).expanduser() if masks is not None else root / "masks" / name
     if masks is None and models.sam is None:
         raise GlaclipError("region masks: give a folder of mask files (--masks) or a SAM 2 to generate them (--sam)")
-    if masks is not None:
-        mask_files(every, mask_dir)  # the folder checked before any model loads
+    masks_of = mask_files(every, mask_dir) if masks is not None else None  # checked before any model loads
     train_size = TRAIN_SIZE if train_size is None else int(train_size)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -327,13 +323,13 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     if masks is None:
         t0 = time.perf_counter()
         made, unread = generate_masks(towers["sam"], every, mask_files(every, mask_dir), mask_dir, shard, progress)
+        masks_of = mask_files(every, mask_dir)  # with the masks just written
         for image, reason in unread:
             if echo is not None:
                 echo(f"glaclip: skipped {image}: {reason}")
         report.skipped += unread
         barrier(shard)
         report.steps.append(StepReport("masks (SAM 2)", made, time.perf_counter() - t0, started=t0))
-    masks_of = mask_files(every, mask_dir)
     found = {s: every[s] for s in masks_of}
     report.without_masks = len(every) - len(found) - len(report.skipped)
 
@@ -382,10 +378,10 @@ def build(images: list[str | Path] | str | Path, name: str, out: str | Path, mas
     return report
 
 
-def build_bank(images, name: str, out, masks, *, clip: str = "ViT-B-16-quickgelu", clip_weights: str | None = None,
-               aux_clip: str | None = "hf-hub:apple/DFN2B-CLIP-ViT-B-16", aux_clip_weights: str | None = None,
-               vfm: str = "c-radio_v3-l", vfm_weights: str | None = None, radio_repo=None,
-               dino: str = "vit_base_patch8_224.dino", dino_weights: str | None = None, clip_key: str | None = None,
+def build_bank(images, name: str, out, masks, *, clip: str = DEFAULT_BANK_CLIP[0], clip_weights: str | None = None,
+               aux_clip: str | None = DEFAULT_AUX_CLIP[0], aux_clip_weights: str | None = None,
+               vfm: str = DEFAULT_RADIO, vfm_weights: str | None = None, radio_repo=None,
+               dino: str = DEFAULT_VFM, dino_weights: str | None = None, clip_key: str | None = None,
                aux_clip_key: str | None = None, vfm_key: str | None = None, sam: str | None = None,
                sam_weights: str | None = None, **options) -> BankReport:
     """`glaclip bank build` from Python: a bank of the images under `images` (a folder or a list of them)
@@ -400,10 +396,10 @@ def build_bank(images, name: str, out, masks, *, clip: str = "ViT-B-16-quickgelu
     release builder's settings. options: `build`'s (device, dtype, overwrite, short_side, crop, train_size,
     seed, shard, workers, progress, echo). Then segment with
     `Segmenter.from_pretrained(method="corrclip2", bank=out, bank_name=name, ...)`."""
-    from ..config.backbones import BANK_MAIN_KEYS, DEFAULT_BUILD_CLIP, bank_keys
+    from ..config.backbones import BANK_MAIN_KEYS, bank_keys
 
     keys = bank_keys(clip, aux_clip, vfm, {"main": clip_key, "aux": aux_clip_key, "vfm": vfm_key})
-    models = BankModels(clip=(clip, clip_weights or (DEFAULT_BUILD_CLIP[1] if clip in BANK_MAIN_KEYS else None)),
+    models = BankModels(clip=(clip, clip_weights or (DEFAULT_BANK_CLIP[1] if clip in BANK_MAIN_KEYS else None)),
                         aux_clip=(aux_clip, aux_clip_weights) if aux_clip is not None else None,
                         dino=(dino, dino_weights), radio=(vfm, vfm_weights), keys=keys,
                         radio_repo=str(radio_repo) if radio_repo else None,

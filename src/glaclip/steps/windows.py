@@ -143,10 +143,10 @@ def resize_rows(canvas: torch.Tensor, out_h: int, out_w: int, start: int, stop: 
 BAND_BYTES = 64 * 2**20  # resized features held at once (a band of rows) while pooling regions
 
 
-def region_sums(canvas: torch.Tensor, regions: torch.Tensor, pixel=None,
-                band_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def region_sums(canvas: torch.Tensor, regions: torch.Tensor, pixel=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per region the sum and pixel count of `canvas` (C x h x w) resized bilinearly (align_corners
-    False) to the regions' size, a band of rows at a time, so the resized C x H x W never exists.
+    False) to the regions' size, a band of rows at a time (`BAND_BYTES`), so the resized C x H x W never
+    exists.
 
     regions: H x W integer ids (regions: the nonzero ids ascending; 0 belongs to none) or an N x H x W
     boolean stack (slice i, slices may overlap). pixel: applied to each band (C x rows x W) before
@@ -168,7 +168,7 @@ def region_sums(canvas: torch.Tensor, regions: torch.Tensor, pixel=None,
         member = (values[pos] == ids) if n else torch.zeros_like(ids, dtype=torch.bool)
         index = torch.where(member, pos, torch.full_like(pos, n))  # row n: id 0, discarded
     sums = torch.zeros(n + 1, c, dtype=wide, device=canvas.device)
-    rows = max(1, (band_bytes or BAND_BYTES) // (8 * (c + (n if stack else 0)) * W))
+    rows = max(1, BAND_BYTES // (8 * (c + (n if stack else 0)) * W))
     for y in range(0, H, rows):
         y2 = min(y + rows, H)
         band = resize_rows(canvas, H, W, y, y2)
